@@ -1,0 +1,33 @@
+"""HMS: the payout mesh of a benefits agency."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+__all__ = ["create_app"]
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: configuration, bus, the hosted services and the gateway; start workers if HMS_START."""
+    from hms import ach, auth, gateway, logs, metrics, notifier, svc
+    from hms.bus.mesh import EXTENSION, Mesh
+    from hms.config import load
+
+    app = Flask("hms")
+    settings = load(config, app.instance_path)
+    app.config.update(settings)
+    app.instance_path = settings["HMS_INSTANCE_PATH"]
+    logs.configure(str(settings.get("HMS_LOG_LEVEL", "INFO")))
+    mesh = Mesh(app.config)
+    app.extensions[EXTENSION] = mesh
+    for name, module in (("auth", auth), ("svc", svc), ("ach", ach), ("metrics", metrics), ("notifier", notifier)):
+        if mesh.hosts(name):
+            module.init_app(app)
+    if mesh.hosts("gateway"):
+        gateway.init_app(app)
+    if settings["HMS_START"]:
+        mesh.start()
+    return app

@@ -1,0 +1,60 @@
+"""The payments service's own tables: bank details never leave them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Index, Integer, MetaData, Numeric, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from hms.bus.store import UtcDateTime, messaging_tables
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Account(Base):
+    """A citizen's direct-deposit account; the latest registration wins."""
+
+    __tablename__ = "accounts"
+
+    citizen: Mapped[str] = mapped_column(String(128), primary_key=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    routing_number: Mapped[str] = mapped_column(String(9))
+    account_number: Mapped[str] = mapped_column(String(17))
+    account_type: Mapped[str] = mapped_column(String(10))
+    registered_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    @property
+    def masked(self) -> str:
+        """The account number as it may be shown: its last four digits."""
+        return "****" + self.account_number[-4:]
+
+
+class Payment(Base):
+    """One benefit payment: pending → sending → sent, or failed. At most one per claim."""
+
+    __tablename__ = "payments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    claim_id: Mapped[str] = mapped_column(String(36), unique=True)
+    citizen: Mapped[str] = mapped_column(String(128))
+    amount: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    idempotency_key: Mapped[str] = mapped_column(String(80), unique=True)
+    state: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(40))
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    bank_reference: Mapped[str | None] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    traceparent: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_payments_due", "state", "next_attempt_at"),)
+
+
+outbox, inbox, dead_letters = messaging_tables(Base.metadata)

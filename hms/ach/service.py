@@ -1,0 +1,200 @@
+"""The payments service: accounts, and payments in phases through a circuit breaker."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pybreaker
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from hms.bus import Event, ReplyError
+from hms.bus.store import ServiceStore, utcnow
+
+from hms.contracts.vocabulary import aba_checksum_ok
+
+from .bank import BankDeclined, BankProvider, BankUnavailable, Transfer
+from .models import Account, Payment
+
+log = logging.getLogger("hms.ach")
+
+
+def iso(dt: Any) -> str:
+    """RFC 3339 UTC text of a datetime."""
+    return str(dt.isoformat().replace("+00:00", "Z"))
+
+
+class Payments:
+    """Owns accounts and payments; `run_once` moves due payments forward."""
+
+    def __init__(self, store: ServiceStore, bank: BankProvider, breaker: pybreaker.CircuitBreaker, *,
+                 retry_base: float = 1.0, retry_max: float = 60.0, lease: float = 30.0, poll: float = 0.5) -> None:
+        self.store, self.bank, self.breaker = store, bank, breaker
+        self.retry_base, self.retry_max, self.lease, self.poll = retry_base, retry_max, lease, poll
+        self.instance = uuid.uuid4().hex
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- accounts ---------------------------------------------------------------------------
+    def register_account(self, event: Event) -> dict[str, Any]:
+        """ach.accounts.register: store the citizen's account; only a masked number goes back."""
+        req = event.data
+        if not aba_checksum_ok(req["routingNumber"]):
+            raise ReplyError(422, "Invalid routing number", "routingNumber fails the ABA checksum",
+                             "directDeposit.routingNumber")
+        with self.store.session() as s:
+            account = s.get(Account, req["citizen"])
+            if account is None:
+                account = Account(citizen=req["citizen"], id=str(uuid.uuid4()))
+                s.add(account)
+            account.routing_number, account.account_number = req["routingNumber"], req["accountNumber"]
+            account.account_type, account.registered_at = req["accountType"], utcnow()
+            return {"accountId": account.id, "account": account.masked, "accountType": account.account_type}
+
+    # -- events -----------------------------------------------------------------------------
+    def on_claim_approved(self, s: Session, event: Event) -> None:
+        """claim.approved: record the payment as pending (phase 1); the worker pays it."""
+        claim_id = event.data["claimId"]
+        if s.scalar(select(Payment.id).where(Payment.claim_id == claim_id)):
+            return  # the unique constraint would refuse it too: one payment per claim
+        s.add(Payment(
+            id=str(uuid.uuid4()), claim_id=claim_id, citizen=event.data["citizen"], amount=event.data["amount"],
+            idempotency_key=f"hms-claim-{claim_id}", state="pending", attempts=0, next_attempt_at=utcnow(),
+            created_at=utcnow(), traceparent=event.traceparent,
+        ))
+        self._wake.set()
+
+    # -- the payment worker -----------------------------------------------------------------
+    def start(self) -> None:
+        """Start paying due payments in a background thread."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="hms-ach-payments", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker; unfinished payments stay recorded and resume on the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("payment worker failed; retrying")
+                busy = 0
+            if not busy:
+                self._wake.wait(self.poll)
+                self._wake.clear()
+
+    def run_once(self, limit: int = 100) -> int:
+        """Recover stale sends, then pay every due payment; returns how many were tried."""
+        now = utcnow()
+        with self.store.session() as s:
+            # A send older than the lease was cut short (crash, kill): its worker is gone.
+            stale = list(s.scalars(select(Payment.id).where(
+                Payment.state == "sending", Payment.claimed_at < now - timedelta(seconds=self.lease)).limit(limit)))
+            due = list(s.scalars(select(Payment.id).where(Payment.state == "pending", Payment.next_attempt_at <= now)
+                                 .order_by(Payment.next_attempt_at).limit(limit)))
+        for pid in stale:
+            self._recover(pid)
+        for pid in due:
+            if self._stop.is_set():
+                break
+            self.pay(pid)
+        return len(stale) + len(due)
+
+    def pay(self, payment_id: str) -> str:
+        """Pay one pending payment: claim it, call the bank with its key, record the outcome."""
+        with self.store.session() as s:
+            claimed = s.execute(update(Payment).where(Payment.id == payment_id, Payment.state == "pending").values(
+                state="sending", attempts=Payment.attempts + 1, claimed_at=utcnow(), claimed_by=self.instance))
+            if claimed.rowcount != 1:
+                return "taken"
+            p = s.get(Payment, payment_id)
+            account = s.get(Account, p.citizen) if p else None
+            if p is None:
+                return "missing"
+            if account is None:
+                self._fail(s, p, "NO_ACCOUNT")
+                return "failed"
+            transfer = Transfer(p.idempotency_key, p.claim_id, p.amount, account.routing_number, account.account_number)
+        try:
+            # pybreaker holds its lock during the call, so bank calls of one process are serial;
+            # an open breaker refuses at once without calling the bank.
+            reference = self.breaker.call(self.bank.transfer, transfer)
+        except pybreaker.CircuitBreakerError as exc:
+            self._retry(payment_id, f"circuit breaker open: {exc}", counted=False)
+            return "waiting"
+        except BankUnavailable as exc:
+            self._retry(payment_id, str(exc), counted=True)
+            return "retry"
+        except BankDeclined as exc:
+            with self.store.session() as s:
+                p = s.get(Payment, payment_id)
+                if p is not None:
+                    self._fail(s, p, exc.code)
+            return "failed"
+        self._sent(payment_id, reference)
+        return "sent"
+
+    def _recover(self, payment_id: str) -> None:
+        """A send interrupted mid-way: ask the bank by key before anything else (never re-send blindly)."""
+        with self.store.session() as s:
+            p = s.get(Payment, payment_id)
+            if p is None or p.state != "sending":
+                return
+            key = p.idempotency_key
+        try:
+            reference = self.bank.lookup(key)
+        except BankUnavailable:
+            return  # ask again later; the payment stays "sending"
+        if reference:
+            log.warning("payment %s was accepted before a crash; recording it", payment_id)
+            self._sent(payment_id, reference)
+        else:
+            with self.store.session() as s:
+                s.execute(update(Payment).where(Payment.id == payment_id, Payment.state == "sending")
+                          .values(state="pending", next_attempt_at=utcnow(), claimed_by=None))
+
+    def _retry(self, payment_id: str, error: str, *, counted: bool) -> None:
+        with self.store.session() as s:
+            p = s.get(Payment, payment_id)
+            if p is None or p.state != "sending":
+                return
+            if not counted:
+                p.attempts -= 1
+            delay = min(self.retry_max, self.retry_base * 2 ** max(0, p.attempts - 1))
+            if not counted:
+                delay = max(delay, float(self.breaker.reset_timeout) / 2)
+            p.state, p.last_error, p.claimed_by = "pending", error[:300], None
+            p.next_attempt_at = utcnow() + timedelta(seconds=delay * random.uniform(0.8, 1.2))
+        log.warning("payment %s waits: %s", payment_id, error)
+
+    def _sent(self, payment_id: str, reference: str) -> None:
+        """Phase 3: record the payment sent and publish payment.sent, in one transaction."""
+        with self.store.session() as s:
+            p = s.get(Payment, payment_id)
+            if p is None or p.state == "sent":
+                return
+            p.state, p.bank_reference, p.sent_at, p.last_error = "sent", reference, utcnow(), None
+            self.store.emit(s, "payment.sent", {"claimId": p.claim_id, "paymentId": p.id, "citizen": p.citizen,
+                                                "amount": float(p.amount), "sentAt": iso(p.sent_at)},
+                            traceparent=p.traceparent)
+        log.info("payment %s sent for claim %s", payment_id, p.claim_id, extra={"claim_id": p.claim_id})
+
+    def _fail(self, s: Session, p: Payment, reason: str) -> None:
+        p.state, p.last_error = "failed", reason
+        self.store.emit(s, "payment.failed", {"claimId": p.claim_id, "citizen": p.citizen, "reason": reason,
+                                              "attempts": p.attempts}, traceparent=p.traceparent)
+        log.error("payment %s failed for claim %s: %s", p.id, p.claim_id, reason, extra={"claim_id": p.claim_id})

@@ -1,0 +1,210 @@
+"""The bus interface both engines implement, and the event envelope."""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+SPECVERSION = "1.0"
+TYPE_PREFIX = "gov.hms."
+DEFAULT_BACKOFF: tuple[float, ...] = (0.1, 0.5, 2.0, 10.0, 30.0)
+
+
+class BusError(Exception):
+    """Base class of every bus error."""
+
+
+class NoResponders(BusError):
+    """A request found nobody serving its subject."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"no responders for {subject!r}")
+        self.subject = subject
+
+
+class BusTimeout(BusError):
+    """A request got no reply in time."""
+
+    def __init__(self, subject: str, timeout: float) -> None:
+        super().__init__(f"no reply on {subject!r} within {timeout:g}s")
+        self.subject = subject
+
+
+class ReplyError(BusError):
+    """A responder refused a request; carried back to the requester as a problem."""
+
+    def __init__(self, status: int, title: str, detail: str = "", field: str | None = None) -> None:
+        super().__init__(detail or title)
+        self.status, self.title, self.detail, self.field = status, title, detail or title, field
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as it travels in a reply."""
+        return {"status": self.status, "title": self.title, "detail": self.detail, "field": self.field}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReplyError:
+        """Rebuild the error on the requester's side."""
+        return cls(int(d.get("status", 500)), str(d.get("title", "Error")), str(d.get("detail", "")), d.get("field"))
+
+
+def now_iso() -> str:
+    """The current UTC time as RFC 3339 with microseconds."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One CloudEvents 1.0 envelope as a handler receives it."""
+
+    subject: str
+    id: str
+    source: str
+    type: str
+    time: str
+    data: dict[str, Any]
+    traceparent: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    attempt: int = 1
+
+    @classmethod
+    def create(
+        cls,
+        subject: str,
+        data: dict[str, Any],
+        *,
+        source: str = "hms",
+        event_id: str | None = None,
+        time: str | None = None,
+        version: int = 1,
+        traceparent: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Event:
+        """A new envelope for `data` on `subject`."""
+        return cls(
+            subject=subject,
+            id=event_id or str(uuid.uuid4()),
+            source=source,
+            type=f"{TYPE_PREFIX}{subject}.v{version}",
+            time=time or now_iso(),
+            data=data,
+            traceparent=traceparent,
+            headers=dict(headers or {}),
+        )
+
+    @property
+    def version(self) -> int:
+        """The contract version named by the envelope's type."""
+        suffix = self.type.rsplit(".", 1)[-1]
+        return int(suffix[1:]) if suffix[:1] == "v" and suffix[1:].isdigit() else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The envelope as JSON-ready CloudEvents attributes."""
+        d: dict[str, Any] = {
+            "specversion": SPECVERSION,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": self.time,
+            "datacontenttype": "application/json",
+            "data": self.data,
+        }
+        if self.traceparent:
+            d["traceparent"] = self.traceparent
+        return d
+
+    @classmethod
+    def from_dict(cls, subject: str, d: dict[str, Any], *, headers: dict[str, str] | None = None, attempt: int = 1) -> Event:
+        """Rebuild an envelope received from the wire; raises BusError when it is not one."""
+        try:
+            return cls(
+                subject=subject,
+                id=str(d["id"]),
+                source=str(d["source"]),
+                type=str(d["type"]),
+                time=str(d["time"]),
+                data=d["data"],
+                traceparent=d.get("traceparent"),
+                headers=dict(headers or {}),
+                attempt=attempt,
+            )
+        except (KeyError, TypeError) as exc:
+            raise BusError(f"{subject}: not a CloudEvents envelope (missing {exc})") from exc
+
+
+Handler = Callable[[Event], Any]
+DeadLetter = Callable[[Event, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeOptions:
+    """Delivery options; the NATS engine maps them to max_deliver and backoff."""
+
+    queue: str | None = None
+    max_deliver: int = 5
+    backoff: Sequence[float] = DEFAULT_BACKOFF
+    dead_letter: DeadLetter | None = None
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before delivery number `attempt + 1`."""
+        if not self.backoff:
+            return 0.0
+        return float(self.backoff[min(attempt - 1, len(self.backoff) - 1)])
+
+
+class Subscription(ABC):
+    """A handle on one subscription."""
+
+    subject: str
+    queue: str | None
+
+    @abstractmethod
+    def unsubscribe(self) -> None:
+        """Stop receiving messages."""
+
+
+class Bus(ABC):
+    """Publish/subscribe with queue groups and request/reply, NATS semantics."""
+
+    @abstractmethod
+    def publish(
+        self,
+        subject: str,
+        data: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        source: str = "hms",
+        time: str | None = None,
+        traceparent: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Future[None]:
+        """Send an event; returns at once with a future that completes when the bus holds it safely."""
+
+    @abstractmethod
+    def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        queue: str | None = None,
+        *,
+        max_deliver: int = 5,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        dead_letter: DeadLetter | None = None,
+    ) -> Subscription:
+        """Call `handler(event)` for every message on `subject` (wildcards allowed); its return value answers requests."""
+
+    @abstractmethod
+    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None) -> Any:
+        """Send a request and return the reply's data; raises NoResponders, BusTimeout or ReplyError."""
+
+    @abstractmethod
+    def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
+        """Send a request to every responder and gather the replies that arrive within `timeout`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop delivering and release every resource."""

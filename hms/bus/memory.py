@@ -1,0 +1,326 @@
+"""The in-process engine: blinker signals fan out, worker threads run the handlers."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import blinker
+
+from hms.contracts import ContractError, Contracts
+
+from .base import (
+    DEFAULT_BACKOFF,
+    Bus,
+    BusError,
+    BusTimeout,
+    DeadLetter,
+    Event,
+    Handler,
+    NoResponders,
+    ReplyError,
+    SubscribeOptions,
+    Subscription,
+)
+from .subjects import check_subject, matches
+
+log = logging.getLogger("hms.bus")
+
+
+class _Settlement:
+    """Completes a publish's future once every group has settled its delivery."""
+
+    def __init__(self, future: Future[None]) -> None:
+        self.future, self.pending, self.error = future, 1, None  # 1 = the publisher itself
+        self.lock = threading.Lock()
+
+    def add(self) -> None:
+        with self.lock:
+            self.pending += 1
+
+    def done(self, error: BaseException | None = None) -> None:
+        with self.lock:
+            self.error = self.error or error
+            self.pending -= 1
+            finished = self.pending == 0
+        if finished and not self.future.done():
+            if self.error:
+                self.future.set_exception(self.error)
+            else:
+                self.future.set_result(None)
+
+
+class _Member(Subscription):
+    def __init__(self, bus: MemoryBus, group: _Group, handler: Handler, options: SubscribeOptions) -> None:
+        self.bus, self.group, self.handler, self.options = bus, group, handler, options
+        self.subject, self.queue = group.pattern, options.queue
+
+    def unsubscribe(self) -> None:
+        self.bus._remove(self)
+
+
+class _Group:
+    """Every member subscribed to one pattern under one queue name; one of them gets each message."""
+
+    def __init__(self, pattern: str, key: str) -> None:
+        self.pattern, self.key = pattern, key
+        self.members: list[_Member] = []
+        self._next = itertools.count()
+
+    def pick(self) -> _Member | None:
+        members = self.members
+        return members[next(self._next) % len(members)] if members else None
+
+    def __call__(self, sender: Any, **kw: Any) -> None:
+        sender._dispatch(self, kw["event"], kw.get("settlement"), kw.get("reply"))
+
+
+class MemoryBus(Bus):
+    """NATS semantics in one process; deliveries are retried with backoff, then dead-lettered."""
+
+    def __init__(self, contracts: Contracts | None = None, *, workers: int = 8) -> None:
+        self.contracts = contracts
+        self._signals = blinker.Namespace()
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._by_subject: dict[str, list[blinker.NamedSignal]] = {}
+        self._lock = threading.RLock()
+        self._events = ThreadPoolExecutor(workers, thread_name_prefix="hms-bus-event")
+        self._requests = ThreadPoolExecutor(workers, thread_name_prefix="hms-bus-request")
+        self._timers: list[tuple[float, int, Any]] = []
+        self._timer_seq = itertools.count()
+        self._timer_cv = threading.Condition()
+        self._closed = False
+        self._timer_thread = threading.Thread(target=self._run_timers, name="hms-bus-timers", daemon=True)
+        self._timer_thread.start()
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish(
+        self,
+        subject: str,
+        data: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        source: str = "hms",
+        time: str | None = None,
+        traceparent: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Future[None]:
+        check_subject(subject)
+        self._check_open()
+        event = Event.create(subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers)
+        self._validate(event)
+        future: Future[None] = Future()
+        settlement = _Settlement(future)
+        for signal in self._signals_for(subject):
+            signal.send(self, event=event, settlement=settlement)
+        settlement.done()
+        return future
+
+    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None) -> Any:
+        replies = self._ask(subject, data, headers, first_only=True)
+        if not replies:
+            raise NoResponders(subject)
+        done = _first_done(replies, timeout)
+        if done is None:
+            raise BusTimeout(subject, timeout)
+        return done.result()
+
+    def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
+        replies = self._ask(subject, data, None, first_only=False)
+        deadline = time.monotonic() + timeout
+        out = []
+        for f in replies:
+            try:
+                out.append(f.result(max(0.0, deadline - time.monotonic())))
+            except (FutureTimeout, BusError):
+                continue
+        return out
+
+    def _ask(self, subject: str, data: dict[str, Any], headers: dict[str, str] | None, first_only: bool) -> list[Future[Any]]:
+        check_subject(subject)
+        self._check_open()
+        event = Event.create(subject, data, headers=headers)
+        self._validate(event)
+        replies: list[Future[Any]] = []
+        for signal in self._signals_for(subject):
+            signal.send(self, event=event, reply=replies)
+        return replies
+
+    # -- subscribing ------------------------------------------------------------------------
+    def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        queue: str | None = None,
+        *,
+        max_deliver: int = 5,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        dead_letter: DeadLetter | None = None,
+    ) -> Subscription:
+        check_subject(subject, pattern=True)
+        if max_deliver < 1:
+            raise ValueError("max_deliver must be at least 1")
+        self._check_open()
+        options = SubscribeOptions(queue, max_deliver, tuple(backoff), dead_letter)
+        with self._lock:
+            key = (subject, queue or f"_solo.{next(self._timer_seq)}")
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _Group(subject, key[1])
+                self._signals.signal(subject).connect(group, weak=False)
+                self._by_subject.clear()
+            member = _Member(self, group, handler, options)
+            group.members.append(member)
+        return member
+
+    def _remove(self, member: _Member) -> None:
+        with self._lock:
+            group = member.group
+            if member in group.members:
+                group.members.remove(member)
+            if not group.members and self._groups.get((group.pattern, group.key)) is group:
+                del self._groups[(group.pattern, group.key)]
+                self._signals.signal(group.pattern).disconnect(group)
+                self._by_subject.clear()
+
+    def _signals_for(self, subject: str) -> list[blinker.NamedSignal]:
+        signals = self._by_subject.get(subject)
+        if signals is None:
+            with self._lock:
+                patterns = {p for p, _ in self._groups if matches(p, subject)}
+                signals = self._by_subject[subject] = [self._signals.signal(p) for p in sorted(patterns)]
+        return signals
+
+    # -- delivering -------------------------------------------------------------------------
+    def _dispatch(self, group: _Group, event: Event, settlement: _Settlement | None, reply: list[Future[Any]] | None) -> None:
+        member = group.pick()
+        if member is None:
+            return
+        if reply is not None:
+            future: Future[Any] = Future()
+            reply.append(future)
+            self._requests.submit(self._answer, member, event, future)
+            return
+        if settlement is not None:
+            settlement.add()
+        self._events.submit(self._deliver, group, member, event, settlement)
+
+    def _answer(self, member: _Member, event: Event, future: Future[Any]) -> None:
+        try:
+            self._validate(event)
+            future.set_result(member.handler(event))
+        except ReplyError as exc:
+            future.set_exception(exc)
+        except ContractError as exc:
+            future.set_exception(ReplyError(422, "Invalid request", str(exc), exc.field))
+        except Exception as exc:  # a responder's bug must not hang the requester
+            log.exception("responder on %s failed", event.subject)
+            future.set_exception(ReplyError(500, "Internal error", f"{type(exc).__name__} in responder"))
+
+    def _deliver(self, group: _Group, member: _Member, event: Event, settlement: _Settlement | None) -> None:
+        options = member.options
+        try:
+            self._validate(event)
+        except ContractError as exc:
+            # A bad event is never handed to a handler and never retried: straight to dead letters.
+            self._dead_letter(options, event, str(exc), settlement)
+            return
+        try:
+            member.handler(event)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if event.attempt >= options.max_deliver:
+                log.error("giving up on %s %s after %d attempts: %s", event.subject, event.id, event.attempt, error)
+                self._dead_letter(options, event, error, settlement)
+                return
+            log.warning("handler for %s %s failed (attempt %d): %s", event.subject, event.id, event.attempt, error)
+            retry = Event(**{**_fields(event), "attempt": event.attempt + 1})
+            self._later(options.delay(event.attempt), self._redeliver, group, member, retry, settlement)
+            return
+        if settlement is not None:
+            settlement.done()
+
+    def _redeliver(self, group: _Group, member: _Member, event: Event, settlement: _Settlement | None) -> None:
+        # Like a JetStream redelivery: any live member of the group may take it.
+        live = member if member in group.members else group.pick()
+        if live is None or self._closed:
+            if settlement is not None:
+                settlement.done(BusError(f"{event.subject}: no subscriber left in group {group.key}"))
+            return
+        self._events.submit(self._deliver, group, live, event, settlement)
+
+    def _dead_letter(self, options: SubscribeOptions, event: Event, error: str, settlement: _Settlement | None) -> None:
+        failure: BaseException | None = None
+        if options.dead_letter is not None:
+            try:
+                options.dead_letter(event, error)
+            except Exception as exc:  # unsettled: the publisher keeps the event and sends it again
+                log.exception("dead-letter store failed for %s", event.id)
+                failure = exc
+        else:
+            log.error("dropped %s %s: %s", event.subject, event.id, error)
+        if settlement is not None:
+            settlement.done(failure)
+
+    def _validate(self, event: Event) -> None:
+        if self.contracts is not None:
+            self.contracts.validate(event.subject, event.data, event.version)
+
+    # -- timers -----------------------------------------------------------------------------
+    def _later(self, delay: float, fn: Any, *args: Any) -> None:
+        with self._timer_cv:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), (fn, args)))
+            self._timer_cv.notify()
+
+    def _run_timers(self) -> None:
+        with self._timer_cv:
+            while not self._closed:
+                now = time.monotonic()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, (fn, args) = heapq.heappop(self._timers)
+                    try:
+                        fn(*args)
+                    except RuntimeError:  # executor shut down during close()
+                        return
+                self._timer_cv.wait(self._timers[0][0] - now if self._timers else None)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusError("the bus is closed")
+
+    def close(self) -> None:
+        with self._timer_cv:
+            self._closed = True
+            self._timer_cv.notify()
+        self._events.shutdown(wait=True, cancel_futures=True)
+        self._requests.shutdown(wait=True, cancel_futures=True)
+        self._timer_thread.join(timeout=5)
+
+
+def _fields(event: Event) -> dict[str, Any]:
+    return {k: getattr(event, k) for k in Event.__slots__}
+
+
+def _first_done(futures: list[Future[Any]], timeout: float) -> Future[Any] | None:
+    """The first future to finish (successful replies preferred), or None at the timeout."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    deadline = time.monotonic() + timeout
+    pending = set(futures)
+    first_error: Future[Any] | None = None
+    while pending:
+        done, pending = wait(pending, max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+        if not done:
+            break
+        for f in done:
+            if f.exception() is None:
+                return f
+            first_error = first_error or f
+    return first_error

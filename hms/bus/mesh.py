@@ -1,0 +1,100 @@
+"""The mesh runtime of one process: its bus, the hosted services' stores, registrations and workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData
+
+from hms.contracts import Contracts
+
+from . import connect
+from .base import Bus
+from .registry import Registration, ServiceInfo
+from .store import ServiceStore
+
+log = logging.getLogger("hms.mesh")
+EXTENSION = "hms"
+
+
+class Mesh:
+    """Owns what the services of this process share; kept in `app.extensions["hms"]`."""
+
+    def __init__(self, config: dict[str, Any], bus: Bus | None = None) -> None:
+        self.config = config
+        self.instance_path = Path(config["HMS_INSTANCE_PATH"])
+        self.bus = bus or connect(config["HMS_BUS_URL"], Contracts())
+        self.stores: dict[str, ServiceStore] = {}
+        self.registrations: dict[str, Registration] = {}
+        self._starters: list[Callable[[], None]] = []
+        self._stoppers: list[Callable[[], None]] = []
+        self.started = False
+
+    def hosts(self, service: str) -> bool:
+        """Whether this process runs `service` (HMS_SERVICES)."""
+        return service in self.config["HMS_SERVICES"]
+
+    def database_url(self, service: str) -> str:
+        """The service's URL: its own override, the shared URL, or a SQLite file under the instance path."""
+        own = self.config.get(f"HMS_{service.upper()}_DATABASE_URL")
+        if own:
+            return str(own)
+        shared = self.config.get("HMS_DATABASE_URL")
+        if shared and not str(shared).startswith("sqlite"):
+            return str(shared)
+        return f"sqlite:///{self.instance_path / (service + '.db')}"
+
+    def store(self, service: str, metadata: MetaData) -> ServiceStore:
+        """Create the store of a hosted service."""
+        store = ServiceStore(service, metadata, self.database_url(service), self.bus,
+                             poll_interval=float(self.config.get("HMS_OUTBOX_POLL_S", 1.0)))
+        self.stores[service] = store
+        return store
+
+    def register(self, info: ServiceInfo) -> Registration:
+        """Announce a service instance on the bus ($SRV.*)."""
+        reg = self.registrations[info.name] = Registration(self.bus, info)
+        return reg
+
+    def on_start(self, start: Callable[[], None], stop: Callable[[], None] | None = None) -> None:
+        """Run `start` when the mesh starts its workers, and `stop` when it closes."""
+        self._starters.append(start)
+        if stop is not None:
+            self._stoppers.append(stop)
+
+    def upgrade(self) -> None:
+        """Run every hosted service's migrations."""
+        for store in self.stores.values():
+            store.upgrade()
+
+    def start(self) -> None:
+        """Start the background work: outbox relays and the services' workers."""
+        if self.started:
+            return
+        self.started = True
+        for store in self.stores.values():
+            store.start()
+        for start in self._starters:
+            start()
+        log.info("mesh started: %s", ", ".join(sorted(self.registrations)))
+
+    def close(self) -> None:
+        """Stop workers, the bus and the databases, in that order."""
+        for stop in reversed(self._stoppers):
+            stop()
+        for store in self.stores.values():
+            store.stop()
+        for reg in self.registrations.values():
+            reg.close()
+        self.bus.close()
+        for store in self.stores.values():
+            store.engine.dispose()
+        self.started = False
+
+
+def mesh_of(app: Any) -> Mesh:
+    """The mesh of a Flask app."""
+    return app.extensions[EXTENSION]

@@ -1,0 +1,35 @@
+"""Run one service's Alembic migrations on the connection its store hands over."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render_item(type_: str, obj: Any, autogen_context: Any) -> Any:
+    """Render our UTC column type as the plain DateTime it stores, so migrations need no hms import."""
+    from .store import UtcDateTime
+
+    if type_ == "type" and isinstance(obj, UtcDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+def run_migrations(context: Any) -> None:
+    """Configure Alembic for the service in `context.config.attributes` and run its migrations."""
+    attrs = context.config.attributes
+    connection = attrs["connection"]
+    is_sqlite = connection.dialect.name == "sqlite"
+    schema = None if is_sqlite else attrs["service"]
+    if schema:
+        connection.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    context.configure(
+        connection=connection,
+        target_metadata=attrs["metadata"],
+        version_table="alembic_version",
+        version_table_schema=schema,
+        render_as_batch=is_sqlite,
+        compare_type=True,
+        render_item=render_item,
+    )
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,354 @@
+"""A service's own database, with its transactional outbox, inbox and dead letters."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from .base import DEFAULT_BACKOFF, Bus, Event, Subscription
+
+log = logging.getLogger("hms.bus")
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the stores use."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def messaging_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
+    """Add the outbox, inbox and dead-letter tables to a service's metadata."""
+    outbox = Table(
+        "outbox", metadata,
+        Column("seq", Integer, primary_key=True, autoincrement=True),
+        Column("event_id", String(64), nullable=False, unique=True),
+        Column("subject", String(200), nullable=False),
+        Column("data", JSON, nullable=False),
+        Column("source", String(200), nullable=False),
+        Column("time", String(40), nullable=False),
+        Column("traceparent", String(128)),
+        Column("created_at", UtcDateTime(), nullable=False),
+    )
+    inbox = Table(
+        "inbox", metadata,
+        Column("event_id", String(64), primary_key=True),
+        Column("consumer", String(200), primary_key=True),
+        Column("subject", String(200), nullable=False),
+        Column("handled_at", UtcDateTime(), nullable=False),
+    )
+    dead = Table(
+        "dead_letters", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("event_id", String(64), nullable=False),
+        Column("consumer", String(200), nullable=False),
+        Column("subject", String(200), nullable=False),
+        Column("envelope", JSON, nullable=False),
+        Column("error", Text, nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("failed_at", UtcDateTime(), nullable=False),
+        Column("replayed_at", UtcDateTime()),
+        UniqueConstraint("event_id", "consumer", name="uq_dead_letters_event_consumer"),
+    )
+    return outbox, inbox, dead
+
+
+def make_engine(url: str, service: str) -> Engine:
+    """An engine for one service: SQLite in WAL mode with serialised writers, or a PostgreSQL schema."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(u, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            # IMMEDIATE takes the write lock up front: no deadlock when a reader later writes.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if u.get_backend_name() == "postgresql":
+        return create_engine(u, pool_pre_ping=True).execution_options(schema_translate_map={None: service})
+    raise ValueError(f"database URL for {service}: unsupported backend {u.get_backend_name()!r}")
+
+
+class ServiceStore:
+    """One service's database: transactions that write state and events together, and their relay."""
+
+    def __init__(self, name: str, metadata: MetaData, url: str, bus: Bus, *, poll_interval: float = 1.0) -> None:
+        self.name, self.metadata, self.url, self.bus = name, metadata, url, bus
+        self.source = f"/hms/{name}"
+        self.outbox, self.inbox, self.dead_letters = (metadata.tables[t] for t in ("outbox", "inbox", "dead_letters"))
+        self.engine = make_engine(url, name)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        self.poll_interval = poll_interval
+        self._consumers: dict[str, Callable[[Event], None]] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inflight: set[int] = set()
+        self._acked: list[int] = []
+        self._retry: dict[int, float] = {}
+        self._high_seq = 0
+        self._lock = threading.Lock()
+        event.listen(self.Session, "after_commit", self._after_commit)
+
+    # -- transactions -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: commits when the block ends, rolls back when it raises."""
+        with self.Session() as s, s.begin():
+            yield s
+
+    def emit(self, session: Session, subject: str, data: dict[str, Any], *, traceparent: str | None = None) -> str:
+        """Put an event in the outbox inside `session`'s transaction; returns its id."""
+        ev = Event.create(subject, data, source=self.source, traceparent=traceparent)
+        contracts = getattr(self.bus, "contracts", None)
+        if contracts is not None:
+            contracts.validate(subject, data, ev.version)  # fail inside the transaction, not in the relay
+        session.execute(
+            self.outbox.insert().values(
+                event_id=ev.id, subject=subject, data=data, source=ev.source, time=ev.time,
+                traceparent=traceparent, created_at=utcnow(),
+            )
+        )
+        session.info["outbox"] = True
+        return ev.id
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop("outbox", False):
+            self._wake.set()
+
+    # -- consuming --------------------------------------------------------------------------
+    def consume(
+        self,
+        subject: str,
+        handler: Callable[[Session, Event], None],
+        *,
+        max_deliver: int = 5,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+    ) -> Subscription:
+        """Subscribe `handler(session, event)` as an idempotent consumer: one effect per event id."""
+        consumer = f"{self.name}.{handler.__name__}"
+
+        def on_event(ev: Event) -> None:
+            with self.session() as s:
+                if s.execute(
+                    select(self.inbox.c.event_id).where(self.inbox.c.event_id == ev.id, self.inbox.c.consumer == consumer)
+                ).first():
+                    return  # already handled: a redelivery or a duplicate publish
+                s.execute(self.inbox.insert().values(event_id=ev.id, consumer=consumer, subject=ev.subject, handled_at=utcnow()))
+                handler(s, ev)
+
+        self._consumers[consumer] = on_event
+        return self.bus.subscribe(
+            subject, on_event, queue=consumer, max_deliver=max_deliver, backoff=backoff,
+            dead_letter=lambda ev, error: self._store_dead_letter(consumer, ev, error),
+        )
+
+    def _store_dead_letter(self, consumer: str, ev: Event, error: str) -> None:
+        envelope = ev.to_dict()
+        with self.session() as s:
+            row = s.execute(
+                select(self.dead_letters.c.id).where(
+                    self.dead_letters.c.event_id == ev.id, self.dead_letters.c.consumer == consumer
+                )
+            ).first()
+            values = dict(envelope=envelope, error=error[:4000], attempts=ev.attempt, failed_at=utcnow(), replayed_at=None)
+            if row:
+                s.execute(update(self.dead_letters).where(self.dead_letters.c.id == row.id).values(**values))
+            else:
+                s.execute(self.dead_letters.insert().values(event_id=ev.id, consumer=consumer, subject=ev.subject, **values))
+        log.error("dead-lettered %s for %s: %s", ev.id, consumer, error, extra={"event_id": ev.id})
+
+    def list_dead_letters(self, *, include_replayed: bool = False) -> list[dict[str, Any]]:
+        """The dead letters of this service's consumers, oldest first."""
+        q = select(self.dead_letters).order_by(self.dead_letters.c.id)
+        if not include_replayed:
+            q = q.where(self.dead_letters.c.replayed_at.is_(None))
+        with self.session() as s:
+            return [dict(r._mapping) for r in s.execute(q)]
+
+    def replay(self, dead_letter_id: int) -> None:
+        """Hand a dead letter to its consumer again, now; raises what the handler raises."""
+        with self.session() as s:
+            row = s.execute(select(self.dead_letters).where(self.dead_letters.c.id == dead_letter_id)).first()
+        if row is None:
+            raise LookupError(f"{self.name}: no dead letter {dead_letter_id}")
+        handler = self._consumers.get(row.consumer)
+        if handler is None:
+            raise LookupError(f"{self.name}: consumer {row.consumer} is not running here")
+        handler(Event.from_dict(row.subject, row.envelope))
+        with self.session() as s:
+            s.execute(update(self.dead_letters).where(self.dead_letters.c.id == row.id).values(replayed_at=utcnow()))
+
+    # -- relay ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start relaying committed outbox rows to the bus (also those left by a crash)."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._relay, name=f"hms-outbox-{self.name}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the relay; unpublished rows stay in the outbox for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def outbox_backlog(self) -> int:
+        """How many events wait in the outbox."""
+        with self.engine.connect() as c:
+            return int(c.execute(select(text("count(*)")).select_from(self.outbox)).scalar_one())
+
+    def _relay(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+            try:
+                self.relay_once()
+            except Exception:
+                log.exception("outbox relay of %s failed; retrying", self.name)
+                self._stop.wait(self.poll_interval)
+
+    def relay_once(self, limit: int = 500) -> int:
+        """Publish the outbox rows not yet in flight and delete those the bus holds; returns how many were sent."""
+        with self._lock:
+            acked, self._acked = self._acked, []
+            now = time.monotonic()
+            due = [seq for seq, at in self._retry.items() if at <= now]
+            for seq in due:
+                del self._retry[seq]
+        if acked:
+            with self.session() as s:
+                s.execute(delete(self.outbox).where(self.outbox.c.seq.in_(acked)))
+        with self.engine.connect() as c:
+            rows = list(c.execute(select(self.outbox).where(self.outbox.c.seq > self._high_seq).order_by(self.outbox.c.seq).limit(limit)))
+            if due:
+                rows += list(c.execute(select(self.outbox).where(self.outbox.c.seq.in_(due))))
+            c.rollback()
+        sent = 0
+        for row in rows:
+            self._high_seq = max(self._high_seq, row.seq)
+            with self._lock:
+                if row.seq in self._inflight:
+                    continue
+                self._inflight.add(row.seq)
+            try:
+                ack = self.bus.publish(
+                    row.subject, row.data, event_id=row.event_id, source=row.source, time=row.time, traceparent=row.traceparent
+                )
+            except Exception:
+                log.exception("publishing %s %s failed; will retry", row.subject, row.event_id)
+                self._settled(row.seq, failed=True)
+                continue
+            ack.add_done_callback(lambda f, seq=row.seq: self._settled(seq, failed=f.exception() is not None))
+            sent += 1
+        return sent
+
+    def _settled(self, seq: int, *, failed: bool) -> None:
+        with self._lock:
+            self._inflight.discard(seq)
+            if failed:
+                self._retry[seq] = time.monotonic() + 5 * self.poll_interval
+            else:
+                self._acked.append(seq)
+        self._wake.set()
+
+    # -- schema -----------------------------------------------------------------------------
+    def upgrade(self, revision: str = "head") -> None:
+        """Run this service's Alembic migrations up to `revision`."""
+        from alembic import command
+
+        with self.engine.begin() as conn:
+            command.upgrade(self._alembic(conn), revision)
+
+    def revision(self, message: str) -> None:
+        """Write a new migration from the difference between the models and the database."""
+        from alembic import command
+
+        with self.engine.begin() as conn:
+            command.revision(self._alembic(conn), message=message, autogenerate=True)
+
+    def _alembic(self, conn: Any) -> Any:
+        from alembic.config import Config
+
+        if not (MIGRATIONS / self.name).is_dir():
+            raise FileNotFoundError(f"{MIGRATIONS / self.name}: migrations not found (install hms from its source tree)")
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS / self.name))
+        cfg.set_main_option("file_template", "%%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s")
+        cfg.attributes.update(connection=conn, metadata=self.metadata, service=self.name)
+        return cfg
+
+    def ping(self) -> None:
+        """Raise when the database cannot be reached."""
+        with self.engine.connect() as c:
+            c.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        """Stop the relay and close every connection."""
+        self.stop()
+        self.engine.dispose()
+
+
+def dumps(data: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces (for fingerprints)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,94 @@
+"""Configuration: defaults, then HMS_* environment variables, then the caller's mapping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ALL_SERVICES = ("gateway", "svc", "ach", "metrics", "notifier", "auth")
+
+DEFAULTS: dict[str, Any] = {
+    "HMS_BUS_URL": "memory://",
+    "HMS_DATABASE_URL": "",
+    "HMS_SERVICES": list(ALL_SERVICES),
+    "HMS_START": True,
+    "HMS_DEMO": False,
+    "HMS_JWT_ISSUER": "hms-dev",
+    "HMS_JWT_AUDIENCE": "hms",
+    "HMS_JWT_JWKS_FILE": "",
+    "HMS_JWT_PRIVATE_KEY_FILE": "",
+    "HMS_JWT_TTL_S": 3600,
+    "HMS_RULES_FILE": "",
+    "HMS_REQUEST_TIMEOUT_S": 5.0,
+    "HMS_OUTBOX_POLL_S": 1.0,
+    "HMS_ACH_PROVIDER": "sandbox",
+    "HMS_ACH_SANDBOX_STATEMENT": "",
+    "HMS_ACH_SANDBOX_LATENCY_MS": 0,
+    "HMS_ACH_SANDBOX_FAIL_RATE": 0.0,
+    "HMS_ACH_SANDBOX_OUTAGE_FILE": "",
+    "HMS_ACH_RETRY_BASE_S": 1.0,
+    "HMS_ACH_RETRY_MAX_S": 60.0,
+    "HMS_ACH_BREAKER_FAIL_MAX": 5,
+    "HMS_ACH_BREAKER_RESET_S": 10.0,
+    "HMS_ACH_SEND_LEASE_S": 30.0,
+    "HMS_ACH_POLL_S": 0.5,
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used, naming the variable."""
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if isinstance(default, (int, float)):
+        try:
+            number = type(default)(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        return number
+    if isinstance(default, list):
+        items = value if isinstance(value, (list, tuple)) else [s.strip() for s in str(value).split(",") if s.strip()]
+        return list(items)
+    return value
+
+
+def load(overrides: Mapping[str, Any] | None, instance_path: str) -> dict[str, Any]:
+    """The effective settings, with every HMS_* value checked and typed."""
+    raw: dict[str, Any] = dict(DEFAULTS)
+    for key, value in os.environ.items():
+        if key.startswith("HMS_"):
+            raw[key] = value
+    raw.update(overrides or {})
+    settings = {k: _coerce(k, v, DEFAULTS[k]) if k in DEFAULTS else v for k, v in raw.items()}
+    unknown = [s for s in settings["HMS_SERVICES"] if s not in ALL_SERVICES]
+    if unknown:
+        raise ConfigError(f"HMS_SERVICES: unknown service {unknown[0]!r}; choose from {', '.join(ALL_SERVICES)}")
+    rate = settings["HMS_ACH_SANDBOX_FAIL_RATE"]
+    if not 0 <= rate <= 1:
+        raise ConfigError(f"HMS_ACH_SANDBOX_FAIL_RATE: must be between 0 and 1, got {rate}")
+    instance = Path(settings.get("HMS_INSTANCE_PATH") or instance_path).resolve()
+    settings["HMS_INSTANCE_PATH"] = str(instance)
+    # The development identity provider publishes its keys here; the gateway trusts this file
+    # unless HMS_JWT_JWKS_FILE names another one.
+    settings["HMS_DEV_JWKS_FILE"] = str(instance / "jwks.json")
+    settings["HMS_JWT_JWKS_FILE"] = settings["HMS_JWT_JWKS_FILE"] or settings["HMS_DEV_JWKS_FILE"]
+    for key, name in (
+        ("HMS_JWT_PRIVATE_KEY_FILE", "jwt-private.pem"),
+        ("HMS_ACH_SANDBOX_STATEMENT", "sandbox-bank.jsonl"),
+    ):
+        settings[key] = settings[key] or str(instance / name)
+    return settings
+

@@ -1,0 +1,17 @@
+"""The mesh's shared vocabulary: names and checks that the gateway and the services agree on."""
+
+from __future__ import annotations
+
+ROLES = ("citizen", "caseworker", "auditor", "admin")
+USER_TOKEN_TYPE = "at+jwt"  # RFC 9068 access tokens; service tokens carry a type of their own
+SEPARATION_REASONS = ("laid_off", "reduced_hours", "fired_other", "quit", "fired_misconduct")
+CLAIM_STATUSES = ("submitted", "approved", "denied", "paid", "payment_failed")
+ACCOUNT_TYPES = ("checking", "savings")
+
+
+def aba_checksum_ok(routing: str) -> bool:
+    """Whether a 9-digit ABA routing number passes its checksum (weights 3, 7, 1)."""
+    if len(routing) != 9 or not routing.isdigit():
+        return False
+    d = [int(c) for c in routing]
+    return (3 * (d[0] + d[3] + d[6]) + 7 * (d[1] + d[4] + d[7]) + (d[2] + d[5] + d[8])) % 10 == 0

@@ -1,0 +1,174 @@
+"""The HTTP API: thin views that check the caller, then ask the services over the bus."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from typing import Any
+
+from flask import Response, current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from hms.bus import BusError
+from hms.bus.mesh import mesh_of
+from hms.bus.registry import discover
+
+from . import schemas as s
+from .problems import Problem
+from .security import identity, requires
+
+BEARER = [{"bearerAuth": []}]
+claims = Blueprint("claims", __name__, url_prefix="/claims", description="Unemployment claims")
+audit = Blueprint("audit", __name__, url_prefix="/audit", description="Reports for auditors")
+mesh = Blueprint("mesh", __name__, url_prefix="/mesh", description="The service registry")
+health = Blueprint("health", __name__, description="Liveness and readiness")
+
+
+def ask(subject: str, data: dict[str, Any]) -> Any:
+    """Request/reply to a service over the bus, with the configured timeout."""
+    app = current_app
+    return mesh_of(app).bus.request(subject, data, timeout=app.config["HMS_REQUEST_TIMEOUT_S"])
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    """A hash of the request body, to tell a retry from a different request under the same key."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def errors(*codes: int) -> Any:
+    """Document problem responses for `codes` on a view."""
+    def decorate(view: Any) -> Any:
+        for code in codes:
+            view = claims.alt_response(code, schema=s.Problem, content_type="application/problem+json",
+                                       description="problem+json")(view)
+        return view
+    return decorate
+
+
+@claims.route("")
+class Claims(MethodView):
+    @claims.doc(security=BEARER)
+    @claims.arguments(s.SubmitHeaders, location="headers", as_kwargs=True)
+    @claims.arguments(s.ClaimIn)
+    @claims.response(201, s.ClaimOut)
+    @errors(400, 401, 403, 409, 413, 422, 503, 504)
+    @requires("citizen")
+    def post(self, body: dict[str, Any], idempotency_key: str | None = None) -> Any:
+        """Submit a claim; a retry with the same Idempotency-Key returns the first result."""
+        citizen = identity().sub
+        deposit = body["directDeposit"]
+        claim = ask("svc.claims.submit", {
+            "citizen": citizen, "claimant": body["claimant"], "employer": body["employer"],
+            "separationReason": body["separationReason"], "weeksWorked": body["weeksWorked"],
+            "baseWages": body["baseWages"], "idempotencyKey": idempotency_key, "fingerprint": fingerprint(body),
+            "traceparent": request.headers.get("traceparent"),
+        })
+        if claim["status"] == "approved":
+            # Only approved claims hand bank details to ach (data minimisation); a retry re-registers them.
+            account = ask("ach.accounts.register", {"citizen": citizen, **deposit})
+            claim["account"] = account["account"]
+        headers = {"Location": f"/claims/{claim['id']}"}
+        if claim.pop("replayed", False):
+            headers["Idempotent-Replayed"] = "true"
+        return claim, 201, headers
+
+    @claims.doc(security=BEARER)
+    @claims.arguments(s.ClaimListQuery, location="query")
+    @claims.response(200, s.ClaimPage)
+    @errors(401, 403, 422)
+    @requires("citizen", "caseworker")
+    def get(self, query: dict[str, Any]) -> Any:
+        """List claims: a citizen sees their own, a caseworker all of them."""
+        who = identity()
+        return ask("svc.claims.list", {**query, "citizen": who.sub if who.role == "citizen" else None})
+
+
+@claims.route("/<claim_id>")
+class ClaimById(MethodView):
+    @claims.doc(security=BEARER)
+    @claims.response(200, s.ClaimOut)
+    @errors(401, 403, 404)
+    @requires("citizen", "caseworker", "auditor")
+    def get(self, claim_id: str) -> Any:
+        """One claim with its status and timeline (a citizen sees only their own)."""
+        who = identity()
+        if len(claim_id) > 64:
+            raise Problem(404, "Not found", "no such claim", "id")
+        return ask("svc.claims.get", {"claimId": claim_id, "citizen": who.sub if who.role == "citizen" else None})
+
+
+@audit.route("/payouts")
+@audit.doc(security=BEARER)
+@audit.arguments(s.ReportQuery, location="query")
+@audit.response(200, s.PayoutReport)
+@requires("auditor")
+def payouts(query: dict[str, Any]) -> Any:
+    """Payout time (submitted to payment sent): count, p50, p90, p99, max, by day."""
+    return ask("metrics.payouts.report", {k: v for k, v in query.items() if v is not None})
+
+
+@audit.route("/payouts.csv")
+@audit.doc(security=BEARER)
+@audit.arguments(s.ReportQuery, location="query")
+@audit.response(200, content_type="text/csv", description="the report by day, as CSV")
+@requires("auditor")
+def payouts_csv(query: dict[str, Any]) -> Response:
+    """The payout-time report as CSV, one row a day and one for the whole period."""
+    report = ask("metrics.payouts.report", {k: v for k, v in query.items() if v is not None})
+    return Response(report_csv(report), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=payouts.csv"})
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    """The payout report as CSV text (seconds)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["day", "count", "p50_s", "p90_s", "p99_s", "max_s"])
+    for row in [*report["byDay"], {**report, "day": "all"}]:
+        writer.writerow([row["day"], row["count"], *("" if row[k] is None else f"{row[k]:.3f}" for k in ("p50", "p90", "p99", "max"))])
+    return out.getvalue()
+
+
+@mesh.route("/services")
+@mesh.doc(security=BEARER)
+@mesh.response(200, s.MeshOut)
+@requires("admin")
+def services() -> Any:
+    """The registry: every service instance, its version, subjects, health and breakers."""
+    return {"services": discover(mesh_of(current_app).bus)}
+
+
+@health.route("/livez")
+@health.response(200, s.HealthOut)
+def livez() -> Any:
+    """The process is alive."""
+    return {"status": "ok", "checks": {}}
+
+
+@health.route("/readyz")
+@health.response(200, s.HealthOut)
+@health.alt_response(503, schema=s.HealthOut, description="not ready")
+def readyz() -> Any:
+    """Ready when every hosted database and the bus answer; breaker states are reported."""
+    m = mesh_of(current_app)
+    checks: dict[str, Any] = {}
+    ok = True
+    for name, store in m.stores.items():
+        try:
+            store.ping()
+            checks[f"db.{name}"] = "ok"
+        except Exception as exc:
+            ok, checks[f"db.{name}"] = False, f"failing: {type(exc).__name__}"
+    try:
+        seen = {svc["name"]: svc for svc in discover(m.bus, 0.5)}
+        missing = sorted(set(m.registrations) - set(seen))
+        checks["bus"] = "ok" if not missing else f"failing: no answer from {', '.join(missing)}"
+        ok = ok and not missing
+        # An open bank breaker does not make the process unready: claims are still taken, payments wait.
+        checks["breakers"] = {f"{n}.{b}": st for n, svc in seen.items() for b, st in svc.get("breakers", {}).items()}
+    except BusError as exc:
+        ok, checks["bus"] = False, f"failing: {exc}"
+    return {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503

@@ -1,0 +1,122 @@
+"""Admin commands: the registry, the payout report and dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from flask import Flask, current_app
+
+from hms.bus import BusError
+from hms.bus.mesh import mesh_of
+from hms.bus.registry import discover
+
+from .api import report_csv
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    """Rows as a plain aligned text table."""
+    cells = [header, *[[("" if c is None else str(c)) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+@click.group("mesh")
+def mesh_cli() -> None:
+    """The service mesh."""
+
+
+@mesh_cli.command("status")
+@click.option("--timeout", default=1.0, type=click.FloatRange(0.05, 30), help="seconds to wait for answers")
+def status(timeout: float) -> None:
+    """Show every running service instance as a table."""
+    services = discover(mesh_of(current_app).bus, timeout)
+    if not services:
+        raise click.ClickException("no service answered on the bus")
+    rows = [[sv["name"], sv["version"], sv["id"][:8], f"{sv['host']}:{sv['pid']}", sv["health"].get("status"),
+             ",".join(f"{k}={v}" for k, v in sv["breakers"].items()) or "-",
+             ",".join(sv["publishes"]) or "-", ",".join(sv["subscribes"]) or "-", ",".join(sv["serves"]) or "-"]
+            for sv in services]
+    click.echo(table(rows, ["SERVICE", "VERSION", "INSTANCE", "PROCESS", "HEALTH", "BREAKERS", "PUBLISHES",
+                            "SUBSCRIBES", "SERVES"]))
+
+
+@click.group("metrics")
+def metrics_cli() -> None:
+    """Metrics for auditors."""
+
+
+@metrics_cli.command("payouts")
+@click.option("--csv", "as_csv", is_flag=True, help="print CSV instead of a table")
+@click.option("--days", type=click.IntRange(1, 3660), default=None, help="only the last N days")
+def payouts(as_csv: bool, days: int | None) -> None:
+    """The payout-time report: count, p50, p90, p99, max (seconds), by day."""
+    report = mesh_of(current_app).bus.request("metrics.payouts.report", {"days": days} if days else {}, timeout=30)
+    if as_csv:
+        click.echo(report_csv(report), nl=False)
+        return
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    rows = [[r["day"], r["count"], *(fmt(r[k]) for k in ("p50", "p90", "p99", "max"))]
+            for r in [*report["byDay"], {**report, "day": "all"}]]
+    click.echo(table(rows, ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"]))
+
+
+@click.group("bus")
+def bus_cli() -> None:
+    """The event bus."""
+
+
+@bus_cli.group("dead-letters", invoke_without_command=True)
+@click.pass_context
+def dead_letters(ctx: click.Context) -> None:
+    """Inspect and replay events that exhausted their retries (default: list)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_dead_letters)
+
+
+@dead_letters.command("list")
+def list_dead_letters() -> None:
+    """List dead letters of the services hosted here, oldest first."""
+    rows = []
+    for name, store in mesh_of(current_app).stores.items():
+        for d in store.list_dead_letters():
+            rows.append([f"{name}:{d['id']}", d["subject"], d["event_id"], d["consumer"], d["attempts"],
+                         d["failed_at"].isoformat(timespec="seconds"), d["error"][:80]])
+    if not rows:
+        click.echo("no dead letters")
+        return
+    click.echo(table(rows, ["ID", "SUBJECT", "EVENT", "CONSUMER", "ATTEMPTS", "FAILED_AT", "ERROR"]))
+
+
+@dead_letters.command("replay")
+@click.argument("dead_letter_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="replay every dead letter")
+def replay(dead_letter_id: str | None, replay_all: bool) -> None:
+    """Hand dead letter ID (service:number), or --all of them, to its consumer again."""
+    stores = mesh_of(current_app).stores
+    if bool(dead_letter_id) == replay_all:
+        raise click.UsageError("give exactly one of ID or --all")
+    if replay_all:
+        targets = [(name, d["id"]) for name, st in stores.items() for d in st.list_dead_letters()]
+    else:
+        name, _, number = (dead_letter_id or "").partition(":")
+        if name not in stores or not number.isdigit():
+            raise click.BadParameter(f"expected SERVICE:NUMBER with a service hosted here ({', '.join(stores)})",
+                                     param_hint="ID")
+        targets = [(name, int(number))]
+    failed = 0
+    for name, number in targets:
+        try:
+            stores[name].replay(number)
+            click.echo(f"replayed {name}:{number}")
+        except (LookupError, BusError, Exception) as exc:  # report each failure, go on with the rest
+            failed += 1
+            click.echo(f"failed {name}:{number}: {type(exc).__name__}: {exc}", err=True)
+    if failed:
+        raise click.ClickException(f"{failed} of {len(targets)} replays failed")
+
+
+def init_app(app: Flask) -> None:
+    """Register the admin command groups."""
+    for group in (mesh_cli, metrics_cli, bus_cli):
+        app.cli.add_command(group)

@@ -1,0 +1,106 @@
+"""One error shape for the whole API: application/problem+json (RFC 9457)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+from hms.bus import BusTimeout, ContractError, NoResponders, ReplyError
+
+PROBLEM_BASE = "https://hms.example/problems/"
+MEDIA_TYPE = "application/problem+json"
+SLUGS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
+         409: "conflict", 413: "payload-too-large", 415: "unsupported-media-type", 422: "validation",
+         429: "rate-limited", 500: "internal", 503: "unavailable", 504: "timeout"}
+
+
+class Problem(Exception):
+    """An error the gateway answers with a problem document."""
+
+    def __init__(self, status: int, title: str, detail: str = "", field: str | None = None,
+                 errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail or title)
+        self.status, self.title, self.detail, self.field = status, title, detail or title, field
+        self.errors, self.headers = errors or [], headers or {}
+
+
+def problem_response(p: Problem) -> Response:
+    """Render a problem as an HTTP response."""
+    body: dict[str, Any] = {"type": PROBLEM_BASE + SLUGS.get(p.status, "error"), "title": p.title,
+                            "status": p.status, "detail": p.detail}
+    if p.field:
+        body["field"] = p.field
+    if p.errors:
+        body["errors"] = p.errors
+    return Response(json.dumps(body), status=p.status, mimetype=MEDIA_TYPE, headers=p.headers)
+
+
+def flatten(messages: Any, prefix: str = "") -> list[dict[str, str]]:
+    """marshmallow/webargs messages as a flat list of {field, message}."""
+    out: list[dict[str, str]] = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            if key in ("json", "query", "headers", "view_args", "_schema") and not prefix:
+                out += flatten(value, "" if key in ("json", "_schema") else "")
+            else:
+                out += flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(messages, list):
+        if all(isinstance(m, str) for m in messages):
+            out += [{"field": prefix, "message": m} for m in messages]
+        else:
+            for m in messages:
+                out += flatten(m, prefix)
+    else:
+        out.append({"field": prefix, "message": str(messages)})
+    return out
+
+
+def from_http_exception(error: HTTPException) -> Problem:
+    """An HTTP error (also webargs' 422 and 400) as a problem naming the failing fields."""
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    errors = flatten(data.get("messages", {})) if data.get("messages") else []
+    if status == 422 and errors:
+        first = errors[0]
+        detail = "; ".join(f"{e['field'] or '(body)'}: {e['message']}" for e in errors)
+        return Problem(422, "Invalid request", detail, first["field"] or None, errors)
+    if status == 400 and errors:
+        return Problem(400, "Malformed request", errors[0]["message"], errors[0]["field"] or None, errors)
+    title = error.name if status != 413 else "Request body too large"
+    return Problem(status, title, error.description or title, headers=dict(getattr(error, "problem_headers", {}) or {}))
+
+
+def init_app(app: Flask) -> None:
+    """Map every error to problem+json: HTTP errors, bus errors and anything unexpected."""
+
+    @app.errorhandler(Problem)
+    def _problem(p: Problem) -> Response:
+        return problem_response(p)
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Response:
+        return problem_response(from_http_exception(error))
+
+    @app.errorhandler(ReplyError)
+    def _reply(error: ReplyError) -> Response:
+        return problem_response(Problem(error.status, error.title, error.detail, error.field))
+
+    @app.errorhandler(ContractError)
+    def _contract(error: ContractError) -> Response:
+        return problem_response(Problem(422, "Invalid request", str(error), error.field or None))
+
+    @app.errorhandler(NoResponders)
+    def _no_responders(error: NoResponders) -> Response:
+        return problem_response(Problem(503, "Service unavailable", f"nothing serves {error.subject} right now",
+                                        headers={"Retry-After": "5"}))
+
+    @app.errorhandler(BusTimeout)
+    def _timeout(error: BusTimeout) -> Response:
+        return problem_response(Problem(504, "Service timeout", str(error)))
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        app.logger.exception("unhandled error")
+        return problem_response(Problem(500, "Internal error", "an unexpected error occurred; it has been logged"))

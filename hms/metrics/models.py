@@ -1,0 +1,31 @@
+"""The metrics service's own tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Float, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from hms.bus.store import UtcDateTime, messaging_tables
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Payout(Base):
+    """Payout time of one claim, from the events' own times (either event may come first)."""
+
+    __tablename__ = "payouts"
+
+    claim_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    citizen: Mapped[str] = mapped_column(String(128))
+    submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    payment_id: Mapped[str | None] = mapped_column(String(36))
+    seconds: Mapped[float | None] = mapped_column(Float)
+    day: Mapped[str | None] = mapped_column(String(10), index=True)
+
+
+outbox, inbox, dead_letters = messaging_tables(Base.metadata)

@@ -1,0 +1,66 @@
+"""The claim service's own tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, MetaData, Numeric, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from hms.bus.store import UtcDateTime, messaging_tables
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Claim(Base):
+    __tablename__ = "claims"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    citizen: Mapped[str] = mapped_column(String(128), index=True)
+    claimant_name: Mapped[str] = mapped_column(String(200))
+    claimant_ssn_last4: Mapped[str] = mapped_column(String(4))
+    claimant_email: Mapped[str] = mapped_column(String(254))
+    employer: Mapped[str] = mapped_column(String(200))
+    separation_reason: Mapped[str] = mapped_column(String(32))
+    weeks_worked: Mapped[int] = mapped_column(Integer)
+    base_wages: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    status: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    rule_version: Mapped[str] = mapped_column(String(64))
+    submitted_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    payment_id: Mapped[str | None] = mapped_column(String(36))
+    failure_reason: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_claims_citizen_status", "citizen", "status"),)
+
+
+class TimelineEntry(Base):
+    __tablename__ = "timeline"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    claim_id: Mapped[str] = mapped_column(ForeignKey("claims.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    detail: Mapped[str | None] = mapped_column(String(200))
+
+
+class IdempotencyRecord(Base):
+    """The first result of a submit, returned again for a retry with the same key."""
+
+    __tablename__ = "idempotency_keys"
+
+    citizen: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    claim_id: Mapped[str] = mapped_column(String(36))
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+outbox, inbox, dead_letters = messaging_tables(Base.metadata)

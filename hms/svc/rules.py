@@ -1,0 +1,116 @@
+"""Eligibility rules as data: a versioned file of small named rules, each with a reason code."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, ClassVar
+
+DEFAULT_RULES = Path(__file__).with_name("rules.json")
+
+
+class RulesFileError(ValueError):
+    """A rules file that cannot be used, naming the file and the entry."""
+
+
+@dataclass(frozen=True)
+class Application:
+    """What the rules look at: the claim's facts and the citizen's history."""
+
+    separation_reason: str
+    weeks_worked: int
+    base_wages: Decimal
+    has_open_claim: bool
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named business rule; `is_broken` says whether an application breaks it."""
+
+    code: str
+    explain: str
+    kinds: ClassVar[dict[str, type[Rule]]] = {}
+
+    def __init_subclass__(cls, kind: str = "", **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        Rule.kinds[kind] = cls
+
+    def is_broken(self, app: Application) -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SeparationReason(Rule, kind="separation_reason"):
+    eligible: tuple[str, ...] = ()
+
+    def is_broken(self, app: Application) -> bool:
+        return app.separation_reason not in self.eligible
+
+
+@dataclass(frozen=True)
+class MinWeeksWorked(Rule, kind="min_weeks_worked"):
+    min: int = 0
+
+    def is_broken(self, app: Application) -> bool:
+        return app.weeks_worked < self.min
+
+
+@dataclass(frozen=True)
+class MinBaseWages(Rule, kind="min_base_wages"):
+    min: Decimal = Decimal(0)
+
+    def is_broken(self, app: Application) -> bool:
+        return app.base_wages < self.min
+
+
+@dataclass(frozen=True)
+class OneOpenClaim(Rule, kind="one_open_claim"):
+    def is_broken(self, app: Application) -> bool:
+        return app.has_open_claim
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """A version of the rules and the benefit amount they grant."""
+
+    version: str
+    amount: Decimal
+    rules: tuple[Rule, ...]
+
+    def evaluate(self, app: Application) -> list[str]:
+        """The reason codes of every broken rule (empty means eligible)."""
+        return [r.code for r in self.rules if r.is_broken(app)]
+
+    def explain(self, code: str) -> str:
+        """The plain-language sentence for a reason code."""
+        return next((r.explain for r in self.rules if r.code == code), code)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> RuleSet:
+        """Read and check a rules file (the shipped defaults when `path` is empty)."""
+        path = Path(path or DEFAULT_RULES)
+        try:
+            doc = json.loads(path.read_text())
+            version, amount = str(doc["version"]), Decimal(str(doc["amount"]))
+            entries = doc["rules"]
+        except (OSError, ValueError, KeyError, TypeError, InvalidOperation) as exc:
+            raise RulesFileError(f"{path}: {type(exc).__name__}: {exc}") from None
+        if amount < 1:
+            raise RulesFileError(f"{path}: amount must be at least 1")
+        rules = []
+        for i, entry in enumerate(entries):
+            kind = Rule.kinds.get(entry.get("kind", ""))
+            if kind is None or kind is Rule:
+                raise RulesFileError(f"{path}: rules[{i}].kind {entry.get('kind')!r} is not one of {sorted(k for k in Rule.kinds if k)}")
+            params = {k: v for k, v in entry.items() if k != "kind"}
+            if "eligible" in params:
+                params["eligible"] = tuple(params["eligible"])
+            if kind is MinBaseWages and "min" in params:
+                params["min"] = Decimal(str(params["min"]))
+            try:
+                rules.append(kind(**params))
+            except TypeError as exc:
+                raise RulesFileError(f"{path}: rules[{i}]: {exc}") from None
+        return cls(version, amount, tuple(rules))

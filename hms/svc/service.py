@@ -1,0 +1,161 @@
+"""The claim service: submit runs the rules, decisions go out through the outbox."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hms.bus import Event, ReplyError
+from hms.bus.store import ServiceStore, utcnow
+
+from .models import Claim, IdempotencyRecord, TimelineEntry
+from .rules import Application, RuleSet
+
+log = logging.getLogger("hms.svc")
+OPEN_STATUSES = ("approved", "paid")
+
+
+def iso(dt: Any) -> str | None:
+    """RFC 3339 UTC text of a datetime (None stays None)."""
+    return dt.isoformat().replace("+00:00", "Z") if dt is not None else None
+
+
+def money(value: Decimal | None) -> float | None:
+    """A Decimal amount as a JSON number with cents."""
+    return float(value) if value is not None else None
+
+
+class ClaimService:
+    """Claims, their decisions and their status, owned by `svc`."""
+
+    def __init__(self, store: ServiceStore, rules: RuleSet) -> None:
+        self.store, self.rules = store, rules
+
+    # -- request/reply ----------------------------------------------------------------------
+    def submit(self, event: Event) -> dict[str, Any]:
+        """svc.claims.submit: record the claim, decide it, publish both; idempotent per key."""
+        req = event.data
+        key = req.get("idempotencyKey")
+        for _ in range(2):  # a concurrent first use of the same key loses the race once, then finds the record
+            try:
+                with self.store.session() as s:
+                    if key:
+                        found = s.get(IdempotencyRecord, (req["citizen"], key))
+                        if found is not None:
+                            return self._replay(found, req)
+                    view = self._decide(s, req)
+                    if key:
+                        s.add(IdempotencyRecord(citizen=req["citizen"], key=key, fingerprint=req.get("fingerprint") or "",
+                                                claim_id=view["id"], response=view, created_at=utcnow()))
+                    return view
+            except IntegrityError:
+                if not key:
+                    raise
+        raise ReplyError(409, "Conflict", "the same Idempotency-Key is being used concurrently", "Idempotency-Key")
+
+    def _replay(self, found: IdempotencyRecord, req: dict[str, Any]) -> dict[str, Any]:
+        if found.fingerprint != (req.get("fingerprint") or ""):
+            raise ReplyError(422, "Idempotency-Key reused", "this Idempotency-Key was used with a different request body",
+                             "Idempotency-Key")
+        return {**found.response, "replayed": True}
+
+    def _decide(self, s: Session, req: dict[str, Any]) -> dict[str, Any]:
+        now = utcnow()
+        citizen = req["citizen"]
+        has_open = s.scalar(select(func.count()).where(Claim.citizen == citizen, Claim.status.in_(OPEN_STATUSES))) or 0
+        reasons = self.rules.evaluate(Application(
+            separation_reason=req["separationReason"], weeks_worked=req["weeksWorked"],
+            base_wages=Decimal(str(req["baseWages"])), has_open_claim=has_open > 0,
+        ))
+        approved = not reasons
+        claim = Claim(
+            id=str(uuid.uuid4()), citizen=citizen, claimant_name=req["claimant"]["name"],
+            claimant_ssn_last4=req["claimant"]["ssnLast4"], claimant_email=req["claimant"]["email"],
+            employer=req["employer"], separation_reason=req["separationReason"], weeks_worked=req["weeksWorked"],
+            base_wages=Decimal(str(req["baseWages"])), status="approved" if approved else "denied",
+            amount=self.rules.amount if approved else None, reasons=reasons, rule_version=self.rules.version,
+            submitted_at=now, decided_at=now,
+        )
+        s.add(claim)
+        s.add_all([TimelineEntry(claim_id=claim.id, status="submitted", at=now),
+                   TimelineEntry(claim_id=claim.id, status=claim.status, at=now,
+                                 detail=None if approved else ",".join(reasons))])
+        trace = req.get("traceparent")
+        ts = iso(now)
+        self.store.emit(s, "claim.submitted", {"claimId": claim.id, "citizen": citizen, "submittedAt": ts}, traceparent=trace)
+        if approved:
+            self.store.emit(s, "claim.approved", {"claimId": claim.id, "citizen": citizen, "amount": money(claim.amount),
+                                                  "approvedAt": ts, "ruleVersion": claim.rule_version}, traceparent=trace)
+        else:
+            self.store.emit(s, "claim.denied", {"claimId": claim.id, "citizen": citizen, "reasons": reasons,
+                                                "deniedAt": ts, "ruleVersion": claim.rule_version}, traceparent=trace)
+        s.flush()
+        log.info("claim %s %s", claim.id, claim.status, extra={"claim_id": claim.id})
+        return self.view(s, claim)
+
+    def get(self, event: Event) -> dict[str, Any]:
+        """svc.claims.get: one claim; a citizen's request sees only their own (else not found)."""
+        with self.store.session() as s:
+            claim = s.get(Claim, event.data["claimId"])
+            if claim is None or (event.data.get("citizen") and claim.citizen != event.data["citizen"]):
+                raise ReplyError(404, "Not found", "no such claim", "id")
+            return self.view(s, claim)
+
+    def list(self, event: Event) -> dict[str, Any]:
+        """svc.claims.list: a page of claims, newest first, scoped to a citizen when given."""
+        req = event.data
+        page, size = req["page"], req["pageSize"]
+        q = select(Claim)
+        if req.get("citizen"):
+            q = q.where(Claim.citizen == req["citizen"])
+        if req.get("status"):
+            q = q.where(Claim.status == req["status"])
+        with self.store.session() as s:
+            total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+            rows = s.scalars(q.order_by(Claim.submitted_at.desc(), Claim.id).offset((page - 1) * size).limit(size))
+            return {"items": [self.view(s, c, timeline=False) for c in rows], "page": page, "pageSize": size, "total": total}
+
+    # -- events -----------------------------------------------------------------------------
+    def on_payment_sent(self, s: Session, event: Event) -> None:
+        """payment.sent: the claim is paid."""
+        claim = self._claim_for(s, event)
+        claim.status, claim.payment_id = "paid", event.data["paymentId"]
+        s.add(TimelineEntry(claim_id=claim.id, status="paid", at=utcnow(), detail=event.data["paymentId"]))
+
+    def on_payment_failed(self, s: Session, event: Event) -> None:
+        """payment.failed: the claim could not be paid."""
+        claim = self._claim_for(s, event)
+        claim.status, claim.failure_reason = "payment_failed", event.data["reason"]
+        s.add(TimelineEntry(claim_id=claim.id, status="payment_failed", at=utcnow(), detail=event.data["reason"]))
+
+    def _claim_for(self, s: Session, event: Event) -> Claim:
+        claim = s.get(Claim, event.data["claimId"])
+        if claim is None:
+            raise LookupError(f"{event.subject}: unknown claim {event.data['claimId']}")
+        if claim.status != "approved":
+            raise ValueError(f"{event.subject}: claim {claim.id} is {claim.status}, not approved")
+        return claim
+
+    # -- views ------------------------------------------------------------------------------
+    def view(self, s: Session, claim: Claim, *, timeline: bool = True) -> dict[str, Any]:
+        """The claim as the API shows it."""
+        out: dict[str, Any] = {
+            "id": claim.id, "citizen": claim.citizen, "status": claim.status, "amount": money(claim.amount),
+            "reasons": list(claim.reasons or []),
+            "reasonDetails": [{"code": c, "message": self.rules.explain(c)} for c in claim.reasons or []],
+            "ruleVersion": claim.rule_version, "employer": claim.employer,
+            "claimant": {"name": claim.claimant_name, "email": claim.claimant_email, "ssnLast4": claim.claimant_ssn_last4},
+            "separationReason": claim.separation_reason, "weeksWorked": claim.weeks_worked,
+            "baseWages": money(claim.base_wages), "submittedAt": iso(claim.submitted_at),
+            "decidedAt": iso(claim.decided_at), "paymentId": claim.payment_id, "failureReason": claim.failure_reason,
+        }
+        if timeline:
+            entries = s.scalars(select(TimelineEntry).where(TimelineEntry.claim_id == claim.id).order_by(TimelineEntry.id))
+            out["timeline"] = [{"status": e.status, "at": iso(e.at), "detail": e.detail} for e in entries]
+        return out

@@ -11,8 +11,11 @@ __all__ = ["create_app"]
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: configuration, bus, the hosted services and the gateway; start workers if HMS_START."""
-    from hms import ach, auth, gateway, logs, metrics, notifier, svc
+    """Build the app: configuration, bus, the hosted services and the gateway; start workers if HMS_START.
+
+    Nothing runs in the background unless HMS_START is true (see `hms.wsgi`) or `hms up`/`hms worker` start it.
+    """
+    from hms import ach, auth, cli, gateway, logs, metrics, notifier, svc
     from hms.bus.mesh import EXTENSION, Mesh
     from hms.config import load
 
@@ -28,6 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             module.init_app(app)
     if mesh.hosts("gateway"):
         gateway.init_app(app)
+    cli.init_app(app)
     if settings["HMS_START"]:
         mesh.start()
     return app

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import click
-from flask import current_app
-from flask.cli import FlaskGroup
+from flask import Flask, current_app
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
-from hms import create_app
 from hms.bus.mesh import mesh_of
 
 
-def _cli_app() -> object:
-    # Commands only read or change state; background workers run under `hms up` and `hms worker`.
-    return create_app({"HMS_START": False})
+def _create_app() -> Flask:
+    from hms import create_app
+
+    return create_app()
 
 
-@click.group(cls=FlaskGroup, create_app=_cli_app, add_default_commands=True, add_version_option=False)
+@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False)
 def main() -> None:
-    """HMS payout mesh."""
+    """HMS payout mesh (the same commands as `flask --app hms`)."""
 
 
-@main.group("db")
+@click.group("db", cls=AppGroup)
 def db() -> None:
     """The services' databases."""
 
@@ -45,7 +45,8 @@ def revision(service: str, message: str) -> None:
     stores[service].revision(message)
 
 
-@main.command("up")
+@click.command("up")
+@with_appcontext
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
@@ -61,3 +62,9 @@ def up(host: str, port: int, threads: int) -> None:
         serve(current_app._get_current_object(), host=host, port=port, threads=threads, ident="hms")  # type: ignore[attr-defined]
     finally:
         mesh.close()
+
+
+def init_app(app: Flask) -> None:
+    """Register `up` and `db` on the app's CLI."""
+    app.cli.add_command(db)
+    app.cli.add_command(up)

@@ -13,7 +13,7 @@ DEFAULTS: dict[str, Any] = {
     "HMS_BUS_URL": "memory://",
     "HMS_DATABASE_URL": "",
     "HMS_SERVICES": list(ALL_SERVICES),
-    "HMS_START": True,
+    "HMS_START": False,
     "HMS_DEMO": False,
     "HMS_JWT_ISSUER": "hms-dev",
     "HMS_JWT_AUDIENCE": "hms",
@@ -23,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "HMS_RULES_FILE": "",
     "HMS_REQUEST_TIMEOUT_S": 5.0,
     "HMS_OUTBOX_POLL_S": 1.0,
+    "HMS_BUS_MAX_DELIVER": 5,
+    "HMS_BUS_BACKOFF_S": [0.5, 2.0, 10.0, 30.0],
     "HMS_ACH_PROVIDER": "sandbox",
     "HMS_ACH_SANDBOX_STATEMENT": "",
     "HMS_ACH_SANDBOX_LATENCY_MS": 0,
@@ -34,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "HMS_ACH_BREAKER_RESET_S": 10.0,
     "HMS_ACH_SEND_LEASE_S": 30.0,
     "HMS_ACH_POLL_S": 0.5,
+    "HMS_ACH_ACCOUNT_WAIT_S": 3600.0,
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }
 
@@ -61,6 +64,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         return number
     if isinstance(default, list):
         items = value if isinstance(value, (list, tuple)) else [s.strip() for s in str(value).split(",") if s.strip()]
+        if default and isinstance(default[0], float):
+            try:
+                return [float(i) for i in items]
+            except ValueError:
+                raise ConfigError(f"{key}: expected comma-separated seconds, got {value!r}") from None
         return list(items)
     return value
 

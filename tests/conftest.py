@@ -38,7 +38,7 @@ def settings(tmp_path: Path) -> dict[str, Any]:
     """Test settings: everything under a temporary instance folder, fast polling."""
     return {
         "HMS_INSTANCE_PATH": str(tmp_path / "instance"), "HMS_OUTBOX_POLL_S": 0.05, "HMS_ACH_POLL_S": 0.05,
-        "HMS_ACH_RETRY_BASE_S": 0.05, "HMS_ACH_BREAKER_RESET_S": 0.5, "HMS_START": False,
+        "HMS_ACH_RETRY_BASE_S": 0.05, "HMS_ACH_BREAKER_RESET_S": 0.5, "HMS_BUS_BACKOFF_S": [0.01, 0.05],
     }
 
 

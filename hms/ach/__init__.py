@@ -43,7 +43,8 @@ def init_app(app: Flask) -> Payments:
         exclude=[BankDeclined], listeners=[_LogBreaker()], name="bank",
     )
     payments = Payments(store, make_bank(cfg), breaker, retry_base=cfg["HMS_ACH_RETRY_BASE_S"],
-                        retry_max=cfg["HMS_ACH_RETRY_MAX_S"], lease=cfg["HMS_ACH_SEND_LEASE_S"], poll=cfg["HMS_ACH_POLL_S"])
+                        retry_max=cfg["HMS_ACH_RETRY_MAX_S"], lease=cfg["HMS_ACH_SEND_LEASE_S"], poll=cfg["HMS_ACH_POLL_S"],
+                        account_wait=cfg["HMS_ACH_ACCOUNT_WAIT_S"])
     mesh.bus.subscribe("ach.accounts.register", payments.register_account, queue="ach")
     store.consume("claim.approved", payments.on_claim_approved)
     mesh.on_start(payments.start, payments.stop)

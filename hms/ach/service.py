@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from hms.bus import Event, ReplyError
 from hms.bus.store import ServiceStore, utcnow
-
 from hms.contracts.vocabulary import aba_checksum_ok
 
 from .bank import BankDeclined, BankProvider, BankUnavailable, Transfer
@@ -33,9 +32,11 @@ class Payments:
     """Owns accounts and payments; `run_once` moves due payments forward."""
 
     def __init__(self, store: ServiceStore, bank: BankProvider, breaker: pybreaker.CircuitBreaker, *,
-                 retry_base: float = 1.0, retry_max: float = 60.0, lease: float = 30.0, poll: float = 0.5) -> None:
+                 retry_base: float = 1.0, retry_max: float = 60.0, lease: float = 30.0, poll: float = 0.5,
+                 account_wait: float = 3600.0) -> None:
         self.store, self.bank, self.breaker = store, bank, breaker
         self.retry_base, self.retry_max, self.lease, self.poll = retry_base, retry_max, lease, poll
+        self.account_wait = account_wait
         self.instance = uuid.uuid4().hex
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -55,6 +56,9 @@ class Payments:
                 s.add(account)
             account.routing_number, account.account_number = req["routingNumber"], req["accountNumber"]
             account.account_type, account.registered_at = req["accountType"], utcnow()
+            s.execute(update(Payment).where(Payment.citizen == req["citizen"], Payment.state == "pending")
+                      .values(next_attempt_at=utcnow()))
+            self._wake.set()
             return {"accountId": account.id, "account": account.masked, "accountType": account.account_type}
 
     # -- events -----------------------------------------------------------------------------
@@ -122,13 +126,16 @@ class Payments:
             if claimed.rowcount != 1:
                 return "taken"
             p = s.get(Payment, payment_id)
-            account = s.get(Account, p.citizen) if p else None
-            if p is None:
-                return "missing"
-            if account is None:
+            account = s.get(Account, p.citizen)
+            if account is None and (utcnow() - p.created_at).total_seconds() > self.account_wait:
                 self._fail(s, p, "NO_ACCOUNT")
                 return "failed"
-            transfer = Transfer(p.idempotency_key, p.claim_id, p.amount, account.routing_number, account.account_number)
+            transfer = account and Transfer(p.idempotency_key, p.claim_id, p.amount, account.routing_number,
+                                            account.account_number)
+        if not transfer:
+            # The gateway registers the account right after the approval; registering makes this due again.
+            self._retry(payment_id, "no direct-deposit account registered yet", counted=False, breaker_wait=False)
+            return "waiting"
         try:
             # pybreaker holds its lock during the call, so bank calls of one process are serial;
             # an open breaker refuses at once without calling the bank.
@@ -167,7 +174,7 @@ class Payments:
                 s.execute(update(Payment).where(Payment.id == payment_id, Payment.state == "sending")
                           .values(state="pending", next_attempt_at=utcnow(), claimed_by=None))
 
-    def _retry(self, payment_id: str, error: str, *, counted: bool) -> None:
+    def _retry(self, payment_id: str, error: str, *, counted: bool, breaker_wait: bool = True) -> None:
         with self.store.session() as s:
             p = s.get(Payment, payment_id)
             if p is None or p.state != "sending":
@@ -175,7 +182,7 @@ class Payments:
             if not counted:
                 p.attempts -= 1
             delay = min(self.retry_max, self.retry_base * 2 ** max(0, p.attempts - 1))
-            if not counted:
+            if not counted and breaker_wait:
                 delay = max(delay, float(self.breaker.reset_timeout) / 2)
             p.state, p.last_error, p.claimed_by = "pending", error[:300], None
             p.next_attempt_at = utcnow() + timedelta(seconds=delay * random.uniform(0.8, 1.2))

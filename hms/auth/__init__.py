@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 from flask import Blueprint, Flask, current_app, jsonify
+from flask.cli import AppGroup
 from flask.typing import ResponseReturnValue
 
 from hms.bus.mesh import mesh_of
 from hms.bus.registry import ServiceInfo
-
 from hms.contracts.vocabulary import ROLES
 
 from .keys import IdentityProvider
@@ -26,7 +26,7 @@ def jwks() -> ResponseReturnValue:
     return response
 
 
-@click.group("auth")
+@click.group("auth", cls=AppGroup)
 def auth_cli() -> None:
     """The development identity provider."""
 

@@ -19,7 +19,6 @@ from jwt.algorithms import RSAAlgorithm
 from hms.contracts.vocabulary import ROLES, USER_TOKEN_TYPE
 
 
-
 def thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 thumbprint of an RSA public JWK, used as its `kid`."""
     canonical = json.dumps({k: jwk[k] for k in ("e", "kty", "n")}, separators=(",", ":"), sort_keys=True)

@@ -130,8 +130,10 @@ def make_engine(url: str, service: str) -> Engine:
 class ServiceStore:
     """One service's database: transactions that write state and events together, and their relay."""
 
-    def __init__(self, name: str, metadata: MetaData, url: str, bus: Bus, *, poll_interval: float = 1.0) -> None:
+    def __init__(self, name: str, metadata: MetaData, url: str, bus: Bus, *, poll_interval: float = 1.0,
+                 max_deliver: int = 5, backoff: Sequence[float] = DEFAULT_BACKOFF) -> None:
         self.name, self.metadata, self.url, self.bus = name, metadata, url, bus
+        self.max_deliver, self.backoff = max_deliver, tuple(backoff)
         self.source = f"/hms/{name}"
         self.outbox, self.inbox, self.dead_letters = (metadata.tables[t] for t in ("outbox", "inbox", "dead_letters"))
         self.engine = make_engine(url, name)
@@ -180,8 +182,8 @@ class ServiceStore:
         subject: str,
         handler: Callable[[Session, Event], None],
         *,
-        max_deliver: int = 5,
-        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        max_deliver: int | None = None,
+        backoff: Sequence[float] | None = None,
     ) -> Subscription:
         """Subscribe `handler(session, event)` as an idempotent consumer: one effect per event id."""
         consumer = f"{self.name}.{handler.__name__}"
@@ -197,7 +199,8 @@ class ServiceStore:
 
         self._consumers[consumer] = on_event
         return self.bus.subscribe(
-            subject, on_event, queue=consumer, max_deliver=max_deliver, backoff=backoff,
+            subject, on_event, queue=consumer, max_deliver=max_deliver or self.max_deliver,
+            backoff=self.backoff if backoff is None else backoff,
             dead_letter=lambda ev, error: self._store_dead_letter(consumer, ev, error),
         )
 

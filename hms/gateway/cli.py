@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 from flask import Flask, current_app
+from flask.cli import AppGroup
 
 from hms.bus import BusError
 from hms.bus.mesh import mesh_of
@@ -21,7 +22,7 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
-@click.group("mesh")
+@click.group("mesh", cls=AppGroup)
 def mesh_cli() -> None:
     """The service mesh."""
 
@@ -41,7 +42,7 @@ def status(timeout: float) -> None:
                             "SUBSCRIBES", "SERVES"]))
 
 
-@click.group("metrics")
+@click.group("metrics", cls=AppGroup)
 def metrics_cli() -> None:
     """Metrics for auditors."""
 
@@ -61,12 +62,12 @@ def payouts(as_csv: bool, days: int | None) -> None:
     click.echo(table(rows, ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"]))
 
 
-@click.group("bus")
+@click.group("bus", cls=AppGroup)
 def bus_cli() -> None:
     """The event bus."""
 
 
-@bus_cli.group("dead-letters", invoke_without_command=True)
+@bus_cli.group("dead-letters", cls=AppGroup, invoke_without_command=True)
 @click.pass_context
 def dead_letters(ctx: click.Context) -> None:
     """Inspect and replay events that exhausted their retries (default: list)."""

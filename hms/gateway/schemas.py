@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from hms.contracts.vocabulary import ACCOUNT_TYPES, CLAIM_STATUSES, SEPARATION_REASONS, aba_checksum_ok
+from hms.contracts.vocabulary import (
+    ACCOUNT_TYPES,
+    CLAIM_STATUSES,
+    SEPARATION_REASONS,
+    aba_checksum_ok,
+)
 
 
 class Strict(Schema):

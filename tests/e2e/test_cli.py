@@ -1,0 +1,73 @@
+"""The admin commands, run as a user would through the Flask CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+from flask import Flask
+from flask.testing import FlaskClient
+
+from hms.bus.mesh import Mesh
+from tests.conftest import DIEGO, eventually
+
+
+def test_auth_token_issues_a_token_the_gateway_accepts(app: Flask, client: FlaskClient) -> None:
+    result = app.test_cli_runner().invoke(args=["auth", "token", "--role", "caseworker", "--sub", "cw-7"])
+    assert result.exit_code == 0, result.output
+    token = result.output.strip()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert (claims["sub"], claims["role"], claims["iss"], claims["aud"]) == ("cw-7", "caseworker", "hms-dev", "hms")
+    assert client.get("/claims", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_auth_token_refuses_an_unknown_role(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["auth", "token", "--role", "king", "--sub", "x"])
+    assert result.exit_code == 2 and "king" in result.output and "citizen" in result.output
+
+
+def test_mesh_status_lists_every_service(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["mesh", "status"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:3] == ["SERVICE", "VERSION", "INSTANCE"]
+    assert sorted(line.split()[0] for line in lines[1:]) == ["ach", "auth", "metrics", "notifier", "svc"]
+    assert "bank=closed" in result.output
+
+
+def test_metrics_payouts_table_and_csv(app: Flask, client: FlaskClient, token: Any) -> None:
+    claim = client.post("/claims", json=DIEGO, headers=token("diego")).json
+    eventually(lambda: client.get(f"/claims/{claim['id']}", headers=token("diego")).json["status"] == "paid")
+    runner = app.test_cli_runner()
+    table = eventually(lambda: (r := runner.invoke(args=["metrics", "payouts"])).output.count("\n") >= 3 and r)
+    assert table.exit_code == 0 and table.output.splitlines()[0].split() == ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"]
+    assert table.output.splitlines()[-1].split()[:2] == ["all", "1"]
+    csv = runner.invoke(args=["metrics", "payouts", "--csv"])
+    assert csv.exit_code == 0 and csv.output.splitlines()[0] == "day,count,p50_s,p90_s,p99_s,max_s"
+    assert csv.output.splitlines()[-1].startswith("all,1,")
+
+
+def test_dead_letters_list_and_replay(app: Flask, mesh: Mesh) -> None:
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["bus", "dead-letters", "list"]).output.strip() == "no dead letters"
+    # payment.sent for a claim svc never heard of: svc cannot apply it and gives up.
+    store = mesh.stores["ach"]
+    with store.session() as s:
+        store.emit(s, "payment.sent", {"claimId": "ghost", "paymentId": "p1", "citizen": "x", "amount": 600,
+                                       "sentAt": "2026-11-27T10:00:00Z"})
+    svc = mesh.stores["svc"]
+    eventually(lambda: svc.list_dead_letters(), timeout=60)
+    listing = runner.invoke(args=["bus", "dead-letters"])
+    assert "payment.sent" in listing.output and "svc.on_payment_sent" in listing.output
+    dl_id = listing.output.splitlines()[1].split()[0]
+    replay = runner.invoke(args=["bus", "dead-letters", "replay", dl_id])
+    assert replay.exit_code == 1 and "unknown claim ghost" in replay.output
+    bad = runner.invoke(args=["bus", "dead-letters", "replay", "nope"])
+    assert bad.exit_code == 2 and "SERVICE:NUMBER" in bad.output
+    both = runner.invoke(args=["bus", "dead-letters", "replay"])
+    assert both.exit_code == 2 and "exactly one" in both.output
+
+
+def test_db_upgrade_is_repeatable(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+    assert result.exit_code == 0 and "svc, ach, metrics, notifier" in result.output

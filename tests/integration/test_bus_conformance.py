@@ -1,0 +1,204 @@
+"""One suite for every bus engine: the same semantics or a bug in one engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hms.bus import Bus, BusTimeout, ContractError, Contracts, Event, NoResponders, ReplyError, SubjectError, connect
+from tests.conftest import eventually
+
+ENGINES = ["memory://"]
+APPROVED = {"claimId": "c1", "citizen": "diego", "amount": 600, "approvedAt": "2026-11-27T10:00:00Z", "ruleVersion": "1"}
+
+
+@pytest.fixture(params=ENGINES)
+def bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
+    b = connect(request.param, Contracts())
+    yield b
+    b.close()
+
+
+@pytest.fixture(params=ENGINES)
+def raw_bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
+    """A bus without contracts, for semantics on arbitrary subjects."""
+    b = connect(request.param)
+    yield b
+    b.close()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted(e.subject for e in self.events)
+
+
+def test_wildcards_deliver_by_nats_rules(raw_bus: Bus) -> None:
+    star, rest, exact = Recorder(), Recorder(), Recorder()
+    raw_bus.subscribe("claim.*", star)
+    raw_bus.subscribe("claim.>", rest)
+    raw_bus.subscribe("claim.approved", exact)
+    for subject in ("claim.approved", "claim.denied", "claim.approved.late", "payment.sent"):
+        raw_bus.publish(subject, {"n": 1}).result(5)
+    eventually(lambda: len(rest.events) == 3)
+    assert star.subjects == ["claim.approved", "claim.denied"]
+    assert rest.subjects == ["claim.approved", "claim.approved.late", "claim.denied"]
+    assert exact.subjects == ["claim.approved"]
+
+
+def test_queue_group_members_share_while_each_group_gets_everything(raw_bus: Bus) -> None:
+    a1, a2, b = Recorder(), Recorder(), Recorder()
+    raw_bus.subscribe("work.item", a1, queue="A")
+    raw_bus.subscribe("work.item", a2, queue="A")
+    raw_bus.subscribe("work.item", b, queue="B")
+    for i in range(20):
+        raw_bus.publish("work.item", {"i": i})
+    eventually(lambda: len(b.events) == 20 and len(a1.events) + len(a2.events) == 20)
+    time.sleep(0.1)  # nothing more may arrive: each message went to exactly one member of A
+    assert len(a1.events) + len(a2.events) == 20
+    assert a1.events and a2.events, "both members of the group took a share"
+    assert sorted(e.data["i"] for e in a1.events + a2.events) == list(range(20))
+
+
+def test_unsubscribe_stops_delivery(raw_bus: Bus) -> None:
+    rec = Recorder()
+    sub = raw_bus.subscribe("x.y", rec)
+    raw_bus.publish("x.y", {}).result(5)
+    eventually(lambda: rec.events)
+    sub.unsubscribe()
+    raw_bus.publish("x.y", {}).result(5)
+    time.sleep(0.1)
+    assert len(rec.events) == 1
+
+
+def test_request_reply(raw_bus: Bus) -> None:
+    raw_bus.subscribe("math.double", lambda e: {"result": e.data["n"] * 2}, queue="math")
+    assert raw_bus.request("math.double", {"n": 21}, timeout=2) == {"result": 42}
+
+
+def test_request_without_responder_says_so(raw_bus: Bus) -> None:
+    with pytest.raises(NoResponders, match="math.nobody"):
+        raw_bus.request("math.nobody", {}, timeout=1)
+
+
+def test_request_times_out(raw_bus: Bus) -> None:
+    release = threading.Event()
+    raw_bus.subscribe("slow.op", lambda e: release.wait(5) and {"late": True})
+    started = time.monotonic()
+    with pytest.raises(BusTimeout):
+        raw_bus.request("slow.op", {}, timeout=0.2)
+    assert time.monotonic() - started < 2
+    release.set()
+
+
+def test_a_responder_error_reaches_the_requester(raw_bus: Bus) -> None:
+    def refuse(e: Event) -> None:
+        raise ReplyError(404, "Not found", "no such thing", "id")
+
+    raw_bus.subscribe("things.get", refuse)
+    with pytest.raises(ReplyError) as err:
+        raw_bus.request("things.get", {}, timeout=2)
+    assert (err.value.status, err.value.field) == (404, "id")
+
+
+def test_request_many_gathers_every_responder(raw_bus: Bus) -> None:
+    for name in ("a", "b", "c"):
+        raw_bus.subscribe("who.there", lambda e, n=name: {"name": n})
+    replies = raw_bus.request_many("who.there", {}, timeout=0.5)
+    assert sorted(r["name"] for r in replies) == ["a", "b", "c"]
+
+
+def test_a_raising_handler_stops_neither_the_others_nor_the_publisher(raw_bus: Bus) -> None:
+    good = Recorder()
+
+    def bad(e: Event) -> None:
+        raise RuntimeError("handler bug")
+
+    raw_bus.subscribe("t.e", bad, max_deliver=1)
+    raw_bus.subscribe("t.e", good)
+    for _ in range(3):
+        raw_bus.publish("t.e", {})  # no exception reaches the publisher
+    eventually(lambda: len(good.events) == 3)
+
+
+def test_a_failing_handler_is_redelivered_then_succeeds(raw_bus: Bus) -> None:
+    attempts: list[int] = []
+
+    def flaky(e: Event) -> None:
+        attempts.append(e.attempt)
+        if len(attempts) < 3:
+            raise RuntimeError("not yet")
+
+    raw_bus.subscribe("t.flaky", flaky, max_deliver=5, backoff=[0.01, 0.02])
+    raw_bus.publish("t.flaky", {}).result(5)
+    assert attempts == [1, 2, 3]
+
+
+def test_exhausted_retries_go_to_the_dead_letter_store_and_later_events_flow(raw_bus: Bus) -> None:
+    dead: list[tuple[str, str, int]] = []
+    handled = Recorder()
+
+    def poison_or_ok(e: Event) -> None:
+        if e.data.get("poison"):
+            raise ValueError("cannot digest")
+        handled(e)
+
+    raw_bus.subscribe("t.p", poison_or_ok, max_deliver=3, backoff=[0.01],
+                      dead_letter=lambda e, err: dead.append((e.id, err, e.attempt)))
+    poison = raw_bus.publish("t.p", {"poison": True}, event_id="poison-1")
+    for i in range(5):
+        raw_bus.publish("t.p", {"i": i})
+    eventually(lambda: len(handled.events) == 5)
+    poison.result(5)
+    assert dead == [("poison-1", "ValueError: cannot digest", 3)]
+
+
+def test_publish_refuses_a_contract_violation_before_any_handler(bus: Bus) -> None:
+    rec = Recorder()
+    bus.subscribe("claim.approved", rec)
+    with pytest.raises(ContractError) as err:
+        bus.publish("claim.approved", {**APPROVED, "amount": -5})
+    assert err.value.field == "amount"
+    bus.publish("claim.approved", APPROVED).result(5)
+    eventually(lambda: rec.events)
+    assert [e.data["amount"] for e in rec.events] == [600]
+
+
+def test_publish_refuses_subjects_without_contract_and_wildcards(bus: Bus) -> None:
+    with pytest.raises(ContractError, match="no contract"):
+        bus.publish("claim.reopened", {})
+    with pytest.raises(SubjectError):
+        bus.publish("claim.*", APPROVED)
+
+
+def test_requests_are_checked_against_their_contract(bus: Bus) -> None:
+    calls = Recorder()
+    bus.subscribe("ach.accounts.register", lambda e: calls(e) or {"ok": True})
+    with pytest.raises(ContractError) as err:
+        bus.request("ach.accounts.register", {"citizen": "d", "routingNumber": "12", "accountNumber": "1234",
+                                              "accountType": "checking"}, timeout=1)
+    assert err.value.field == "routingNumber"
+    assert calls.events == []
+
+
+def test_envelope_is_cloudevents(bus: Bus) -> None:
+    rec = Recorder()
+    bus.subscribe("claim.approved", rec)
+    bus.publish("claim.approved", APPROVED, event_id="e-1", source="/hms/svc", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    event = eventually(lambda: rec.events and rec.events[0])
+    d = event.to_dict()
+    assert d["specversion"] == "1.0" and d["id"] == "e-1" and d["source"] == "/hms/svc"
+    assert d["type"] == "gov.hms.claim.approved.v1" and d["time"].endswith("Z")
+    assert d["data"] == APPROVED and d["traceparent"].startswith("00-")

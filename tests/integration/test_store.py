@@ -1,0 +1,140 @@
+"""Outbox, inbox and dead letters on a real SQLite database."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+from sqlalchemy.orm import Session
+
+from hms.bus import Contracts, Event
+from hms.bus.memory import MemoryBus
+from hms.bus.store import ServiceStore, messaging_tables
+from tests.conftest import eventually
+
+SUBMITTED = {"claimId": "c1", "citizen": "diego", "submittedAt": "2026-11-27T10:00:00Z"}
+
+
+def make_store(tmp_path: Path, bus: MemoryBus, name: str = "svc") -> tuple[ServiceStore, Table]:
+    md = MetaData()
+    effects = Table("effects", md, Column("id", Integer, primary_key=True), Column("event_id", String(64)))
+    messaging_tables(md)
+    store = ServiceStore(name, md, f"sqlite:///{tmp_path / name}.db", bus, poll_interval=0.05)
+    md.create_all(store.engine)
+    return store, effects
+
+
+@pytest.fixture
+def bus() -> Iterator[MemoryBus]:
+    b = MemoryBus(Contracts())
+    yield b
+    b.close()
+
+
+def count(store: ServiceStore, table: Table) -> int:
+    with store.engine.connect() as c:
+        return int(c.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def test_the_event_is_written_with_the_state_change_or_not_at_all(tmp_path: Path, bus: MemoryBus) -> None:
+    store, effects = make_store(tmp_path, bus)
+    with pytest.raises(RuntimeError), store.session() as s:
+        s.execute(effects.insert().values(event_id="x"))
+        store.emit(s, "claim.submitted", SUBMITTED)
+        raise RuntimeError("crash before commit")
+    assert count(store, store.outbox) == 0 and count(store, effects) == 0
+    with store.session() as s:
+        s.execute(effects.insert().values(event_id="y"))
+        store.emit(s, "claim.submitted", SUBMITTED)
+    assert count(store, store.outbox) == 1
+
+
+def test_emit_refuses_a_contract_violation_inside_the_transaction(tmp_path: Path, bus: MemoryBus) -> None:
+    store, effects = make_store(tmp_path, bus)
+    with pytest.raises(ValueError, match="citizen"), store.session() as s:
+        s.execute(effects.insert().values(event_id="x"))
+        store.emit(s, "claim.submitted", {"claimId": "c1", "submittedAt": "2026-11-27T10:00:00Z"})
+    assert count(store, effects) == 0
+
+
+def test_the_relay_publishes_after_commit_and_empties_the_outbox(tmp_path: Path, bus: MemoryBus) -> None:
+    store, _ = make_store(tmp_path, bus)
+    got: list[Event] = []
+    bus.subscribe("claim.submitted", got.append)
+    with store.session() as s:
+        event_id = store.emit(s, "claim.submitted", SUBMITTED)
+    assert got == []  # nothing leaves before the relay runs
+    store.start()
+    eventually(lambda: got and count(store, store.outbox) == 0)
+    assert [e.id for e in got] == [event_id] and got[0].source == "/hms/svc"
+    store.stop()
+
+
+def test_rows_left_by_a_crash_are_sent_on_the_next_start(tmp_path: Path, bus: MemoryBus) -> None:
+    store, _ = make_store(tmp_path, bus)
+    with store.session() as s:
+        ids = {store.emit(s, "claim.submitted", {**SUBMITTED, "claimId": f"c{i}"}) for i in range(5)}
+    store.engine.dispose()  # the process "dies" here, the rows stay committed
+    again, _ = make_store(tmp_path, bus)
+    got: list[Event] = []
+    bus.subscribe("claim.submitted", got.append)
+    again.start()
+    eventually(lambda: len(got) == 5)
+    assert {e.id for e in got} == ids
+    again.stop()
+
+
+def test_a_consumer_has_one_effect_per_event_id_even_when_delivered_concurrently(tmp_path: Path, bus: MemoryBus) -> None:
+    producer, _ = make_store(tmp_path, bus, "svc")
+    consumer, effects = make_store(tmp_path, bus, "metrics")
+
+    def record(s: Session, event: Event) -> None:
+        s.execute(effects.insert().values(event_id=event.id))
+
+    consumer.consume("claim.submitted", record)
+    acks = []
+    barrier = threading.Barrier(10)
+
+    def publish_same() -> None:
+        barrier.wait()
+        for _ in range(10):
+            acks.append(bus.publish("claim.submitted", SUBMITTED, event_id="same-event"))
+
+    threads = [threading.Thread(target=publish_same) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for ack in acks:
+        ack.result(10)
+    assert len(acks) == 100
+    assert count(consumer, effects) == 1
+    assert count(consumer, consumer.inbox) == 1
+
+
+def test_a_poison_event_is_dead_lettered_then_replayed(tmp_path: Path, bus: MemoryBus) -> None:
+    store, effects = make_store(tmp_path, bus, "metrics")
+    broken = {"on": True}
+
+    def fragile(s: Session, event: Event) -> None:
+        if broken["on"] and event.id == "poison":
+            raise RuntimeError("downstream bug")
+        s.execute(effects.insert().values(event_id=event.id))
+
+    store.consume("claim.submitted", fragile, max_deliver=3, backoff=[0.01])
+    poison = bus.publish("claim.submitted", SUBMITTED, event_id="poison")
+    bus.publish("claim.submitted", {**SUBMITTED, "claimId": "c2"}, event_id="fine").result(5)
+    assert count(store, effects) == 1  # the event behind the poison was not blocked
+    poison.result(5)
+    [dead] = store.list_dead_letters()
+    assert (dead["event_id"], dead["attempts"], dead["consumer"]) == ("poison", 3, "metrics.fragile")
+    assert "downstream bug" in dead["error"]
+    assert count(store, store.inbox) == 1  # the failed attempts left no trace behind
+    broken["on"] = False
+    store.replay(dead["id"])
+    assert count(store, effects) == 2 and store.list_dead_letters() == []
+    store.replay(dead["id"])  # a second replay is a duplicate: no second effect
+    assert count(store, effects) == 2

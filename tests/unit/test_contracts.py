@@ -1,0 +1,51 @@
+import pytest
+
+from hms.bus import ContractError, Contracts
+
+GOOD = {"claimId": "c1", "citizen": "diego", "amount": 600, "approvedAt": "2026-11-27T10:00:00Z", "ruleVersion": "1"}
+
+
+@pytest.fixture(scope="module")
+def contracts() -> Contracts:
+    return Contracts()
+
+
+def test_every_design_subject_has_a_contract(contracts: Contracts) -> None:
+    assert set(contracts.subjects()) >= {
+        "claim.submitted", "claim.approved", "claim.denied", "payment.sent", "payment.failed",
+        "svc.claims.submit", "svc.claims.get", "svc.claims.list", "ach.accounts.register", "metrics.payouts.report",
+    }
+
+
+def test_a_valid_event_passes(contracts: Contracts) -> None:
+    contracts.validate("claim.approved", GOOD)
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({k: v for k, v in GOOD.items() if k != "amount"}, "amount", "required"),
+        ({**GOOD, "amount": 0}, "amount", "bigger than or equal to 1"),
+        ({**GOOD, "amount": "600"}, "amount", "number"),
+        ({**GOOD, "name": "Diego Ramos"}, "name", "not an allowed field"),
+        ({**GOOD, "claimId": 5}, "claimId", "string"),
+    ],
+)
+def test_a_violation_names_subject_and_field(contracts: Contracts, data: dict, field: str, words: str) -> None:
+    with pytest.raises(ContractError) as err:
+        contracts.validate("claim.approved", data)
+    assert err.value.subject == "claim.approved"
+    assert err.value.field == field
+    assert words in err.value.message
+    assert "claim.approved" in str(err.value) and field in str(err.value)
+
+
+def test_unknown_subjects_and_versions_are_refused(contracts: Contracts) -> None:
+    with pytest.raises(ContractError, match="no contract"):
+        contracts.validate("claim.reopened", {})
+    with pytest.raises(ContractError, match="version 2"):
+        contracts.validate("claim.approved", GOOD, version=2)
+
+
+def test_bus_plumbing_subjects_need_no_contract(contracts: Contracts) -> None:
+    contracts.validate("$SRV.PING", {})

@@ -99,4 +99,3 @@ def load(overrides: Mapping[str, Any] | None, instance_path: str) -> dict[str, A
     ):
         settings[key] = settings[key] or str(instance / name)
     return settings
-

@@ -16,7 +16,10 @@ from hms.bus.mesh import Mesh, mesh_of
 
 DIEGO = {
     "claimant": {"name": "Diego Ramos", "ssnLast4": "1234", "email": "diego@example.org"},
-    "employer": "Acme Corp", "separationReason": "laid_off", "weeksWorked": 40, "baseWages": 31200.00,
+    "employer": "Acme Corp",
+    "separationReason": "laid_off",
+    "weeksWorked": 40,
+    "baseWages": 31200.00,
     "directDeposit": {"routingNumber": "011000015", "accountNumber": "000123456789", "accountType": "checking"},
 }
 
@@ -37,8 +40,12 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float 
 def settings(tmp_path: Path) -> dict[str, Any]:
     """Test settings: everything under a temporary instance folder, fast polling."""
     return {
-        "HMS_INSTANCE_PATH": str(tmp_path / "instance"), "HMS_OUTBOX_POLL_S": 0.05, "HMS_ACH_POLL_S": 0.05,
-        "HMS_ACH_RETRY_BASE_S": 0.05, "HMS_ACH_BREAKER_RESET_S": 0.5, "HMS_BUS_BACKOFF_S": [0.01, 0.05],
+        "HMS_INSTANCE_PATH": str(tmp_path / "instance"),
+        "HMS_OUTBOX_POLL_S": 0.05,
+        "HMS_ACH_POLL_S": 0.05,
+        "HMS_ACH_RETRY_BASE_S": 0.05,
+        "HMS_ACH_BREAKER_RESET_S": 0.5,
+        "HMS_BUS_BACKOFF_S": [0.01, 0.05],
     }
 
 

@@ -28,8 +28,10 @@ def make_bank(config: dict) -> SandboxBank:
     if config["HMS_ACH_PROVIDER"] != "sandbox":
         raise ValueError(f"HMS_ACH_PROVIDER: unknown provider {config['HMS_ACH_PROVIDER']!r}; only 'sandbox' ships")
     return SandboxBank(
-        config["HMS_ACH_SANDBOX_STATEMENT"], latency_ms=config["HMS_ACH_SANDBOX_LATENCY_MS"],
-        fail_rate=config["HMS_ACH_SANDBOX_FAIL_RATE"], outage_file=config["HMS_ACH_SANDBOX_OUTAGE_FILE"],
+        config["HMS_ACH_SANDBOX_STATEMENT"],
+        latency_ms=config["HMS_ACH_SANDBOX_LATENCY_MS"],
+        fail_rate=config["HMS_ACH_SANDBOX_FAIL_RATE"],
+        outage_file=config["HMS_ACH_SANDBOX_OUTAGE_FILE"],
     )
 
 
@@ -39,20 +41,36 @@ def init_app(app: Flask) -> Payments:
     cfg = app.config
     store = mesh.store("ach", Base.metadata)
     breaker = pybreaker.CircuitBreaker(
-        fail_max=cfg["HMS_ACH_BREAKER_FAIL_MAX"], reset_timeout=cfg["HMS_ACH_BREAKER_RESET_S"],
-        exclude=[BankDeclined], listeners=[_LogBreaker()], name="bank",
+        fail_max=cfg["HMS_ACH_BREAKER_FAIL_MAX"],
+        reset_timeout=cfg["HMS_ACH_BREAKER_RESET_S"],
+        exclude=[BankDeclined],
+        listeners=[_LogBreaker()],
+        name="bank",
     )
-    payments = Payments(store, make_bank(cfg), breaker, retry_base=cfg["HMS_ACH_RETRY_BASE_S"],
-                        retry_max=cfg["HMS_ACH_RETRY_MAX_S"], lease=cfg["HMS_ACH_SEND_LEASE_S"], poll=cfg["HMS_ACH_POLL_S"],
-                        account_wait=cfg["HMS_ACH_ACCOUNT_WAIT_S"])
+    payments = Payments(
+        store,
+        make_bank(cfg),
+        breaker,
+        retry_base=cfg["HMS_ACH_RETRY_BASE_S"],
+        retry_max=cfg["HMS_ACH_RETRY_MAX_S"],
+        lease=cfg["HMS_ACH_SEND_LEASE_S"],
+        poll=cfg["HMS_ACH_POLL_S"],
+        account_wait=cfg["HMS_ACH_ACCOUNT_WAIT_S"],
+    )
     mesh.bus.subscribe("ach.accounts.register", payments.register_account, queue="ach")
     store.consume("claim.approved", payments.on_claim_approved)
     mesh.on_start(payments.start, payments.stop)
-    mesh.register(ServiceInfo(
-        name="ach", version=VERSION, description="Direct-deposit accounts and benefit payments",
-        publishes=["payment.sent", "payment.failed"], subscribes=["claim.approved"], serves=["ach.accounts.register"],
-        health=lambda: {"status": "ok", "outbox": store.outbox_backlog()},
-        breakers=lambda: {"bank": breaker.current_state},
-    ))
+    mesh.register(
+        ServiceInfo(
+            name="ach",
+            version=VERSION,
+            description="Direct-deposit accounts and benefit payments",
+            publishes=["payment.sent", "payment.failed"],
+            subscribes=["claim.approved"],
+            serves=["ach.accounts.register"],
+            health=lambda: {"status": "ok", "outbox": store.outbox_backlog()},
+            breakers=lambda: {"bank": breaker.current_state},
+        )
+    )
     app.extensions["hms.ach"] = payments
     return payments

@@ -68,11 +68,20 @@ class SandboxBank:
         if t.account_number.startswith(self.CLOSED_PREFIX):
             raise BankDeclined("ACCOUNT_CLOSED")
         reference = f"SBX-{t.idempotency_key[-12:]}-{time.time_ns() % 10**9:09d}"
-        line = json.dumps({
-            "idempotencyKey": t.idempotency_key, "claimId": t.claim_id, "amount": str(t.amount),
-            "account": "****" + t.account_number[-4:], "routing": t.routing_number,
-            "reference": reference, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }) + "\n"
+        line = (
+            json.dumps(
+                {
+                    "idempotencyKey": t.idempotency_key,
+                    "claimId": t.claim_id,
+                    "amount": str(t.amount),
+                    "account": "****" + t.account_number[-4:],
+                    "routing": t.routing_number,
+                    "reference": reference,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            )
+            + "\n"
+        )
         with self._lock, open(self.statement, "a", encoding="utf-8") as f:
             fcntl.flock(f, fcntl.LOCK_EX)  # several processes may share one statement
             f.write(line)
@@ -102,4 +111,3 @@ def read_statement(path: Path) -> list[dict[str, str]]:
             except ValueError:
                 continue
     return out
-

@@ -31,9 +31,18 @@ def iso(dt: Any) -> str:
 class Payments:
     """Owns accounts and payments; `run_once` moves due payments forward."""
 
-    def __init__(self, store: ServiceStore, bank: BankProvider, breaker: pybreaker.CircuitBreaker, *,
-                 retry_base: float = 1.0, retry_max: float = 60.0, lease: float = 30.0, poll: float = 0.5,
-                 account_wait: float = 3600.0) -> None:
+    def __init__(
+        self,
+        store: ServiceStore,
+        bank: BankProvider,
+        breaker: pybreaker.CircuitBreaker,
+        *,
+        retry_base: float = 1.0,
+        retry_max: float = 60.0,
+        lease: float = 30.0,
+        poll: float = 0.5,
+        account_wait: float = 3600.0,
+    ) -> None:
         self.store, self.bank, self.breaker = store, bank, breaker
         self.retry_base, self.retry_max, self.lease, self.poll = retry_base, retry_max, lease, poll
         self.account_wait = account_wait
@@ -47,8 +56,9 @@ class Payments:
         """ach.accounts.register: store the citizen's account; only a masked number goes back."""
         req = event.data
         if not aba_checksum_ok(req["routingNumber"]):
-            raise ReplyError(422, "Invalid routing number", "routingNumber fails the ABA checksum",
-                             "directDeposit.routingNumber")
+            raise ReplyError(
+                422, "Invalid routing number", "routingNumber fails the ABA checksum", "directDeposit.routingNumber"
+            )
         with self.store.session() as s:
             account = s.get(Account, req["citizen"])
             if account is None:
@@ -56,8 +66,11 @@ class Payments:
                 s.add(account)
             account.routing_number, account.account_number = req["routingNumber"], req["accountNumber"]
             account.account_type, account.registered_at = req["accountType"], utcnow()
-            s.execute(update(Payment).where(Payment.citizen == req["citizen"], Payment.state == "pending")
-                      .values(next_attempt_at=utcnow()))
+            s.execute(
+                update(Payment)
+                .where(Payment.citizen == req["citizen"], Payment.state == "pending")
+                .values(next_attempt_at=utcnow())
+            )
             self._wake.set()
             return {"accountId": account.id, "account": account.masked, "accountType": account.account_type}
 
@@ -67,11 +80,20 @@ class Payments:
         claim_id = event.data["claimId"]
         if s.scalar(select(Payment.id).where(Payment.claim_id == claim_id)):
             return  # the unique constraint would refuse it too: one payment per claim
-        s.add(Payment(
-            id=str(uuid.uuid4()), claim_id=claim_id, citizen=event.data["citizen"], amount=event.data["amount"],
-            idempotency_key=f"hms-claim-{claim_id}", state="pending", attempts=0, next_attempt_at=utcnow(),
-            created_at=utcnow(), traceparent=event.traceparent,
-        ))
+        s.add(
+            Payment(
+                id=str(uuid.uuid4()),
+                claim_id=claim_id,
+                citizen=event.data["citizen"],
+                amount=event.data["amount"],
+                idempotency_key=f"hms-claim-{claim_id}",
+                state="pending",
+                attempts=0,
+                next_attempt_at=utcnow(),
+                created_at=utcnow(),
+                traceparent=event.traceparent,
+            )
+        )
         self._wake.set()
 
     # -- the payment worker -----------------------------------------------------------------
@@ -106,10 +128,21 @@ class Payments:
         now = utcnow()
         with self.store.session() as s:
             # A send older than the lease was cut short (crash, kill): its worker is gone.
-            stale = list(s.scalars(select(Payment.id).where(
-                Payment.state == "sending", Payment.claimed_at < now - timedelta(seconds=self.lease)).limit(limit)))
-            due = list(s.scalars(select(Payment.id).where(Payment.state == "pending", Payment.next_attempt_at <= now)
-                                 .order_by(Payment.next_attempt_at).limit(limit)))
+            stale = list(
+                s.scalars(
+                    select(Payment.id)
+                    .where(Payment.state == "sending", Payment.claimed_at < now - timedelta(seconds=self.lease))
+                    .limit(limit)
+                )
+            )
+            due = list(
+                s.scalars(
+                    select(Payment.id)
+                    .where(Payment.state == "pending", Payment.next_attempt_at <= now)
+                    .order_by(Payment.next_attempt_at)
+                    .limit(limit)
+                )
+            )
         for pid in stale:
             self._recover(pid)
         for pid in due:
@@ -121,8 +154,11 @@ class Payments:
     def pay(self, payment_id: str) -> str:
         """Pay one pending payment: claim it, call the bank with its key, record the outcome."""
         with self.store.session() as s:
-            claimed = s.execute(update(Payment).where(Payment.id == payment_id, Payment.state == "pending").values(
-                state="sending", attempts=Payment.attempts + 1, claimed_at=utcnow(), claimed_by=self.instance))
+            claimed = s.execute(
+                update(Payment)
+                .where(Payment.id == payment_id, Payment.state == "pending")
+                .values(state="sending", attempts=Payment.attempts + 1, claimed_at=utcnow(), claimed_by=self.instance)
+            )
             if claimed.rowcount != 1:
                 return "taken"
             p = s.get(Payment, payment_id)
@@ -130,8 +166,9 @@ class Payments:
             if account is None and (utcnow() - p.created_at).total_seconds() > self.account_wait:
                 self._fail(s, p, "NO_ACCOUNT")
                 return "failed"
-            transfer = account and Transfer(p.idempotency_key, p.claim_id, p.amount, account.routing_number,
-                                            account.account_number)
+            transfer = account and Transfer(
+                p.idempotency_key, p.claim_id, p.amount, account.routing_number, account.account_number
+            )
         if not transfer:
             # The gateway registers the account right after the approval; registering makes this due again.
             self._retry(payment_id, "no direct-deposit account registered yet", counted=False, breaker_wait=False)
@@ -171,8 +208,11 @@ class Payments:
             self._sent(payment_id, reference)
         else:
             with self.store.session() as s:
-                s.execute(update(Payment).where(Payment.id == payment_id, Payment.state == "sending")
-                          .values(state="pending", next_attempt_at=utcnow(), claimed_by=None))
+                s.execute(
+                    update(Payment)
+                    .where(Payment.id == payment_id, Payment.state == "sending")
+                    .values(state="pending", next_attempt_at=utcnow(), claimed_by=None)
+                )
 
     def _retry(self, payment_id: str, error: str, *, counted: bool, breaker_wait: bool = True) -> None:
         with self.store.session() as s:
@@ -195,13 +235,26 @@ class Payments:
             if p is None or p.state == "sent":
                 return
             p.state, p.bank_reference, p.sent_at, p.last_error = "sent", reference, utcnow(), None
-            self.store.emit(s, "payment.sent", {"claimId": p.claim_id, "paymentId": p.id, "citizen": p.citizen,
-                                                "amount": float(p.amount), "sentAt": iso(p.sent_at)},
-                            traceparent=p.traceparent)
+            self.store.emit(
+                s,
+                "payment.sent",
+                {
+                    "claimId": p.claim_id,
+                    "paymentId": p.id,
+                    "citizen": p.citizen,
+                    "amount": float(p.amount),
+                    "sentAt": iso(p.sent_at),
+                },
+                traceparent=p.traceparent,
+            )
         log.info("payment %s sent for claim %s", payment_id, p.claim_id, extra={"claim_id": p.claim_id})
 
     def _fail(self, s: Session, p: Payment, reason: str) -> None:
         p.state, p.last_error = "failed", reason
-        self.store.emit(s, "payment.failed", {"claimId": p.claim_id, "citizen": p.citizen, "reason": reason,
-                                              "attempts": p.attempts}, traceparent=p.traceparent)
+        self.store.emit(
+            s,
+            "payment.failed",
+            {"claimId": p.claim_id, "citizen": p.citizen, "reason": reason, "attempts": p.attempts},
+            traceparent=p.traceparent,
+        )
         log.error("payment %s failed for claim %s: %s", p.id, p.claim_id, reason, extra={"claim_id": p.claim_id})

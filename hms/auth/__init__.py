@@ -47,12 +47,23 @@ def token(role: str, sub: str, ttl: int | None) -> None:
 def init_app(app: Flask) -> IdentityProvider:
     """Create the identity provider, its JWKS route and its CLI."""
     cfg = app.config
-    provider = IdentityProvider(cfg["HMS_JWT_PRIVATE_KEY_FILE"], cfg["HMS_DEV_JWKS_FILE"], cfg["HMS_JWT_ISSUER"],
-                                cfg["HMS_JWT_AUDIENCE"], cfg["HMS_JWT_TTL_S"])
+    provider = IdentityProvider(
+        cfg["HMS_JWT_PRIVATE_KEY_FILE"],
+        cfg["HMS_DEV_JWKS_FILE"],
+        cfg["HMS_JWT_ISSUER"],
+        cfg["HMS_JWT_AUDIENCE"],
+        cfg["HMS_JWT_TTL_S"],
+    )
     provider.ensure_keys()
     app.extensions["hms.auth"] = provider
     app.register_blueprint(bp)
     app.cli.add_command(auth_cli)
-    mesh_of(app).register(ServiceInfo(name="auth", version=VERSION, description="Development identity provider",
-                                      health=lambda: {"status": "ok", "kid": provider.kid}))
+    mesh_of(app).register(
+        ServiceInfo(
+            name="auth",
+            version=VERSION,
+            description="Development identity provider",
+            health=lambda: {"status": "ok", "kid": provider.kid},
+        )
+    )
     return provider

@@ -45,8 +45,9 @@ class IdentityProvider:
         """Load the signing key (creating it if missing) and make sure the JWKS file lists it."""
         if not self.private_key_file.exists():
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
             try:
                 _write_private(self.private_key_file, pem)
             except FileExistsError:
@@ -80,6 +81,15 @@ class IdentityProvider:
         if self._key is None:
             self.ensure_keys()
         now = int(time.time())
-        payload = {"iss": self.issuer, "aud": self.audience, "sub": sub, "role": role, "iat": now, "nbf": now,
-                   "exp": now + (ttl or self.ttl), "jti": uuid.uuid4().hex, **claims}
+        payload = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": sub,
+            "role": role,
+            "iat": now,
+            "nbf": now,
+            "exp": now + (ttl or self.ttl),
+            "jti": uuid.uuid4().hex,
+            **claims,
+        }
         return jwt.encode(payload, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": USER_TOKEN_TYPE})

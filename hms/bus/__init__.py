@@ -18,8 +18,21 @@ from .base import (
 from .subjects import SubjectError, check_subject, matches
 
 __all__ = [
-    "Bus", "BusError", "BusTimeout", "ContractError", "Contracts", "Event", "NoResponders", "ReplyError",
-    "SubjectError", "SubscribeOptions", "Subscription", "check_subject", "connect", "matches", "now_iso",
+    "Bus",
+    "BusError",
+    "BusTimeout",
+    "ContractError",
+    "Contracts",
+    "Event",
+    "NoResponders",
+    "ReplyError",
+    "SubjectError",
+    "SubscribeOptions",
+    "Subscription",
+    "check_subject",
+    "connect",
+    "matches",
+    "now_iso",
 ]
 
 

@@ -118,7 +118,9 @@ class Event:
         return d
 
     @classmethod
-    def from_dict(cls, subject: str, d: dict[str, Any], *, headers: dict[str, str] | None = None, attempt: int = 1) -> Event:
+    def from_dict(
+        cls, subject: str, d: dict[str, Any], *, headers: dict[str, str] | None = None, attempt: int = 1
+    ) -> Event:
         """Rebuild an envelope received from the wire; raises BusError when it is not one."""
         try:
             return cls(
@@ -195,10 +197,12 @@ class Bus(ABC):
         backoff: Sequence[float] = DEFAULT_BACKOFF,
         dead_letter: DeadLetter | None = None,
     ) -> Subscription:
-        """Call `handler(event)` for every message on `subject` (wildcards allowed); its return value answers requests."""
+        """Call `handler(event)` for each message on `subject` (wildcards allowed); its return answers requests."""
 
     @abstractmethod
-    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None) -> Any:
+    def request(
+        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+    ) -> Any:
         """Send a request and return the reply's data; raises NoResponders, BusTimeout or ReplyError."""
 
     @abstractmethod

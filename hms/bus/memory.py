@@ -114,7 +114,9 @@ class MemoryBus(Bus):
     ) -> Future[None]:
         check_subject(subject)
         self._check_open()
-        event = Event.create(subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers)
+        event = Event.create(
+            subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers
+        )
         self._validate(event)
         future: Future[None] = Future()
         settlement = _Settlement(future)
@@ -123,7 +125,9 @@ class MemoryBus(Bus):
         settlement.done()
         return future
 
-    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None) -> Any:
+    def request(
+        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+    ) -> Any:
         replies = self._ask(subject, data, headers, first_only=True)
         if not replies:
             raise NoResponders(subject)
@@ -143,7 +147,9 @@ class MemoryBus(Bus):
                 continue
         return out
 
-    def _ask(self, subject: str, data: dict[str, Any], headers: dict[str, str] | None, first_only: bool) -> list[Future[Any]]:
+    def _ask(
+        self, subject: str, data: dict[str, Any], headers: dict[str, str] | None, first_only: bool
+    ) -> list[Future[Any]]:
         check_subject(subject)
         self._check_open()
         event = Event.create(subject, data, headers=headers)
@@ -199,7 +205,9 @@ class MemoryBus(Bus):
         return signals
 
     # -- delivering -------------------------------------------------------------------------
-    def _dispatch(self, group: _Group, event: Event, settlement: _Settlement | None, reply: list[Future[Any]] | None) -> None:
+    def _dispatch(
+        self, group: _Group, event: Event, settlement: _Settlement | None, reply: list[Future[Any]] | None
+    ) -> None:
         member = group.pick()
         if member is None:
             return

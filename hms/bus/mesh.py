@@ -50,9 +50,15 @@ class Mesh:
     def store(self, service: str, metadata: MetaData) -> ServiceStore:
         """Create the store of a hosted service."""
         cfg = self.config
-        store = ServiceStore(service, metadata, self.database_url(service), self.bus,
-                             poll_interval=cfg["HMS_OUTBOX_POLL_S"], max_deliver=cfg["HMS_BUS_MAX_DELIVER"],
-                             backoff=cfg["HMS_BUS_BACKOFF_S"])
+        store = ServiceStore(
+            service,
+            metadata,
+            self.database_url(service),
+            self.bus,
+            poll_interval=cfg["HMS_OUTBOX_POLL_S"],
+            max_deliver=cfg["HMS_BUS_MAX_DELIVER"],
+            backoff=cfg["HMS_BUS_BACKOFF_S"],
+        )
         self.stores[service] = store
         return store
 

@@ -41,7 +41,11 @@ class Registration:
         self._lock = threading.Lock()
         subjects = []
         for verb in ("PING", "INFO", "STATS"):
-            subjects += [f"{API_PREFIX}.{verb}", f"{API_PREFIX}.{verb}.{info.name}", f"{API_PREFIX}.{verb}.{info.name}.{info.id}"]
+            subjects += [
+                f"{API_PREFIX}.{verb}",
+                f"{API_PREFIX}.{verb}.{info.name}",
+                f"{API_PREFIX}.{verb}.{info.name}.{info.id}",
+            ]
         self._subs: list[Subscription] = [bus.subscribe(s, self._answer) for s in subjects]
 
     def count(self) -> None:
@@ -57,12 +61,16 @@ class Registration:
             return {"type": "io.nats.micro.v1.ping_response", **base}
         if verb == "INFO":
             return {
-                "type": "io.nats.micro.v1.info_response", **base, "description": info.description,
+                "type": "io.nats.micro.v1.info_response",
+                **base,
+                "description": info.description,
                 "endpoints": [{"name": s, "subject": s, "queue_group": "q"} for s in info.serves],
                 "hms": self.describe(),
             }
         return {
-            "type": "io.nats.micro.v1.stats_response", **base, "started": info.started,
+            "type": "io.nats.micro.v1.stats_response",
+            **base,
+            "started": info.started,
             "endpoints": [{"name": s, "subject": s, "num_requests": self.requests} for s in info.serves],
             "hms": self.describe(),
         }
@@ -70,8 +78,10 @@ class Registration:
     def _metadata(self) -> dict[str, str]:
         # The micro protocol allows only string metadata; the structured view rides under "hms".
         return {
-            "host": socket.gethostname(), "pid": str(os.getpid()),
-            "publishes": ",".join(self.info.publishes), "subscribes": ",".join(self.info.subscribes),
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            "publishes": ",".join(self.info.publishes),
+            "subscribes": ",".join(self.info.subscribes),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -82,9 +92,17 @@ class Registration:
         except Exception as exc:  # health reports failure instead of raising
             health = {"status": "failing", "error": f"{type(exc).__name__}: {exc}"}
         return {
-            "name": info.name, "id": info.id, "version": info.version, "host": socket.gethostname(),
-            "pid": os.getpid(), "publishes": info.publishes, "subscribes": info.subscribes, "serves": info.serves,
-            "health": health, "breakers": info.breakers(), "started": info.started,
+            "name": info.name,
+            "id": info.id,
+            "version": info.version,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "publishes": info.publishes,
+            "subscribes": info.subscribes,
+            "serves": info.serves,
+            "health": health,
+            "breakers": info.breakers(),
+            "started": info.started,
         }
 
     def close(self) -> None:

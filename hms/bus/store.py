@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 def messaging_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
     """Add the outbox, inbox and dead-letter tables to a service's metadata."""
     outbox = Table(
-        "outbox", metadata,
+        "outbox",
+        metadata,
         Column("seq", Integer, primary_key=True, autoincrement=True),
         Column("event_id", String(64), nullable=False, unique=True),
         Column("subject", String(200), nullable=False),
@@ -77,14 +77,16 @@ def messaging_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
         Column("created_at", UtcDateTime(), nullable=False),
     )
     inbox = Table(
-        "inbox", metadata,
+        "inbox",
+        metadata,
         Column("event_id", String(64), primary_key=True),
         Column("consumer", String(200), primary_key=True),
         Column("subject", String(200), nullable=False),
         Column("handled_at", UtcDateTime(), nullable=False),
     )
     dead = Table(
-        "dead_letters", metadata,
+        "dead_letters",
+        metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
         Column("event_id", String(64), nullable=False),
         Column("consumer", String(200), nullable=False),
@@ -130,8 +132,17 @@ def make_engine(url: str, service: str) -> Engine:
 class ServiceStore:
     """One service's database: transactions that write state and events together, and their relay."""
 
-    def __init__(self, name: str, metadata: MetaData, url: str, bus: Bus, *, poll_interval: float = 1.0,
-                 max_deliver: int = 5, backoff: Sequence[float] = DEFAULT_BACKOFF) -> None:
+    def __init__(
+        self,
+        name: str,
+        metadata: MetaData,
+        url: str,
+        bus: Bus,
+        *,
+        poll_interval: float = 1.0,
+        max_deliver: int = 5,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+    ) -> None:
         self.name, self.metadata, self.url, self.bus = name, metadata, url, bus
         self.max_deliver, self.backoff = max_deliver, tuple(backoff)
         self.source = f"/hms/{name}"
@@ -165,8 +176,13 @@ class ServiceStore:
             contracts.validate(subject, data, ev.version)  # fail inside the transaction, not in the relay
         session.execute(
             self.outbox.insert().values(
-                event_id=ev.id, subject=subject, data=data, source=ev.source, time=ev.time,
-                traceparent=traceparent, created_at=utcnow(),
+                event_id=ev.id,
+                subject=subject,
+                data=data,
+                source=ev.source,
+                time=ev.time,
+                traceparent=traceparent,
+                created_at=utcnow(),
             )
         )
         session.info["outbox"] = True
@@ -191,15 +207,24 @@ class ServiceStore:
         def on_event(ev: Event) -> None:
             with self.session() as s:
                 if s.execute(
-                    select(self.inbox.c.event_id).where(self.inbox.c.event_id == ev.id, self.inbox.c.consumer == consumer)
+                    select(self.inbox.c.event_id).where(
+                        self.inbox.c.event_id == ev.id, self.inbox.c.consumer == consumer
+                    )
                 ).first():
                     return  # already handled: a redelivery or a duplicate publish
-                s.execute(self.inbox.insert().values(event_id=ev.id, consumer=consumer, subject=ev.subject, handled_at=utcnow()))
+                s.execute(
+                    self.inbox.insert().values(
+                        event_id=ev.id, consumer=consumer, subject=ev.subject, handled_at=utcnow()
+                    )
+                )
                 handler(s, ev)
 
         self._consumers[consumer] = on_event
         return self.bus.subscribe(
-            subject, on_event, queue=consumer, max_deliver=max_deliver or self.max_deliver,
+            subject,
+            on_event,
+            queue=consumer,
+            max_deliver=max_deliver or self.max_deliver,
             backoff=self.backoff if backoff is None else backoff,
             dead_letter=lambda ev, error: self._store_dead_letter(consumer, ev, error),
         )
@@ -212,11 +237,15 @@ class ServiceStore:
                     self.dead_letters.c.event_id == ev.id, self.dead_letters.c.consumer == consumer
                 )
             ).first()
-            values = dict(envelope=envelope, error=error[:4000], attempts=ev.attempt, failed_at=utcnow(), replayed_at=None)
+            values = dict(
+                envelope=envelope, error=error[:4000], attempts=ev.attempt, failed_at=utcnow(), replayed_at=None
+            )
             if row:
                 s.execute(update(self.dead_letters).where(self.dead_letters.c.id == row.id).values(**values))
             else:
-                s.execute(self.dead_letters.insert().values(event_id=ev.id, consumer=consumer, subject=ev.subject, **values))
+                s.execute(
+                    self.dead_letters.insert().values(event_id=ev.id, consumer=consumer, subject=ev.subject, **values)
+                )
         log.error("dead-lettered %s for %s: %s", ev.id, consumer, error, extra={"event_id": ev.id})
 
     def list_dead_letters(self, *, include_replayed: bool = False) -> list[dict[str, Any]]:
@@ -283,7 +312,14 @@ class ServiceStore:
             with self.session() as s:
                 s.execute(delete(self.outbox).where(self.outbox.c.seq.in_(acked)))
         with self.engine.connect() as c:
-            rows = list(c.execute(select(self.outbox).where(self.outbox.c.seq > self._high_seq).order_by(self.outbox.c.seq).limit(limit)))
+            rows = list(
+                c.execute(
+                    select(self.outbox)
+                    .where(self.outbox.c.seq > self._high_seq)
+                    .order_by(self.outbox.c.seq)
+                    .limit(limit)
+                )
+            )
             if due:
                 rows += list(c.execute(select(self.outbox).where(self.outbox.c.seq.in_(due))))
             c.rollback()
@@ -296,7 +332,12 @@ class ServiceStore:
                 self._inflight.add(row.seq)
             try:
                 ack = self.bus.publish(
-                    row.subject, row.data, event_id=row.event_id, source=row.source, time=row.time, traceparent=row.traceparent
+                    row.subject,
+                    row.data,
+                    event_id=row.event_id,
+                    source=row.source,
+                    time=row.time,
+                    traceparent=row.traceparent,
                 )
             except Exception:
                 log.exception("publishing %s %s failed; will retry", row.subject, row.event_id)
@@ -334,7 +375,9 @@ class ServiceStore:
         from alembic.config import Config
 
         if not (MIGRATIONS / self.name).is_dir():
-            raise FileNotFoundError(f"{MIGRATIONS / self.name}: migrations not found (install hms from its source tree)")
+            raise FileNotFoundError(
+                f"{MIGRATIONS / self.name}: migrations not found (install hms from its source tree)"
+            )
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS / self.name))
         cfg.set_main_option("file_template", "%%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s")

@@ -40,7 +40,7 @@ def _describe(exc: fastjsonschema.JsonSchemaValueException, data: Any) -> tuple[
     message = exc.message
     prefix = "data." + ".".join(path) if path else "data"
     if message.startswith(prefix):
-        message = message[len(prefix):].strip()
+        message = message[len(prefix) :].strip()
     return ".".join(path), message
 
 

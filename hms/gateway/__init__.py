@@ -30,6 +30,7 @@ def init_app(app: Flask) -> None:
     smorest.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     for bp in (api.claims, api.audit, api.mesh, api.health):
         smorest.register_blueprint(bp)
-    app.extensions["hms.verifier"] = JwksVerifier(app.config["HMS_JWT_JWKS_FILE"], app.config["HMS_JWT_ISSUER"],
-                                                  app.config["HMS_JWT_AUDIENCE"])
+    app.extensions["hms.verifier"] = JwksVerifier(
+        app.config["HMS_JWT_JWKS_FILE"], app.config["HMS_JWT_ISSUER"], app.config["HMS_JWT_AUDIENCE"]
+    )
     cli.init_app(app)

@@ -40,11 +40,14 @@ def fingerprint(body: dict[str, Any]) -> str:
 
 def errors(*codes: int) -> Any:
     """Document problem responses for `codes` on a view."""
+
     def decorate(view: Any) -> Any:
         for code in codes:
-            view = claims.alt_response(code, schema=s.Problem, content_type="application/problem+json",
-                                       description="problem+json")(view)
+            view = claims.alt_response(
+                code, schema=s.Problem, content_type="application/problem+json", description="problem+json"
+            )(view)
         return view
+
     return decorate
 
 
@@ -60,12 +63,20 @@ class Claims(MethodView):
         """Submit a claim; a retry with the same Idempotency-Key returns the first result."""
         citizen = identity().sub
         deposit = body["directDeposit"]
-        claim = ask("svc.claims.submit", {
-            "citizen": citizen, "claimant": body["claimant"], "employer": body["employer"],
-            "separationReason": body["separationReason"], "weeksWorked": body["weeksWorked"],
-            "baseWages": body["baseWages"], "idempotencyKey": idempotency_key, "fingerprint": fingerprint(body),
-            "traceparent": request.headers.get("traceparent"),
-        })
+        claim = ask(
+            "svc.claims.submit",
+            {
+                "citizen": citizen,
+                "claimant": body["claimant"],
+                "employer": body["employer"],
+                "separationReason": body["separationReason"],
+                "weeksWorked": body["weeksWorked"],
+                "baseWages": body["baseWages"],
+                "idempotencyKey": idempotency_key,
+                "fingerprint": fingerprint(body),
+                "traceparent": request.headers.get("traceparent"),
+            },
+        )
         if claim["status"] == "approved":
             # Only approved claims hand bank details to ach (data minimisation); a retry re-registers them.
             account = ask("ach.accounts.register", {"citizen": citizen, **deposit})
@@ -118,8 +129,9 @@ def payouts(query: dict[str, Any]) -> Any:
 def payouts_csv(query: dict[str, Any]) -> Response:
     """The payout-time report as CSV, one row a day and one for the whole period."""
     report = ask("metrics.payouts.report", {k: v for k, v in query.items() if v is not None})
-    return Response(report_csv(report), mimetype="text/csv",
-                    headers={"Content-Disposition": "attachment; filename=payouts.csv"})
+    return Response(
+        report_csv(report), mimetype="text/csv", headers={"Content-Disposition": "attachment; filename=payouts.csv"}
+    )
 
 
 def report_csv(report: dict[str, Any]) -> str:
@@ -128,7 +140,13 @@ def report_csv(report: dict[str, Any]) -> str:
     writer = csv.writer(out)
     writer.writerow(["day", "count", "p50_s", "p90_s", "p99_s", "max_s"])
     for row in [*report["byDay"], {**report, "day": "all"}]:
-        writer.writerow([row["day"], row["count"], *("" if row[k] is None else f"{row[k]:.3f}" for k in ("p50", "p90", "p99", "max"))])
+        writer.writerow(
+            [
+                row["day"],
+                row["count"],
+                *("" if row[k] is None else f"{row[k]:.3f}" for k in ("p50", "p90", "p99", "max")),
+            ]
+        )
     return out.getvalue()
 
 

@@ -34,12 +34,26 @@ def status(timeout: float) -> None:
     services = discover(mesh_of(current_app).bus, timeout)
     if not services:
         raise click.ClickException("no service answered on the bus")
-    rows = [[sv["name"], sv["version"], sv["id"][:8], f"{sv['host']}:{sv['pid']}", sv["health"].get("status"),
-             ",".join(f"{k}={v}" for k, v in sv["breakers"].items()) or "-",
-             ",".join(sv["publishes"]) or "-", ",".join(sv["subscribes"]) or "-", ",".join(sv["serves"]) or "-"]
-            for sv in services]
-    click.echo(table(rows, ["SERVICE", "VERSION", "INSTANCE", "PROCESS", "HEALTH", "BREAKERS", "PUBLISHES",
-                            "SUBSCRIBES", "SERVES"]))
+    rows = [
+        [
+            sv["name"],
+            sv["version"],
+            sv["id"][:8],
+            f"{sv['host']}:{sv['pid']}",
+            sv["health"].get("status"),
+            ",".join(f"{k}={v}" for k, v in sv["breakers"].items()) or "-",
+            ",".join(sv["publishes"]) or "-",
+            ",".join(sv["subscribes"]) or "-",
+            ",".join(sv["serves"]) or "-",
+        ]
+        for sv in services
+    ]
+    click.echo(
+        table(
+            rows,
+            ["SERVICE", "VERSION", "INSTANCE", "PROCESS", "HEALTH", "BREAKERS", "PUBLISHES", "SUBSCRIBES", "SERVES"],
+        )
+    )
 
 
 @click.group("metrics", cls=AppGroup)
@@ -57,8 +71,10 @@ def payouts(as_csv: bool, days: int | None) -> None:
         click.echo(report_csv(report), nl=False)
         return
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    rows = [[r["day"], r["count"], *(fmt(r[k]) for k in ("p50", "p90", "p99", "max"))]
-            for r in [*report["byDay"], {**report, "day": "all"}]]
+    rows = [
+        [r["day"], r["count"], *(fmt(r[k]) for k in ("p50", "p90", "p99", "max"))]
+        for r in [*report["byDay"], {**report, "day": "all"}]
+    ]
     click.echo(table(rows, ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"]))
 
 
@@ -81,8 +97,17 @@ def list_dead_letters() -> None:
     rows = []
     for name, store in mesh_of(current_app).stores.items():
         for d in store.list_dead_letters():
-            rows.append([f"{name}:{d['id']}", d["subject"], d["event_id"], d["consumer"], d["attempts"],
-                         d["failed_at"].isoformat(timespec="seconds"), d["error"][:80]])
+            rows.append(
+                [
+                    f"{name}:{d['id']}",
+                    d["subject"],
+                    d["event_id"],
+                    d["consumer"],
+                    d["attempts"],
+                    d["failed_at"].isoformat(timespec="seconds"),
+                    d["error"][:80],
+                ]
+            )
     if not rows:
         click.echo("no dead letters")
         return
@@ -102,8 +127,9 @@ def replay(dead_letter_id: str | None, replay_all: bool) -> None:
     else:
         name, _, number = (dead_letter_id or "").partition(":")
         if name not in stores or not number.isdigit():
-            raise click.BadParameter(f"expected SERVICE:NUMBER with a service hosted here ({', '.join(stores)})",
-                                     param_hint="ID")
+            raise click.BadParameter(
+                f"expected SERVICE:NUMBER with a service hosted here ({', '.join(stores)})", param_hint="ID"
+            )
         targets = [(name, int(number))]
     failed = 0
     for name, number in targets:

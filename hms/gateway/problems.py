@@ -11,16 +11,35 @@ from hms.bus import BusTimeout, ContractError, NoResponders, ReplyError
 
 PROBLEM_BASE = "https://hms.example/problems/"
 MEDIA_TYPE = "application/problem+json"
-SLUGS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
-         409: "conflict", 413: "payload-too-large", 415: "unsupported-media-type", 422: "validation",
-         429: "rate-limited", 500: "internal", 503: "unavailable", 504: "timeout"}
+SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation",
+    429: "rate-limited",
+    500: "internal",
+    503: "unavailable",
+    504: "timeout",
+}
 
 
 class Problem(Exception):
     """An error the gateway answers with a problem document."""
 
-    def __init__(self, status: int, title: str, detail: str = "", field: str | None = None,
-                 errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str = "",
+        field: str | None = None,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.field = status, title, detail or title, field
         self.errors, self.headers = errors or [], headers or {}
@@ -28,8 +47,12 @@ class Problem(Exception):
 
 def problem_response(p: Problem) -> Response:
     """Render a problem as an HTTP response."""
-    body: dict[str, Any] = {"type": PROBLEM_BASE + SLUGS.get(p.status, "error"), "title": p.title,
-                            "status": p.status, "detail": p.detail}
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + SLUGS.get(p.status, "error"),
+        "title": p.title,
+        "status": p.status,
+        "detail": p.detail,
+    }
     if p.field:
         body["field"] = p.field
     if p.errors:
@@ -93,8 +116,11 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(NoResponders)
     def _no_responders(error: NoResponders) -> Response:
-        return problem_response(Problem(503, "Service unavailable", f"nothing serves {error.subject} right now",
-                                        headers={"Retry-After": "5"}))
+        return problem_response(
+            Problem(
+                503, "Service unavailable", f"nothing serves {error.subject} right now", headers={"Retry-After": "5"}
+            )
+        )
 
     @app.errorhandler(BusTimeout)
     def _timeout(error: BusTimeout) -> Response:

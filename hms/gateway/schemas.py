@@ -31,9 +31,12 @@ class ClaimantIn(Strict):
 
 
 class DirectDepositIn(Strict):
-    routingNumber = fields.String(required=True, validate=[
-        validate.Regexp(r"^[0-9]{9}$", error="must be exactly 9 digits"), _aba])
-    accountNumber = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{4,17}$", error="must be 4 to 17 digits"))
+    routingNumber = fields.String(
+        required=True, validate=[validate.Regexp(r"^[0-9]{9}$", error="must be exactly 9 digits"), _aba]
+    )
+    accountNumber = fields.String(
+        required=True, validate=validate.Regexp(r"^[0-9]{4,17}$", error="must be 4 to 17 digits")
+    )
     accountType = fields.String(required=True, validate=validate.OneOf(ACCOUNT_TYPES))
 
 
@@ -47,9 +50,11 @@ class ClaimIn(Strict):
 
 
 class SubmitHeaders(Schema):
-    idempotency_key = fields.String(data_key="Idempotency-Key", load_default=None,
-                                    validate=validate.Regexp(r"^[\x21-\x7e]{1,255}$",
-                                                             error="must be 1 to 255 visible ASCII characters"))
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        load_default=None,
+        validate=validate.Regexp(r"^[\x21-\x7e]{1,255}$", error="must be 1 to 255 visible ASCII characters"),
+    )
 
 
 class ClaimantOut(Schema):

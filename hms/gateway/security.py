@@ -32,8 +32,9 @@ class Identity:
 
 def unauthorized(detail: str) -> Problem:
     """A 401 problem with the bearer challenge."""
-    return Problem(401, "Unauthorized", detail, "Authorization",
-                   headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    return Problem(
+        401, "Unauthorized", detail, "Authorization", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    )
 
 
 class JwksVerifier:
@@ -68,7 +69,9 @@ class JwksVerifier:
         keys = {}
         for entry in doc.get("keys", []):
             if entry.get("kid") and entry.get("kty") in ("RSA", "EC") and "d" not in entry:
-                keys[entry["kid"]] = jwt.PyJWK(entry, entry.get("alg") or ("RS256" if entry["kty"] == "RSA" else "ES256"))
+                keys[entry["kid"]] = jwt.PyJWK(
+                    entry, entry.get("alg") or ("RS256" if entry["kty"] == "RSA" else "ES256")
+                )
         return keys
 
     def verify(self, token: str) -> Identity:
@@ -88,8 +91,15 @@ class JwksVerifier:
         if key.algorithm_name != alg:
             raise unauthorized("token algorithm does not match its key")
         try:
-            claims = jwt.decode(token, key.key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
-                                options={"require": ["exp", "iat", "iss", "aud", "sub"]}, leeway=10)
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+                leeway=10,
+            )
         except jwt.ExpiredSignatureError:
             raise unauthorized("token has expired") from None
         except jwt.ImmatureSignatureError:

@@ -31,8 +31,13 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
 
 def summary(values: list[float]) -> dict[str, Any]:
     """count, p50, p90, p99 and max of sorted payout times, in seconds."""
-    return {"count": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
-            "p99": percentile(values, 99), "max": values[-1] if values else None}
+    return {
+        "count": len(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": values[-1] if values else None,
+    }
 
 
 class PayoutMetrics:
@@ -78,5 +83,8 @@ class PayoutMetrics:
         for day, seconds in rows:
             by_day[day].append(seconds)
         overall = summary([seconds for _, seconds in rows])
-        return {**overall, "unit": "seconds",
-                "byDay": [{"day": day, **summary(values)} for day, values in sorted(by_day.items())]}
+        return {
+            **overall,
+            "unit": "seconds",
+            "byDay": [{"day": day, **summary(values)} for day, values in sorted(by_day.items())],
+        }

@@ -21,8 +21,11 @@ log = logging.getLogger("hms.notifier")
 def notify(s: Session, event: Event) -> None:
     """claim.denied or payment.sent: record the notification and send the e-mail (logged)."""
     data = event.data
-    s.add(Notification(event_id=event.id, citizen=data["citizen"], claim_id=data["claimId"],
-                       kind=event.subject, sent_at=utcnow()))
+    s.add(
+        Notification(
+            event_id=event.id, citizen=data["citizen"], claim_id=data["claimId"], kind=event.subject, sent_at=utcnow()
+        )
+    )
     # The e-mail address lives in svc; delivery goes by the citizen's id through the agency's mailer.
     log.info("Email sent to citizen %s", data["citizen"], extra={"claim_id": data["claimId"], "event_id": event.id})
 
@@ -33,7 +36,12 @@ def init_app(app: Flask) -> None:
     store = mesh.store("notifier", Base.metadata)
     store.consume("claim.denied", notify)
     store.consume("payment.sent", notify)
-    mesh.register(ServiceInfo(
-        name="notifier", version=VERSION, description="Citizen notifications",
-        subscribes=["claim.denied", "payment.sent"], health=lambda: {"status": "ok"},
-    ))
+    mesh.register(
+        ServiceInfo(
+            name="notifier",
+            version=VERSION,
+            description="Citizen notifications",
+            subscribes=["claim.denied", "payment.sent"],
+            health=lambda: {"status": "ok"},
+        )
+    )

@@ -25,12 +25,16 @@ def init_app(app: Flask) -> ClaimService:
     bus.subscribe("svc.claims.list", service.list, queue="svc")
     store.consume("payment.sent", service.on_payment_sent)
     store.consume("payment.failed", service.on_payment_failed)
-    mesh.register(ServiceInfo(
-        name="svc", version=VERSION, description="Claims and eligibility rules",
-        publishes=["claim.submitted", "claim.approved", "claim.denied"],
-        subscribes=["payment.sent", "payment.failed"],
-        serves=["svc.claims.submit", "svc.claims.get", "svc.claims.list"],
-        health=lambda: {"status": "ok", "ruleVersion": service.rules.version, "outbox": store.outbox_backlog()},
-    ))
+    mesh.register(
+        ServiceInfo(
+            name="svc",
+            version=VERSION,
+            description="Claims and eligibility rules",
+            publishes=["claim.submitted", "claim.approved", "claim.denied"],
+            subscribes=["payment.sent", "payment.failed"],
+            serves=["svc.claims.submit", "svc.claims.get", "svc.claims.list"],
+            health=lambda: {"status": "ok", "ruleVersion": service.rules.version, "outbox": store.outbox_backlog()},
+        )
+    )
     app.extensions["hms.svc"] = service
     return service

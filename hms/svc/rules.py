@@ -103,7 +103,9 @@ class RuleSet:
         for i, entry in enumerate(entries):
             kind = Rule.kinds.get(entry.get("kind", ""))
             if kind is None or kind is Rule:
-                raise RulesFileError(f"{path}: rules[{i}].kind {entry.get('kind')!r} is not one of {sorted(k for k in Rule.kinds if k)}")
+                raise RulesFileError(
+                    f"{path}: rules[{i}].kind {entry.get('kind')!r} is not one of {sorted(k for k in Rule.kinds if k)}"
+                )
             params = {k: v for k, v in entry.items() if k != "kind"}
             if "eligible" in params:
                 params["eligible"] = tuple(params["eligible"])

@@ -51,8 +51,16 @@ class ClaimService:
                             return self._replay(found, req)
                     view = self._decide(s, req)
                     if key:
-                        s.add(IdempotencyRecord(citizen=req["citizen"], key=key, fingerprint=req.get("fingerprint") or "",
-                                                claim_id=view["id"], response=view, created_at=utcnow()))
+                        s.add(
+                            IdempotencyRecord(
+                                citizen=req["citizen"],
+                                key=key,
+                                fingerprint=req.get("fingerprint") or "",
+                                claim_id=view["id"],
+                                response=view,
+                                created_at=utcnow(),
+                            )
+                        )
                     return view
             except IntegrityError:
                 if not key:
@@ -61,40 +69,84 @@ class ClaimService:
 
     def _replay(self, found: IdempotencyRecord, req: dict[str, Any]) -> dict[str, Any]:
         if found.fingerprint != (req.get("fingerprint") or ""):
-            raise ReplyError(422, "Idempotency-Key reused", "this Idempotency-Key was used with a different request body",
-                             "Idempotency-Key")
+            raise ReplyError(
+                422,
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used with a different request body",
+                "Idempotency-Key",
+            )
         return {**found.response, "replayed": True}
 
     def _decide(self, s: Session, req: dict[str, Any]) -> dict[str, Any]:
         now = utcnow()
         citizen = req["citizen"]
         has_open = s.scalar(select(func.count()).where(Claim.citizen == citizen, Claim.status.in_(OPEN_STATUSES))) or 0
-        reasons = self.rules.evaluate(Application(
-            separation_reason=req["separationReason"], weeks_worked=req["weeksWorked"],
-            base_wages=Decimal(str(req["baseWages"])), has_open_claim=has_open > 0,
-        ))
+        reasons = self.rules.evaluate(
+            Application(
+                separation_reason=req["separationReason"],
+                weeks_worked=req["weeksWorked"],
+                base_wages=Decimal(str(req["baseWages"])),
+                has_open_claim=has_open > 0,
+            )
+        )
         approved = not reasons
         claim = Claim(
-            id=str(uuid.uuid4()), citizen=citizen, claimant_name=req["claimant"]["name"],
-            claimant_ssn_last4=req["claimant"]["ssnLast4"], claimant_email=req["claimant"]["email"],
-            employer=req["employer"], separation_reason=req["separationReason"], weeks_worked=req["weeksWorked"],
-            base_wages=Decimal(str(req["baseWages"])), status="approved" if approved else "denied",
-            amount=self.rules.amount if approved else None, reasons=reasons, rule_version=self.rules.version,
-            submitted_at=now, decided_at=now,
+            id=str(uuid.uuid4()),
+            citizen=citizen,
+            claimant_name=req["claimant"]["name"],
+            claimant_ssn_last4=req["claimant"]["ssnLast4"],
+            claimant_email=req["claimant"]["email"],
+            employer=req["employer"],
+            separation_reason=req["separationReason"],
+            weeks_worked=req["weeksWorked"],
+            base_wages=Decimal(str(req["baseWages"])),
+            status="approved" if approved else "denied",
+            amount=self.rules.amount if approved else None,
+            reasons=reasons,
+            rule_version=self.rules.version,
+            submitted_at=now,
+            decided_at=now,
         )
         s.add(claim)
-        s.add_all([TimelineEntry(claim_id=claim.id, status="submitted", at=now),
-                   TimelineEntry(claim_id=claim.id, status=claim.status, at=now,
-                                 detail=None if approved else ",".join(reasons))])
+        s.add_all(
+            [
+                TimelineEntry(claim_id=claim.id, status="submitted", at=now),
+                TimelineEntry(
+                    claim_id=claim.id, status=claim.status, at=now, detail=None if approved else ",".join(reasons)
+                ),
+            ]
+        )
         trace = req.get("traceparent")
         ts = iso(now)
-        self.store.emit(s, "claim.submitted", {"claimId": claim.id, "citizen": citizen, "submittedAt": ts}, traceparent=trace)
+        self.store.emit(
+            s, "claim.submitted", {"claimId": claim.id, "citizen": citizen, "submittedAt": ts}, traceparent=trace
+        )
         if approved:
-            self.store.emit(s, "claim.approved", {"claimId": claim.id, "citizen": citizen, "amount": money(claim.amount),
-                                                  "approvedAt": ts, "ruleVersion": claim.rule_version}, traceparent=trace)
+            self.store.emit(
+                s,
+                "claim.approved",
+                {
+                    "claimId": claim.id,
+                    "citizen": citizen,
+                    "amount": money(claim.amount),
+                    "approvedAt": ts,
+                    "ruleVersion": claim.rule_version,
+                },
+                traceparent=trace,
+            )
         else:
-            self.store.emit(s, "claim.denied", {"claimId": claim.id, "citizen": citizen, "reasons": reasons,
-                                                "deniedAt": ts, "ruleVersion": claim.rule_version}, traceparent=trace)
+            self.store.emit(
+                s,
+                "claim.denied",
+                {
+                    "claimId": claim.id,
+                    "citizen": citizen,
+                    "reasons": reasons,
+                    "deniedAt": ts,
+                    "ruleVersion": claim.rule_version,
+                },
+                traceparent=trace,
+            )
         s.flush()
         log.info("claim %s %s", claim.id, claim.status, extra={"claim_id": claim.id})
         return self.view(s, claim)
@@ -119,7 +171,12 @@ class ClaimService:
         with self.store.session() as s:
             total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
             rows = s.scalars(q.order_by(Claim.submitted_at.desc(), Claim.id).offset((page - 1) * size).limit(size))
-            return {"items": [self.view(s, c, timeline=False) for c in rows], "page": page, "pageSize": size, "total": total}
+            return {
+                "items": [self.view(s, c, timeline=False) for c in rows],
+                "page": page,
+                "pageSize": size,
+                "total": total,
+            }
 
     # -- events -----------------------------------------------------------------------------
     def on_payment_sent(self, s: Session, event: Event) -> None:
@@ -146,16 +203,30 @@ class ClaimService:
     def view(self, s: Session, claim: Claim, *, timeline: bool = True) -> dict[str, Any]:
         """The claim as the API shows it."""
         out: dict[str, Any] = {
-            "id": claim.id, "citizen": claim.citizen, "status": claim.status, "amount": money(claim.amount),
+            "id": claim.id,
+            "citizen": claim.citizen,
+            "status": claim.status,
+            "amount": money(claim.amount),
             "reasons": list(claim.reasons or []),
             "reasonDetails": [{"code": c, "message": self.rules.explain(c)} for c in claim.reasons or []],
-            "ruleVersion": claim.rule_version, "employer": claim.employer,
-            "claimant": {"name": claim.claimant_name, "email": claim.claimant_email, "ssnLast4": claim.claimant_ssn_last4},
-            "separationReason": claim.separation_reason, "weeksWorked": claim.weeks_worked,
-            "baseWages": money(claim.base_wages), "submittedAt": iso(claim.submitted_at),
-            "decidedAt": iso(claim.decided_at), "paymentId": claim.payment_id, "failureReason": claim.failure_reason,
+            "ruleVersion": claim.rule_version,
+            "employer": claim.employer,
+            "claimant": {
+                "name": claim.claimant_name,
+                "email": claim.claimant_email,
+                "ssnLast4": claim.claimant_ssn_last4,
+            },
+            "separationReason": claim.separation_reason,
+            "weeksWorked": claim.weeks_worked,
+            "baseWages": money(claim.base_wages),
+            "submittedAt": iso(claim.submitted_at),
+            "decidedAt": iso(claim.decided_at),
+            "paymentId": claim.payment_id,
+            "failureReason": claim.failure_reason,
         }
         if timeline:
-            entries = s.scalars(select(TimelineEntry).where(TimelineEntry.claim_id == claim.id).order_by(TimelineEntry.id))
+            entries = s.scalars(
+                select(TimelineEntry).where(TimelineEntry.claim_id == claim.id).order_by(TimelineEntry.id)
+            )
             out["timeline"] = [{"status": e.status, "at": iso(e.at), "detail": e.detail} for e in entries]
         return out

@@ -40,7 +40,14 @@ def test_metrics_payouts_table_and_csv(app: Flask, client: FlaskClient, token: A
     eventually(lambda: client.get(f"/claims/{claim['id']}", headers=token("diego")).json["status"] == "paid")
     runner = app.test_cli_runner()
     table = eventually(lambda: (r := runner.invoke(args=["metrics", "payouts"])).output.count("\n") >= 3 and r)
-    assert table.exit_code == 0 and table.output.splitlines()[0].split() == ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"]
+    assert table.exit_code == 0 and table.output.splitlines()[0].split() == [
+        "DAY",
+        "COUNT",
+        "P50_S",
+        "P90_S",
+        "P99_S",
+        "MAX_S",
+    ]
     assert table.output.splitlines()[-1].split()[:2] == ["all", "1"]
     csv = runner.invoke(args=["metrics", "payouts", "--csv"])
     assert csv.exit_code == 0 and csv.output.splitlines()[0] == "day,count,p50_s,p90_s,p99_s,max_s"
@@ -53,8 +60,11 @@ def test_dead_letters_list_and_replay(app: Flask, mesh: Mesh) -> None:
     # payment.sent for a claim svc never heard of: svc cannot apply it and gives up.
     store = mesh.stores["ach"]
     with store.session() as s:
-        store.emit(s, "payment.sent", {"claimId": "ghost", "paymentId": "p1", "citizen": "x", "amount": 600,
-                                       "sentAt": "2026-11-27T10:00:00Z"})
+        store.emit(
+            s,
+            "payment.sent",
+            {"claimId": "ghost", "paymentId": "p1", "citizen": "x", "amount": 600, "sentAt": "2026-11-27T10:00:00Z"},
+        )
     svc = mesh.stores["svc"]
     eventually(lambda: svc.list_dead_letters(), timeout=60)
     listing = runner.invoke(args=["bus", "dead-letters"])

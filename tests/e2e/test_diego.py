@@ -79,7 +79,9 @@ def test_a_second_claim_is_denied_as_duplicate(client: FlaskClient, token: Any) 
     assert (second["status"], second["reasons"]) == ("denied", ["DUPLICATE_CLAIM"])
 
 
-def test_the_http_request_returns_before_the_payment_is_made(app: Flask, client: FlaskClient, token: Any, tmp_path: Path) -> None:
+def test_the_http_request_returns_before_the_payment_is_made(
+    app: Flask, client: FlaskClient, token: Any, tmp_path: Path
+) -> None:
     outage = tmp_path / "bank-down"
     outage.touch()
     app.extensions["hms.ach"].bank.outage_file = outage
@@ -91,7 +93,9 @@ def test_the_http_request_returns_before_the_payment_is_made(app: Flask, client:
     eventually(lambda: claim(client, diego, r.json["id"])["status"] == "paid", timeout=15)
 
 
-def test_a_retry_with_the_same_idempotency_key_returns_the_first_result(app: Flask, client: FlaskClient, token: Any) -> None:
+def test_a_retry_with_the_same_idempotency_key_returns_the_first_result(
+    app: Flask, client: FlaskClient, token: Any
+) -> None:
     diego = token("diego")
     headers = {**diego, "Idempotency-Key": "submit-0001"}
     first = client.post("/claims", json=DIEGO, headers=headers)
@@ -132,7 +136,9 @@ def test_citizens_see_only_their_own_claims(client: FlaskClient, token: Any) -> 
         (lambda b: b["directDeposit"].update(accountType="crypto"), 422, "directDeposit.accountType"),
     ],
 )
-def test_bad_input_is_refused_naming_the_field(client: FlaskClient, token: Any, mutate: Any, status: int, field: str) -> None:
+def test_bad_input_is_refused_naming_the_field(
+    client: FlaskClient, token: Any, mutate: Any, status: int, field: str
+) -> None:
     body = copy.deepcopy(DIEGO)
     mutate(body)
     r = client.post("/claims", json=body, headers=token("diego"))

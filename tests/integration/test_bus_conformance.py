@@ -5,15 +5,30 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from hms.bus import Bus, BusTimeout, ContractError, Contracts, Event, NoResponders, ReplyError, SubjectError, connect
+from hms.bus import (
+    Bus,
+    BusTimeout,
+    ContractError,
+    Contracts,
+    Event,
+    NoResponders,
+    ReplyError,
+    SubjectError,
+    connect,
+)
 from tests.conftest import eventually
 
 ENGINES = ["memory://"]
-APPROVED = {"claimId": "c1", "citizen": "diego", "amount": 600, "approvedAt": "2026-11-27T10:00:00Z", "ruleVersion": "1"}
+APPROVED = {
+    "claimId": "c1",
+    "citizen": "diego",
+    "amount": 600,
+    "approvedAt": "2026-11-27T10:00:00Z",
+    "ruleVersion": "1",
+}
 
 
 @pytest.fixture(params=ENGINES)
@@ -155,8 +170,13 @@ def test_exhausted_retries_go_to_the_dead_letter_store_and_later_events_flow(raw
             raise ValueError("cannot digest")
         handled(e)
 
-    raw_bus.subscribe("t.p", poison_or_ok, max_deliver=3, backoff=[0.01],
-                      dead_letter=lambda e, err: dead.append((e.id, err, e.attempt)))
+    raw_bus.subscribe(
+        "t.p",
+        poison_or_ok,
+        max_deliver=3,
+        backoff=[0.01],
+        dead_letter=lambda e, err: dead.append((e.id, err, e.attempt)),
+    )
     poison = raw_bus.publish("t.p", {"poison": True}, event_id="poison-1")
     for i in range(5):
         raw_bus.publish("t.p", {"i": i})
@@ -187,8 +207,11 @@ def test_requests_are_checked_against_their_contract(bus: Bus) -> None:
     calls = Recorder()
     bus.subscribe("ach.accounts.register", lambda e: calls(e) or {"ok": True})
     with pytest.raises(ContractError) as err:
-        bus.request("ach.accounts.register", {"citizen": "d", "routingNumber": "12", "accountNumber": "1234",
-                                              "accountType": "checking"}, timeout=1)
+        bus.request(
+            "ach.accounts.register",
+            {"citizen": "d", "routingNumber": "12", "accountNumber": "1234", "accountType": "checking"},
+            timeout=1,
+        )
     assert err.value.field == "routingNumber"
     assert calls.events == []
 
@@ -196,7 +219,13 @@ def test_requests_are_checked_against_their_contract(bus: Bus) -> None:
 def test_envelope_is_cloudevents(bus: Bus) -> None:
     rec = Recorder()
     bus.subscribe("claim.approved", rec)
-    bus.publish("claim.approved", APPROVED, event_id="e-1", source="/hms/svc", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    bus.publish(
+        "claim.approved",
+        APPROVED,
+        event_id="e-1",
+        source="/hms/svc",
+        traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+    )
     event = eventually(lambda: rec.events and rec.events[0])
     d = event.to_dict()
     assert d["specversion"] == "1.0" and d["id"] == "e-1" and d["source"] == "/hms/svc"

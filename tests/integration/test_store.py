@@ -87,7 +87,9 @@ def test_rows_left_by_a_crash_are_sent_on_the_next_start(tmp_path: Path, bus: Me
     again.stop()
 
 
-def test_a_consumer_has_one_effect_per_event_id_even_when_delivered_concurrently(tmp_path: Path, bus: MemoryBus) -> None:
+def test_a_consumer_has_one_effect_per_event_id_even_when_delivered_concurrently(
+    tmp_path: Path, bus: MemoryBus
+) -> None:
     producer, _ = make_store(tmp_path, bus, "svc")
     consumer, effects = make_store(tmp_path, bus, "metrics")
 

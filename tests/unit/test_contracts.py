@@ -12,8 +12,16 @@ def contracts() -> Contracts:
 
 def test_every_design_subject_has_a_contract(contracts: Contracts) -> None:
     assert set(contracts.subjects()) >= {
-        "claim.submitted", "claim.approved", "claim.denied", "payment.sent", "payment.failed",
-        "svc.claims.submit", "svc.claims.get", "svc.claims.list", "ach.accounts.register", "metrics.payouts.report",
+        "claim.submitted",
+        "claim.approved",
+        "claim.denied",
+        "payment.sent",
+        "payment.failed",
+        "svc.claims.submit",
+        "svc.claims.get",
+        "svc.claims.list",
+        "ach.accounts.register",
+        "metrics.payouts.report",
     }
 
 

@@ -12,8 +12,9 @@ def test_a_bad_event_from_the_wire_never_reaches_a_handler() -> None:
     handled: list[Event] = []
     dead: list[tuple[str, str]] = []
     bus.subscribe("claim.submitted", handled.append, dead_letter=lambda e, err: dead.append((e.id, err)))
-    bad = Event.create("claim.submitted", {"claimId": "c1", "citizen": "d", "submittedAt": "2026", "ssn": "123"},
-                       event_id="bad-1")
+    bad = Event.create(
+        "claim.submitted", {"claimId": "c1", "citizen": "d", "submittedAt": "2026", "ssn": "123"}, event_id="bad-1"
+    )
     # Deliver as the wire would, bypassing publish-side validation (an older or buggy publisher).
     for signal in bus._signals_for("claim.submitted"):
         signal.send(bus, event=bad, settlement=None)

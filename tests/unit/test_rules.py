@@ -8,7 +8,12 @@ from hms.svc.rules import Application, RuleSet, RulesFileError
 
 
 def application(**kw: object) -> Application:
-    base = {"separation_reason": "laid_off", "weeks_worked": 40, "base_wages": Decimal("31200"), "has_open_claim": False}
+    base = {
+        "separation_reason": "laid_off",
+        "weeks_worked": 40,
+        "base_wages": Decimal("31200"),
+        "has_open_claim": False,
+    }
     return Application(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -50,8 +55,15 @@ def test_every_code_has_a_plain_explanation(rules: RuleSet) -> None:
 
 def test_an_override_file_changes_version_amount_and_thresholds(tmp_path: Path) -> None:
     f = tmp_path / "rules.json"
-    f.write_text(json.dumps({"version": "test-7", "amount": 450.5, "rules": [
-        {"code": "INSUFFICIENT_WEEKS", "kind": "min_weeks_worked", "min": 50, "explain": "x"}]}))
+    f.write_text(
+        json.dumps(
+            {
+                "version": "test-7",
+                "amount": 450.5,
+                "rules": [{"code": "INSUFFICIENT_WEEKS", "kind": "min_weeks_worked", "min": 50, "explain": "x"}],
+            }
+        )
+    )
     rules = RuleSet.load(f)
     assert (rules.version, rules.amount) == ("test-7", Decimal("450.5"))
     assert rules.evaluate(application(weeks_worked=40)) == ["INSUFFICIENT_WEEKS"]
@@ -63,7 +75,14 @@ def test_an_override_file_changes_version_amount_and_thresholds(tmp_path: Path) 
         ({"version": "1", "amount": 600, "rules": [{"code": "X", "kind": "nope", "explain": ""}]}, "rules[0].kind"),
         ({"version": "1", "amount": 0, "rules": []}, "amount"),
         ({"amount": 600, "rules": []}, "version"),
-        ({"version": "1", "amount": 600, "rules": [{"code": "X", "kind": "min_weeks_worked", "explain": "", "max": 1}]}, "rules[0]"),
+        (
+            {
+                "version": "1",
+                "amount": 600,
+                "rules": [{"code": "X", "kind": "min_weeks_worked", "explain": "", "max": 1}],
+            },
+            "rules[0]",
+        ),
     ],
 )
 def test_a_bad_rules_file_names_the_problem(tmp_path: Path, doc: dict, message: str) -> None:

@@ -58,6 +58,7 @@ def init_app(app: Flask) -> Payments:
         account_wait=cfg["HMS_ACH_ACCOUNT_WAIT_S"],
     )
     mesh.bus.subscribe("ach.accounts.register", payments.register_account, queue="ach")
+    mesh.bus.subscribe("ach.payments.ledger", payments.ledger, queue="ach")
     store.consume("claim.approved", payments.on_claim_approved)
     mesh.on_start(payments.start, payments.stop)
     mesh.register(
@@ -67,7 +68,7 @@ def init_app(app: Flask) -> Payments:
             description="Direct-deposit accounts and benefit payments",
             publishes=["payment.sent", "payment.failed"],
             subscribes=["claim.approved"],
-            serves=["ach.accounts.register"],
+            serves=["ach.accounts.register", "ach.payments.ledger"],
             health=lambda: {"status": "ok", "outbox": store.outbox_backlog()},
             breakers=lambda: {"bank": breaker.current_state},
         )

@@ -8,6 +8,7 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +44,8 @@ class BankProvider(Protocol):
     def transfer(self, t: Transfer) -> str: ...
 
     def lookup(self, idempotency_key: str) -> str | None: ...
+
+    def transfers_by_claim(self) -> dict[str, int]: ...
 
 
 class SandboxBank:
@@ -97,6 +100,10 @@ class SandboxBank:
             if entry.get("idempotencyKey") == idempotency_key:
                 return str(entry["reference"])
         return None
+
+    def transfers_by_claim(self) -> dict[str, int]:
+        """How many transfers the statement holds for each claim (more than one is a double payment)."""
+        return dict(Counter(entry["claimId"] for entry in read_statement(self.statement)))
 
 
 def read_statement(path: Path) -> list[dict[str, str]]:

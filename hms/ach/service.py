@@ -74,6 +74,28 @@ class Payments:
             self._wake.set()
             return {"accountId": account.id, "account": account.masked, "accountType": account.account_type}
 
+    def ledger(self, event: Event) -> dict[str, Any]:
+        """ach.payments.ledger: a page of payments with the bank's transfer count for each claim.
+
+        The last page also lists transfers on the bank's statement that match no payment at all.
+        """
+        after, limit = event.data.get("after") or "", event.data["limit"]
+        transfers = self.bank.transfers_by_claim()
+        with self.store.session() as s:
+            rows = s.execute(
+                select(Payment.claim_id, Payment.id, Payment.state)
+                .where(Payment.claim_id > after)
+                .order_by(Payment.claim_id)
+                .limit(limit)
+            ).all()
+            last = len(rows) < limit
+            known = set(s.scalars(select(Payment.claim_id))) if last else set()
+        items = [{"claimId": c, "paymentId": p, "state": st, "bankTransfers": transfers.get(c, 0)} for c, p, st in rows]
+        page: dict[str, Any] = {"items": items, "next": None if last else items[-1]["claimId"]}
+        if last:
+            page["unmatchedTransfers"] = sorted(c for c in transfers if c not in known)
+        return page
+
     # -- events -----------------------------------------------------------------------------
     def on_claim_approved(self, s: Session, event: Event) -> None:
         """claim.approved: record the payment as pending (phase 1); the worker pays it."""

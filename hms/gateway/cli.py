@@ -13,6 +13,7 @@ from hms.bus.mesh import mesh_of
 from hms.bus.registry import discover
 
 from .api import report_csv
+from .reconcile import reconcile
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
@@ -143,7 +144,29 @@ def replay(dead_letter_id: str | None, replay_all: bool) -> None:
         raise click.ClickException(f"{failed} of {len(targets)} replays failed")
 
 
+@click.group("audit", cls=AppGroup)
+def audit_cli() -> None:
+    """Checks for auditors."""
+
+
+@audit_cli.command("reconcile")
+@click.option("--strict", is_flag=True, help="also fail while payments are still in flight")
+def reconcile_cmd(strict: bool) -> None:
+    """Every approved claim has one payment or an explicit failure; every payment a payout record."""
+    r = reconcile(mesh_of(current_app).bus)
+    for claim_id, problem in r.gaps:
+        click.echo(f"GAP {claim_id}: {problem}")
+    for claim_id in r.in_flight:
+        click.echo(f"IN FLIGHT {claim_id}: payment not settled yet")
+    click.echo(
+        f"claims {r.claims}, approved {r.approved}, payments {r.payments}, "
+        f"gaps {len(r.gaps)}, in flight {len(r.in_flight)}"
+    )
+    if not r.ok(strict):
+        raise SystemExit(1)
+
+
 def init_app(app: Flask) -> None:
     """Register the admin command groups."""
-    for group in (mesh_cli, metrics_cli, bus_cli):
+    for group in (mesh_cli, metrics_cli, bus_cli, audit_cli):
         app.cli.add_command(group)

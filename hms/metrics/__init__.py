@@ -21,13 +21,14 @@ def init_app(app: Flask) -> PayoutMetrics:
     store.consume("claim.submitted", metrics.on_claim_submitted)
     store.consume("payment.sent", metrics.on_payment_sent)
     mesh.bus.subscribe("metrics.payouts.report", metrics.report, queue="metrics")
+    mesh.bus.subscribe("metrics.payouts.ledger", metrics.ledger, queue="metrics")
     mesh.register(
         ServiceInfo(
             name="metrics",
             version=VERSION,
             description="Payout time per claim, for auditors",
             subscribes=["claim.submitted", "payment.sent"],
-            serves=["metrics.payouts.report"],
+            serves=["metrics.payouts.report", "metrics.payouts.ledger"],
             health=lambda: {"status": "ok"},
         )
     )

@@ -71,6 +71,20 @@ class PayoutMetrics:
             payout.seconds = max(0.0, (payout.sent_at - payout.submitted_at).total_seconds())
             payout.day = payout.sent_at.date().isoformat()
 
+    def ledger(self, event: Event) -> dict[str, Any]:
+        """metrics.payouts.ledger: a page of claims whose payout time is recorded."""
+        after, limit = event.data.get("after") or "", event.data["limit"]
+        with self.store.session() as s:
+            ids = list(
+                s.scalars(
+                    select(Payout.claim_id)
+                    .where(Payout.claim_id > after, Payout.seconds.is_not(None))
+                    .order_by(Payout.claim_id)
+                    .limit(limit)
+                )
+            )
+        return {"items": [{"claimId": i} for i in ids], "next": ids[-1] if len(ids) == limit else None}
+
     def report(self, event: Event) -> dict[str, Any]:
         """metrics.payouts.report: count, p50, p90, p99, max in seconds, overall and by day."""
         q = select(Payout.day, Payout.seconds).where(Payout.seconds.is_not(None))

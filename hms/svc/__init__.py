@@ -23,6 +23,7 @@ def init_app(app: Flask) -> ClaimService:
     bus.subscribe("svc.claims.submit", service.submit, queue="svc")
     bus.subscribe("svc.claims.get", service.get, queue="svc")
     bus.subscribe("svc.claims.list", service.list, queue="svc")
+    bus.subscribe("svc.claims.ledger", service.ledger, queue="svc")
     store.consume("payment.sent", service.on_payment_sent)
     store.consume("payment.failed", service.on_payment_failed)
     mesh.register(
@@ -32,7 +33,7 @@ def init_app(app: Flask) -> ClaimService:
             description="Claims and eligibility rules",
             publishes=["claim.submitted", "claim.approved", "claim.denied"],
             subscribes=["payment.sent", "payment.failed"],
-            serves=["svc.claims.submit", "svc.claims.get", "svc.claims.list"],
+            serves=["svc.claims.submit", "svc.claims.get", "svc.claims.list", "svc.claims.ledger"],
             health=lambda: {"status": "ok", "ruleVersion": service.rules.version, "outbox": store.outbox_backlog()},
         )
     )

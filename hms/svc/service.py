@@ -178,6 +178,16 @@ class ClaimService:
                 "total": total,
             }
 
+    def ledger(self, event: Event) -> dict[str, Any]:
+        """svc.claims.ledger: a page of (claim id, status), for reconciliation."""
+        after, limit = event.data.get("after") or "", event.data["limit"]
+        with self.store.session() as s:
+            rows = s.execute(
+                select(Claim.id, Claim.status).where(Claim.id > after).order_by(Claim.id).limit(limit)
+            ).all()
+        items = [{"claimId": cid, "status": status} for cid, status in rows]
+        return {"items": items, "next": items[-1]["claimId"] if len(items) == limit else None}
+
     # -- events -----------------------------------------------------------------------------
     def on_payment_sent(self, s: Session, event: Event) -> None:
         """payment.sent: the claim is paid."""

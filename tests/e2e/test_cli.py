@@ -81,3 +81,26 @@ def test_dead_letters_list_and_replay(app: Flask, mesh: Mesh) -> None:
 def test_db_upgrade_is_repeatable(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert result.exit_code == 0 and "svc, ach, metrics, notifier" in result.output
+
+
+def test_reconcile_agrees_after_the_flow_and_finds_planted_gaps(app: Flask, client: FlaskClient, token: Any,
+                                                                mesh: Mesh) -> None:
+    import json
+    from pathlib import Path
+
+    runner = app.test_cli_runner()
+    paid = client.post("/claims", json=DIEGO, headers=token("diego")).json
+    client.post("/claims", json={**DIEGO, "separationReason": "quit"}, headers=token("rosa"))
+    eventually(lambda: runner.invoke(args=["audit", "reconcile", "--strict"]).exit_code == 0)
+    ok = runner.invoke(args=["audit", "reconcile", "--strict"])
+    assert "claims 2, approved 1, payments 1, gaps 0, in flight 0" in ok.output
+
+    # A double payment at the bank and a transfer nobody approved.
+    statement = Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])
+    line = json.loads(statement.read_text().splitlines()[0])
+    with statement.open("a") as f:
+        f.write(json.dumps(line) + "\n" + json.dumps({**line, "claimId": "not-approved"}) + "\n")
+    bad = runner.invoke(args=["audit", "reconcile"])
+    assert bad.exit_code == 1
+    assert f"GAP {paid['id']}: paid 2 times at the bank" in bad.output
+    assert "GAP not-approved: the bank paid a claim for which ach has no payment" in bad.output

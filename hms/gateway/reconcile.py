@@ -1,0 +1,82 @@
+"""Reconciliation: approved claims against payments, the bank's statement and payout records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hms.bus import Bus
+
+APPROVED = ("approved", "paid", "payment_failed")
+PAGE = 2000
+
+
+def pages(bus: Bus, subject: str, timeout: float) -> Iterator[dict[str, Any]]:
+    """Every page of a ledger subject, following its cursor."""
+    after = None
+    while True:
+        page = bus.request(subject, {"after": after, "limit": PAGE}, timeout=timeout)
+        yield page
+        after = page["next"]
+        if after is None:
+            return
+
+
+@dataclass
+class Reconciliation:
+    """What reconcile found: gaps (each a claim id and what is wrong) and payments still in flight."""
+
+    claims: int = 0
+    approved: int = 0
+    payments: int = 0
+    gaps: list[tuple[str, str]] = field(default_factory=list)
+    in_flight: list[str] = field(default_factory=list)
+
+    def ok(self, strict: bool = False) -> bool:
+        """True when nothing is wrong (and, if strict, nothing is still in flight)."""
+        return not self.gaps and not (strict and self.in_flight)
+
+
+def reconcile(bus: Bus, timeout: float = 30.0) -> Reconciliation:
+    """Compare what svc approved, what ach paid, what the bank holds and what metrics recorded."""
+    claims = {i["claimId"]: i["status"] for p in pages(bus, "svc.claims.ledger", timeout) for i in p["items"]}
+    payments: dict[str, dict[str, Any]] = {}
+    unmatched: list[str] = []
+    for p in pages(bus, "ach.payments.ledger", timeout):
+        payments.update({i["claimId"]: i for i in p["items"]})
+        unmatched += p.get("unmatchedTransfers", [])
+    recorded = {i["claimId"] for p in pages(bus, "metrics.payouts.ledger", timeout) for i in p["items"]}
+
+    r = Reconciliation(claims=len(claims), payments=len(payments))
+    for claim_id, status in sorted(claims.items()):
+        if status not in APPROVED:
+            continue
+        r.approved += 1
+        pay = payments.get(claim_id)
+        if pay is None:
+            r.gaps.append((claim_id, f"approved ({status}) but ach has no payment"))
+            continue
+        state, transfers = pay["state"], pay["bankTransfers"]
+        if transfers > 1:
+            r.gaps.append((claim_id, f"paid {transfers} times at the bank"))
+        if state == "sent":
+            if transfers == 0:
+                r.gaps.append((claim_id, "payment sent but not on the bank's statement"))
+            if status != "paid":
+                r.gaps.append((claim_id, f"payment sent but the claim is {status}"))
+            if claim_id not in recorded:
+                r.gaps.append((claim_id, "payment sent but metrics has no payout record"))
+        elif state == "failed":
+            if transfers:
+                r.gaps.append((claim_id, "payment failed yet the bank holds a transfer"))
+            if status != "payment_failed":
+                r.gaps.append((claim_id, f"payment failed but the claim is {status}"))
+        else:
+            r.in_flight.append(claim_id)
+    for claim_id, pay in sorted(payments.items()):
+        if claims.get(claim_id) not in APPROVED:
+            r.gaps.append((claim_id, f"ach holds a {pay['state']} payment for a claim svc did not approve"))
+    for claim_id in unmatched:
+        r.gaps.append((claim_id, "the bank paid a claim for which ach has no payment"))
+    return r

@@ -68,3 +68,7 @@ def init_app(app: Flask) -> None:
     """Register `up` and `db` on the app's CLI."""
     app.cli.add_command(db)
     app.cli.add_command(up)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,12 +32,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
-    """Send the `hms` loggers to stderr as JSON lines (once per process)."""
-    logger = logging.getLogger("hms")
-    if not any(getattr(h, "_hms", False) for h in logger.handlers):
+    """Write every log record as a JSON line on stderr (once per process); `hms` loggers at `level`."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_hms", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         handler._hms = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = True
+        root.addHandler(handler)  # also keeps waitress from adding a plain-text handler of its own
+        root.setLevel(min(root.level or logging.WARNING, logging.WARNING))
+    logging.getLogger("hms").setLevel(level)

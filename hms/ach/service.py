@@ -133,6 +133,7 @@ class Payments:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self._stop.clear()  # the thread is gone; run_once may still be called directly
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -38,6 +38,7 @@ from .base import DEFAULT_BACKOFF, Bus, Event, Subscription
 
 log = logging.getLogger("hms.bus")
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MAX_IN_FLIGHT = 2000  # events handed to the bus and not yet settled, per store
 
 
 def utcnow() -> datetime:
@@ -75,6 +76,7 @@ def messaging_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
         Column("time", String(40), nullable=False),
         Column("traceparent", String(128)),
         Column("created_at", UtcDateTime(), nullable=False),
+        sqlite_autoincrement=True,  # never reuse a sequence number after the relay deletes rows
     )
     inbox = Table(
         "inbox",
@@ -154,10 +156,9 @@ class ServiceStore:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._inflight: set[int] = set()
-        self._acked: list[int] = []
-        self._retry: dict[int, float] = {}
-        self._high_seq = 0
+        self._inflight: set[str] = set()
+        self._acked: list[str] = []
+        self._retry: dict[str, float] = {}
         self._lock = threading.Lock()
         event.listen(self.Session, "after_commit", self._after_commit)
 
@@ -305,31 +306,28 @@ class ServiceStore:
         with self._lock:
             acked, self._acked = self._acked, []
             now = time.monotonic()
-            due = [seq for seq, at in self._retry.items() if at <= now]
-            for seq in due:
-                del self._retry[seq]
+            for event_id in [e for e, at in self._retry.items() if at <= now]:
+                del self._retry[event_id]
+            skip = self._inflight | set(self._retry)
         if acked:
             with self.session() as s:
-                s.execute(delete(self.outbox).where(self.outbox.c.seq.in_(acked)))
+                s.execute(delete(self.outbox).where(self.outbox.c.event_id.in_(acked)))
+        if len(skip) >= MAX_IN_FLIGHT:
+            return 0
+        # No high-water mark: rows commit out of sequence order on PostgreSQL, and other processes
+        # (a CLI replay) write rows too. Every committed row not in flight is a candidate.
+        q = select(self.outbox).order_by(self.outbox.c.seq).limit(limit)
+        if skip:
+            q = q.where(self.outbox.c.event_id.not_in(skip))
         with self.engine.connect() as c:
-            rows = list(
-                c.execute(
-                    select(self.outbox)
-                    .where(self.outbox.c.seq > self._high_seq)
-                    .order_by(self.outbox.c.seq)
-                    .limit(limit)
-                )
-            )
-            if due:
-                rows += list(c.execute(select(self.outbox).where(self.outbox.c.seq.in_(due))))
+            rows = list(c.execute(q))
             c.rollback()
         sent = 0
         for row in rows:
-            self._high_seq = max(self._high_seq, row.seq)
             with self._lock:
-                if row.seq in self._inflight:
+                if row.event_id in self._inflight:
                     continue
-                self._inflight.add(row.seq)
+                self._inflight.add(row.event_id)
             try:
                 ack = self.bus.publish(
                     row.subject,
@@ -341,19 +339,19 @@ class ServiceStore:
                 )
             except Exception:
                 log.exception("publishing %s %s failed; will retry", row.subject, row.event_id)
-                self._settled(row.seq, failed=True)
+                self._settled(row.event_id, failed=True)
                 continue
-            ack.add_done_callback(lambda f, seq=row.seq: self._settled(seq, failed=f.exception() is not None))
+            ack.add_done_callback(lambda f, eid=row.event_id: self._settled(eid, failed=f.exception() is not None))
             sent += 1
         return sent
 
-    def _settled(self, seq: int, *, failed: bool) -> None:
+    def _settled(self, event_id: str, *, failed: bool) -> None:
         with self._lock:
-            self._inflight.discard(seq)
+            self._inflight.discard(event_id)
             if failed:
-                self._retry[seq] = time.monotonic() + 5 * self.poll_interval
+                self._retry[event_id] = time.monotonic() + 5 * self.poll_interval
             else:
-                self._acked.append(seq)
+                self._acked.append(event_id)
         self._wake.set()
 
     # -- schema -----------------------------------------------------------------------------

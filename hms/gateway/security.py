@@ -44,23 +44,23 @@ class JwksVerifier:
         self.jwks_file, self.issuer, self.audience, self.recheck_s = jwks_file, issuer, audience, recheck_s
         self._keys: dict[str, jwt.PyJWK] = {}
         self._stamp: tuple[float, int] | None = None
-        self._checked = 0.0
+        self._checked = float("-inf")
         self._lock = threading.Lock()
 
     def keys(self) -> dict[str, jwt.PyJWK]:
         """The trusted keys by kid; a removed key stops working within `recheck_s`."""
-        now = time.monotonic()
-        if now - self._checked >= self.recheck_s:
-            with self._lock:
-                self._checked = now
-                try:
-                    st = os.stat(self.jwks_file)
-                    stamp = (st.st_mtime, st.st_size)
-                except FileNotFoundError:
-                    stamp = None
-                if stamp != self._stamp:
-                    self._keys = self._load() if stamp else {}
-                    self._stamp = stamp
+        if time.monotonic() - self._checked >= self.recheck_s:
+            with self._lock:  # other threads wait for the first load instead of seeing no keys
+                if time.monotonic() - self._checked >= self.recheck_s:
+                    try:
+                        st = os.stat(self.jwks_file)
+                        stamp: tuple[float, int] | None = (st.st_mtime, st.st_size)
+                    except FileNotFoundError:
+                        stamp = None
+                    if stamp != self._stamp:
+                        self._keys = self._load() if stamp else {}
+                        self._stamp = stamp
+                    self._checked = time.monotonic()
         return self._keys
 
     def _load(self) -> dict[str, jwt.PyJWK]:

@@ -83,8 +83,9 @@ def test_db_upgrade_is_repeatable(app: Flask) -> None:
     assert result.exit_code == 0 and "svc, ach, metrics, notifier" in result.output
 
 
-def test_reconcile_agrees_after_the_flow_and_finds_planted_gaps(app: Flask, client: FlaskClient, token: Any,
-                                                                mesh: Mesh) -> None:
+def test_reconcile_agrees_after_the_flow_and_finds_planted_gaps(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
     import json
     from pathlib import Path
 

@@ -22,25 +22,41 @@ def pay(claim: str, state: str = "sent", transfers: int = 1) -> dict[str, Any]:
 
 
 def test_a_clean_ledger_has_no_gaps() -> None:
-    bus = FakeBus({
-        "svc.claims.ledger": [{"claimId": "a", "status": "paid"}, {"claimId": "b", "status": "denied"},
-                              {"claimId": "c", "status": "payment_failed"}],
-        "ach.payments.ledger": [pay("a"), pay("c", "failed", 0)],
-        "metrics.payouts.ledger": [{"claimId": "a"}],
-    })
+    bus = FakeBus(
+        {
+            "svc.claims.ledger": [
+                {"claimId": "a", "status": "paid"},
+                {"claimId": "b", "status": "denied"},
+                {"claimId": "c", "status": "payment_failed"},
+            ],
+            "ach.payments.ledger": [pay("a"), pay("c", "failed", 0)],
+            "metrics.payouts.ledger": [{"claimId": "a"}],
+        }
+    )
     r = reconcile(bus)  # type: ignore[arg-type]
     assert (r.claims, r.approved, r.payments, r.gaps, r.in_flight) == (3, 2, 2, [], [])
     assert r.ok(strict=True)
 
 
 def test_every_kind_of_gap_is_named() -> None:
-    bus = FakeBus({
-        "svc.claims.ledger": [{"claimId": c, "status": st} for c, st in
-                              [("a", "approved"), ("b", "approved"), ("c", "paid"), ("d", "denied"),
-                               ("e", "approved"), ("f", "paid")]],
-        "ach.payments.ledger": [pay("b", "pending", 0), pay("c", "sent", 2), pay("d"), pay("e"), pay("f")],
-        "metrics.payouts.ledger": [{"claimId": "c"}, {"claimId": "e"}],
-    }, unmatched=["zz"])
+    bus = FakeBus(
+        {
+            "svc.claims.ledger": [
+                {"claimId": c, "status": st}
+                for c, st in [
+                    ("a", "approved"),
+                    ("b", "approved"),
+                    ("c", "paid"),
+                    ("d", "denied"),
+                    ("e", "approved"),
+                    ("f", "paid"),
+                ]
+            ],
+            "ach.payments.ledger": [pay("b", "pending", 0), pay("c", "sent", 2), pay("d"), pay("e"), pay("f")],
+            "metrics.payouts.ledger": [{"claimId": "c"}, {"claimId": "e"}],
+        },
+        unmatched=["zz"],
+    )
     r = reconcile(bus)  # type: ignore[arg-type]
     assert dict((c, []) for c, _ in r.gaps).keys() == {"a", "c", "d", "e", "f", "zz"}
     text = "\n".join(f"{c}: {m}" for c, m in r.gaps)
@@ -54,11 +70,13 @@ def test_every_kind_of_gap_is_named() -> None:
 
 
 def test_in_flight_fails_only_when_strict() -> None:
-    bus = FakeBus({
-        "svc.claims.ledger": [{"claimId": "a", "status": "approved"}],
-        "ach.payments.ledger": [pay("a", "sending", 0)],
-        "metrics.payouts.ledger": [],
-    })
+    bus = FakeBus(
+        {
+            "svc.claims.ledger": [{"claimId": "a", "status": "approved"}],
+            "ach.payments.ledger": [pay("a", "sending", 0)],
+            "metrics.payouts.ledger": [],
+        }
+    )
     r = reconcile(bus)  # type: ignore[arg-type]
     assert r.ok() and not r.ok(strict=True)
 
@@ -68,10 +86,12 @@ def test_ledgers_are_followed_across_pages(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(rec, "PAGE", 2)
     claims = [f"c{i:02d}" for i in range(7)]
-    bus = FakeBus({
-        "svc.claims.ledger": [{"claimId": c, "status": "paid"} for c in claims],
-        "ach.payments.ledger": [pay(c) for c in claims],
-        "metrics.payouts.ledger": [{"claimId": c} for c in claims],
-    })
+    bus = FakeBus(
+        {
+            "svc.claims.ledger": [{"claimId": c, "status": "paid"} for c in claims],
+            "ach.payments.ledger": [pay(c) for c in claims],
+            "metrics.payouts.ledger": [{"claimId": c} for c in claims],
+        }
+    )
     r = rec.reconcile(bus)  # type: ignore[arg-type]
     assert (r.claims, r.payments, r.gaps) == (7, 7, [])

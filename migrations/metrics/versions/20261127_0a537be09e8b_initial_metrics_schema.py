@@ -51,7 +51,8 @@ def upgrade() -> None:
     sa.Column('traceparent', sa.String(length=128), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('seq'),
-    sa.UniqueConstraint('event_id')
+    sa.UniqueConstraint('event_id'),
+    sqlite_autoincrement=True,
     )
     op.create_table('payouts',
     sa.Column('claim_id', sa.String(length=36), nullable=False),

@@ -104,6 +104,7 @@ def test_while_the_bank_is_down_payments_wait_behind_an_open_breaker_then_go(
     payments.bank.outage_file = outage
     claims = [approved_claim(client, token, f"c{i}") for i in range(8)]
     eventually(lambda: payments.breaker.current_state == "open")
+    eventually(lambda: all(payment_for_or_none(mesh, c) for c in claims))
     admin = token("root", "admin")
     ach = next(s for s in client.get("/mesh/services", headers=admin).json["services"] if s["name"] == "ach")
     assert ach["breakers"] == {"bank": "open"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ class Mesh:
             max_deliver=cfg["HMS_BUS_MAX_DELIVER"],
             backoff=cfg["HMS_BUS_BACKOFF_S"],
         )
+        retention = timedelta(days=cfg["HMS_INBOX_RETENTION_DAYS"])
+        store.housekeeping(lambda: log.info("%s: pruned %d inbox rows", service, store.prune_inbox(retention)))
         self.stores[service] = store
         return store
 

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,7 @@ class ServiceStore:
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
         self.poll_interval = poll_interval
         self._consumers: dict[str, Callable[[Event], None]] = {}
+        self._chores: list[Callable[[], None]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -291,12 +292,26 @@ class ServiceStore:
         with self.engine.connect() as c:
             return int(c.execute(select(text("count(*)")).select_from(self.outbox)).scalar_one())
 
+    def housekeeping(self, task: Callable[[], None]) -> None:
+        """Run `task` about once an hour in the relay's thread (pruning old records)."""
+        self._chores.append(task)
+
+    def prune_inbox(self, older_than: timedelta) -> int:
+        """Forget handled event ids older than `older_than`; returns how many were dropped."""
+        with self.session() as s:
+            return s.execute(delete(self.inbox).where(self.inbox.c.handled_at < utcnow() - older_than)).rowcount
+
     def _relay(self) -> None:
+        next_chores = time.monotonic() + 60  # first chores a minute after start, then hourly
         while not self._stop.is_set():
             self._wake.wait(self.poll_interval)
             self._wake.clear()
             try:
                 self.relay_once()
+                if time.monotonic() >= next_chores:
+                    next_chores = time.monotonic() + 3600
+                    for chore in self._chores:
+                        chore()
             except Exception:
                 log.exception("outbox relay of %s failed; retrying", self.name)
                 self._stop.wait(self.poll_interval)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from flask import Flask
 
 from hms.bus.mesh import mesh_of
@@ -37,5 +39,7 @@ def init_app(app: Flask) -> ClaimService:
             health=lambda: {"status": "ok", "ruleVersion": service.rules.version, "outbox": store.outbox_backlog()},
         )
     )
+    keep = timedelta(days=app.config["HMS_IDEMPOTENCY_RETENTION_DAYS"])
+    store.housekeeping(lambda: service.prune_idempotency(keep))
     app.extensions["hms.svc"] = service
     return service

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,6 +37,13 @@ class ClaimService:
 
     def __init__(self, store: ServiceStore, rules: RuleSet) -> None:
         self.store, self.rules = store, rules
+
+    def prune_idempotency(self, older_than: timedelta) -> int:
+        """Forget Idempotency-Key results older than `older_than`; a later retry is a new submit."""
+        with self.store.session() as s:
+            return s.execute(
+                delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - older_than)
+            ).rowcount
 
     # -- request/reply ----------------------------------------------------------------------
     def submit(self, event: Event) -> dict[str, Any]:
@@ -191,20 +199,27 @@ class ClaimService:
     # -- events -----------------------------------------------------------------------------
     def on_payment_sent(self, s: Session, event: Event) -> None:
         """payment.sent: the claim is paid."""
-        claim = self._claim_for(s, event)
+        claim = self._claim_for(s, event, "paid")
+        if claim is None:
+            return
         claim.status, claim.payment_id = "paid", event.data["paymentId"]
         s.add(TimelineEntry(claim_id=claim.id, status="paid", at=utcnow(), detail=event.data["paymentId"]))
 
     def on_payment_failed(self, s: Session, event: Event) -> None:
         """payment.failed: the claim could not be paid."""
-        claim = self._claim_for(s, event)
+        claim = self._claim_for(s, event, "payment_failed")
+        if claim is None:
+            return
         claim.status, claim.failure_reason = "payment_failed", event.data["reason"]
         s.add(TimelineEntry(claim_id=claim.id, status="payment_failed", at=utcnow(), detail=event.data["reason"]))
 
-    def _claim_for(self, s: Session, event: Event) -> Claim:
+    def _claim_for(self, s: Session, event: Event, outcome: str) -> Claim | None:
+        """The approved claim an outcome applies to; None when it already has that outcome (a late duplicate)."""
         claim = s.get(Claim, event.data["claimId"])
         if claim is None:
             raise LookupError(f"{event.subject}: unknown claim {event.data['claimId']}")
+        if claim.status == outcome:
+            return None
         if claim.status != "approved":
             raise ValueError(f"{event.subject}: claim {claim.id} is {claim.status}, not approved")
         return claim

@@ -221,3 +221,39 @@ def test_readyz_fails_when_a_database_is_gone(client: FlaskClient, mesh: Mesh) -
         store.engine = working
     assert r.status_code == 503 and r.json["status"] == "unavailable"
     assert r.json["checks"]["db.metrics"].startswith("failing") and r.json["checks"]["db.svc"] == "ok"
+
+
+def test_a_late_duplicate_payment_event_past_inbox_retention_changes_nothing(
+    client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    from datetime import timedelta
+
+    diego = token("diego")
+    body = client.post("/claims", json=DIEGO, headers=diego).json
+    paid = eventually(lambda: (c := claim(client, diego, body["id"]))["status"] == "paid" and c)
+    assert mesh.stores["svc"].prune_inbox(timedelta(0)) >= 1  # the svc inbox forgot everything
+    mesh.bus.publish(
+        "payment.sent",
+        {
+            "claimId": body["id"],
+            "paymentId": paid["paymentId"],
+            "citizen": "diego",
+            "amount": 600,
+            "sentAt": "2026-11-27T10:00:00Z",
+        },
+    ).result(5)
+    again = claim(client, diego, body["id"])
+    assert again["status"] == "paid" and len(again["timeline"]) == 3
+    assert mesh.stores["svc"].list_dead_letters() == []
+
+
+def test_idempotency_records_expire_after_retention(app: Flask, client: FlaskClient, token: Any) -> None:
+    from datetime import timedelta
+
+    headers = {**token("diego"), "Idempotency-Key": "k-1"}
+    first = client.post("/claims", json=DIEGO, headers=headers).json
+    assert app.extensions["hms.svc"].prune_idempotency(timedelta(days=30)) == 0
+    assert client.post("/claims", json=DIEGO, headers=headers).json["id"] == first["id"]
+    assert app.extensions["hms.svc"].prune_idempotency(timedelta(0)) == 1
+    later = client.post("/claims", json=DIEGO, headers=headers).json
+    assert later["id"] != first["id"] and later["reasons"] == ["DUPLICATE_CLAIM"]

@@ -140,3 +140,21 @@ def test_a_poison_event_is_dead_lettered_then_replayed(tmp_path: Path, bus: Memo
     assert count(store, effects) == 2 and store.list_dead_letters() == []
     store.replay(dead["id"])  # a second replay is a duplicate: no second effect
     assert count(store, effects) == 2
+
+
+def test_inbox_retention_forgets_only_old_ids(tmp_path: Path, bus: MemoryBus) -> None:
+    from datetime import timedelta
+
+    from hms.bus.store import utcnow
+
+    store, _ = make_store(tmp_path, bus)
+    with store.session() as s:
+        s.execute(
+            store.inbox.insert().values(
+                event_id="old", consumer="c", subject="x", handled_at=utcnow() - timedelta(days=40)
+            )
+        )
+        s.execute(store.inbox.insert().values(event_id="new", consumer="c", subject="x", handled_at=utcnow()))
+    assert store.prune_inbox(timedelta(days=30)) == 1
+    with store.engine.connect() as c:
+        assert [r.event_id for r in c.execute(select(store.inbox))] == ["new"]

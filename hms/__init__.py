@@ -34,4 +34,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     cli.init_app(app)
     if settings["HMS_START"]:
         mesh.start()
+    elif settings["HMS_BUS_URL"].startswith("memory://"):
+        mesh.open()  # in-process requests (the CLI's, a test's) need the responders of this process
     return app

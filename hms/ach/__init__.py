@@ -57,8 +57,8 @@ def init_app(app: Flask) -> Payments:
         poll=cfg["HMS_ACH_POLL_S"],
         account_wait=cfg["HMS_ACH_ACCOUNT_WAIT_S"],
     )
-    mesh.bus.subscribe("ach.accounts.register", payments.register_account, queue="ach")
-    mesh.bus.subscribe("ach.payments.ledger", payments.ledger, queue="ach")
+    mesh.serve("ach.accounts.register", payments.register_account, "ach")
+    mesh.serve("ach.payments.ledger", payments.ledger, "ach")
     store.consume("claim.approved", payments.on_claim_approved)
     mesh.on_start(payments.start, payments.stop)
     mesh.register(
@@ -67,8 +67,6 @@ def init_app(app: Flask) -> Payments:
             version=VERSION,
             description="Direct-deposit accounts and benefit payments",
             publishes=["payment.sent", "payment.failed"],
-            subscribes=["claim.approved"],
-            serves=["ach.accounts.register", "ach.payments.ledger"],
             health=lambda: {"status": "ok", "outbox": store.outbox_backlog()},
             breakers=lambda: {"bank": breaker.current_state},
         )

@@ -13,7 +13,7 @@ from sqlalchemy import MetaData
 from hms.contracts import Contracts
 
 from . import connect
-from .base import Bus
+from .base import Bus, Event, Subscription
 from .registry import Registration, ServiceInfo
 from .store import ServiceStore
 
@@ -30,6 +30,9 @@ class Mesh:
         self.bus = bus or connect(config["HMS_BUS_URL"], Contracts())
         self.stores: dict[str, ServiceStore] = {}
         self.registrations: dict[str, Registration] = {}
+        self._infos: list[ServiceInfo] = []
+        self._responders: list[tuple[str, Callable[[Event], Any], str]] = []
+        self._open: list[Subscription] = []
         self._starters: list[Callable[[], None]] = []
         self._stoppers: list[Callable[[], None]] = []
         self.started = False
@@ -65,10 +68,35 @@ class Mesh:
         self.stores[service] = store
         return store
 
-    def register(self, info: ServiceInfo) -> Registration:
-        """Announce a service instance on the bus ($SRV.*)."""
-        reg = self.registrations[info.name] = Registration(self.bus, info)
-        return reg
+    def register(self, info: ServiceInfo) -> None:
+        """Declare a service instance; it answers discovery ($SRV.*) once the mesh is open."""
+        self._infos.append(info)
+
+    def serve(self, subject: str, handler: Callable[[Event], Any], service: str) -> None:
+        """Declare a request/reply responder of `service` (one member of the service's queue group answers)."""
+        self._responders.append((subject, handler, service))
+
+    def open(self) -> None:
+        """Answer requests and discovery; no events are consumed and nothing runs in the background yet."""
+        if self._open or self.registrations:
+            return
+        for info in self._infos:
+            # What a service consumes and serves is known from its declarations; only publishes is stated.
+            store = self.stores.get(info.name)
+            info.subscribes = store.subscribed if store else []
+            info.serves = [subject for subject, _, service in self._responders if service == info.name]
+            self.registrations[info.name] = Registration(self.bus, info)
+        for subject, handler, service in self._responders:
+            self._open.append(self.bus.subscribe(subject, self._counted(handler, service), queue=service))
+
+    def _counted(self, handler: Callable[[Event], Any], service: str) -> Callable[[Event], Any]:
+        def counted(event: Event) -> Any:
+            reg = self.registrations.get(service)
+            if reg is not None:
+                reg.count(event.subject)
+            return handler(event)
+
+        return counted
 
     def on_start(self, start: Callable[[], None], stop: Callable[[], None] | None = None) -> None:
         """Run `start` when the mesh starts its workers, and `stop` when it closes."""
@@ -86,6 +114,7 @@ class Mesh:
         if self.started:
             return
         self.started = True
+        self.open()
         for store in self.stores.values():
             store.start()
         for start in self._starters:
@@ -98,8 +127,11 @@ class Mesh:
             stop()
         for store in self.stores.values():
             store.stop()
+        for sub in self._open:
+            sub.unsubscribe()
         for reg in self.registrations.values():
             reg.close()
+        self._open, self.registrations = [], {}
         self.bus.close()
         for store in self.stores.values():
             store.engine.dispose()

@@ -37,7 +37,7 @@ class Registration:
 
     def __init__(self, bus: Bus, info: ServiceInfo) -> None:
         self.bus, self.info = bus, info
-        self.requests = 0
+        self.requests: dict[str, int] = {}
         self._lock = threading.Lock()
         subjects = []
         for verb in ("PING", "INFO", "STATS"):
@@ -48,10 +48,10 @@ class Registration:
             ]
         self._subs: list[Subscription] = [bus.subscribe(s, self._answer) for s in subjects]
 
-    def count(self) -> None:
-        """Count one request served by this instance (shown in $SRV.STATS)."""
+    def count(self, subject: str) -> None:
+        """Count one request served on `subject` by this instance (shown in $SRV.STATS)."""
         with self._lock:
-            self.requests += 1
+            self.requests[subject] = self.requests.get(subject, 0) + 1
 
     def _answer(self, event: Event) -> dict[str, Any]:
         verb = event.subject.split(".")[1]
@@ -64,14 +64,14 @@ class Registration:
                 "type": "io.nats.micro.v1.info_response",
                 **base,
                 "description": info.description,
-                "endpoints": [{"name": s, "subject": s, "queue_group": "q"} for s in info.serves],
+                "endpoints": [{"name": s, "subject": s, "queue_group": info.name} for s in info.serves],
                 "hms": self.describe(),
             }
         return {
             "type": "io.nats.micro.v1.stats_response",
             **base,
             "started": info.started,
-            "endpoints": [{"name": s, "subject": s, "num_requests": self.requests} for s in info.serves],
+            "endpoints": [{"name": s, "subject": s, "num_requests": self.requests.get(s, 0)} for s in info.serves],
             "hms": self.describe(),
         }
 

@@ -154,6 +154,8 @@ class ServiceStore:
         self.poll_interval = poll_interval
         self._consumers: dict[str, Callable[[Event], None]] = {}
         self._chores: list[Callable[[], None]] = []
+        self._subscriptions: list[dict[str, Any]] = []
+        self._active: list[Subscription] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -202,8 +204,8 @@ class ServiceStore:
         *,
         max_deliver: int | None = None,
         backoff: Sequence[float] | None = None,
-    ) -> Subscription:
-        """Subscribe `handler(session, event)` as an idempotent consumer: one effect per event id."""
+    ) -> None:
+        """Declare `handler(session, event)` an idempotent consumer (one effect per event id), listening from start()."""
         consumer = f"{self.name}.{handler.__name__}"
 
         def on_event(ev: Event) -> None:
@@ -222,14 +224,21 @@ class ServiceStore:
                 handler(s, ev)
 
         self._consumers[consumer] = on_event
-        return self.bus.subscribe(
-            subject,
-            on_event,
-            queue=consumer,
-            max_deliver=max_deliver or self.max_deliver,
-            backoff=self.backoff if backoff is None else backoff,
-            dead_letter=lambda ev, error: self._store_dead_letter(consumer, ev, error),
+        self._subscriptions.append(
+            dict(
+                subject=subject,
+                handler=on_event,
+                queue=consumer,
+                max_deliver=max_deliver or self.max_deliver,
+                backoff=self.backoff if backoff is None else backoff,
+                dead_letter=lambda ev, error: self._store_dead_letter(consumer, ev, error),
+            )
         )
+
+    @property
+    def subscribed(self) -> list[str]:
+        """The subjects this store's consumers listen to, in declaration order."""
+        return list(dict.fromkeys(sub["subject"] for sub in self._subscriptions))
 
     def _store_dead_letter(self, consumer: str, ev: Event, error: str) -> None:
         envelope = ev.to_dict()
@@ -273,14 +282,19 @@ class ServiceStore:
 
     # -- relay ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start relaying committed outbox rows to the bus (also those left by a crash)."""
+        """Start the consumers, and relaying committed outbox rows to the bus (also those left by a crash)."""
+        if not self._active:
+            self._active = [self.bus.subscribe(**sub) for sub in self._subscriptions]
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._relay, name=f"hms-outbox-{self.name}", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the relay; unpublished rows stay in the outbox for the next start."""
+        """Stop the consumers and the relay; unpublished rows stay in the outbox for the next start."""
+        for sub in self._active:
+            sub.unsubscribe()
+        self._active = []
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

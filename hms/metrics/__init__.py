@@ -20,15 +20,13 @@ def init_app(app: Flask) -> PayoutMetrics:
     metrics = PayoutMetrics(store)
     store.consume("claim.submitted", metrics.on_claim_submitted)
     store.consume("payment.sent", metrics.on_payment_sent)
-    mesh.bus.subscribe("metrics.payouts.report", metrics.report, queue="metrics")
-    mesh.bus.subscribe("metrics.payouts.ledger", metrics.ledger, queue="metrics")
+    mesh.serve("metrics.payouts.report", metrics.report, "metrics")
+    mesh.serve("metrics.payouts.ledger", metrics.ledger, "metrics")
     mesh.register(
         ServiceInfo(
             name="metrics",
             version=VERSION,
             description="Payout time per claim, for auditors",
-            subscribes=["claim.submitted", "payment.sent"],
-            serves=["metrics.payouts.report", "metrics.payouts.ledger"],
             health=lambda: {"status": "ok"},
         )
     )

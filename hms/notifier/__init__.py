@@ -41,7 +41,6 @@ def init_app(app: Flask) -> None:
             name="notifier",
             version=VERSION,
             description="Citizen notifications",
-            subscribes=["claim.denied", "payment.sent"],
             health=lambda: {"status": "ok"},
         )
     )

@@ -21,11 +21,10 @@ def init_app(app: Flask) -> ClaimService:
     mesh = mesh_of(app)
     store = mesh.store("svc", Base.metadata)
     service = ClaimService(store, RuleSet.load(app.config["HMS_RULES_FILE"] or None))
-    bus = mesh.bus
-    bus.subscribe("svc.claims.submit", service.submit, queue="svc")
-    bus.subscribe("svc.claims.get", service.get, queue="svc")
-    bus.subscribe("svc.claims.list", service.list, queue="svc")
-    bus.subscribe("svc.claims.ledger", service.ledger, queue="svc")
+    mesh.serve("svc.claims.submit", service.submit, "svc")
+    mesh.serve("svc.claims.get", service.get, "svc")
+    mesh.serve("svc.claims.list", service.list, "svc")
+    mesh.serve("svc.claims.ledger", service.ledger, "svc")
     store.consume("payment.sent", service.on_payment_sent)
     store.consume("payment.failed", service.on_payment_failed)
     mesh.register(
@@ -34,8 +33,6 @@ def init_app(app: Flask) -> ClaimService:
             version=VERSION,
             description="Claims and eligibility rules",
             publishes=["claim.submitted", "claim.approved", "claim.denied"],
-            subscribes=["payment.sent", "payment.failed"],
-            serves=["svc.claims.submit", "svc.claims.get", "svc.claims.list", "svc.claims.ledger"],
             health=lambda: {"status": "ok", "ruleVersion": service.rules.version, "outbox": store.outbox_backlog()},
         )
     )

@@ -97,6 +97,7 @@ def test_a_consumer_has_one_effect_per_event_id_even_when_delivered_concurrently
         s.execute(effects.insert().values(event_id=event.id))
 
     consumer.consume("claim.submitted", record)
+    consumer.start()
     acks = []
     barrier = threading.Barrier(10)
 
@@ -127,6 +128,7 @@ def test_a_poison_event_is_dead_lettered_then_replayed(tmp_path: Path, bus: Memo
         s.execute(effects.insert().values(event_id=event.id))
 
     store.consume("claim.submitted", fragile, max_deliver=3, backoff=[0.01])
+    store.start()
     poison = bus.publish("claim.submitted", SUBMITTED, event_id="poison")
     bus.publish("claim.submitted", {**SUBMITTED, "claimId": "c2"}, event_id="fine").result(5)
     assert count(store, effects) == 1  # the event behind the poison was not blocked

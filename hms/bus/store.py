@@ -205,7 +205,7 @@ class ServiceStore:
         max_deliver: int | None = None,
         backoff: Sequence[float] | None = None,
     ) -> None:
-        """Declare `handler(session, event)` an idempotent consumer (one effect per event id), listening from start()."""
+        """Declare `handler(session, event)` an idempotent consumer (one effect per event id), live from start()."""
         consumer = f"{self.name}.{handler.__name__}"
 
         def on_event(ev: Event) -> None:

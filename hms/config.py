@@ -11,6 +11,9 @@ ALL_SERVICES = ("gateway", "svc", "ach", "metrics", "notifier", "auth")
 
 DEFAULTS: dict[str, Any] = {
     "HMS_BUS_URL": "memory://",
+    "HMS_NATS_STREAM": "HMS_EVENTS",
+    "HMS_NATS_EVENT_SUBJECTS": ["claim.>", "payment.>"],
+    "HMS_NATS_ACK_WAIT_S": 30.0,
     "HMS_DATABASE_URL": "",
     "HMS_SERVICES": list(ALL_SERVICES),
     "HMS_START": False,

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from hms import create_app
 from hms.bus.mesh import Mesh, mesh_of
+from tests.natsd import NatsServer
 
 DIEGO = {
     "claimant": {"name": "Diego Ramos", "ssnLast4": "1234", "email": "diego@example.org"},
@@ -34,6 +35,15 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float 
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream, for the whole session."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hms.contracts import ContractError, Contracts
 
 from .base import (
@@ -36,12 +38,16 @@ __all__ = [
 ]
 
 
-def connect(url: str, contracts: Contracts | None = None) -> Bus:
-    """Open the bus named by `url`: `memory://` or `nats://host:port`."""
+def connect(url: str, contracts: Contracts | None = None, **nats_options: Any) -> Bus:
+    """Open the bus named by `url`: `memory://`, or `nats://host:port` (options go to the NATS engine)."""
     if url.startswith("memory://"):
         from .memory import MemoryBus
 
         return MemoryBus(contracts)
     if url.startswith(("nats://", "tls://")):
-        raise BusError("the NATS engine is not built yet (issue: split the mesh over NATS); use memory://")
+        try:
+            from .nats import NatsBus
+        except ImportError as exc:
+            raise BusError(f"HMS_BUS_URL {url!r} needs nats-py: pip install 'hms[nats]' ({exc})") from None
+        return NatsBus(url, contracts, **nats_options)
     raise BusError(f"HMS_BUS_URL {url!r}: expected memory:// or nats://host:port")

@@ -21,7 +21,8 @@ from hms.bus import (
 )
 from tests.conftest import eventually
 
-ENGINES = ["memory://"]
+ENGINES = ["memory", "nats"]
+EVENT_SUBJECTS = ["claim.>", "payment.>", "t.>"]  # on NATS these go to JetStream; rpc.* stays core NATS
 APPROVED = {
     "claimId": "c1",
     "citizen": "diego",
@@ -31,19 +32,28 @@ APPROVED = {
 }
 
 
+def open_bus(request: pytest.FixtureRequest, contracts: Contracts | None) -> Iterator[Bus]:
+    if request.param == "memory":
+        b = connect("memory://", contracts)
+        yield b
+        b.close()
+        return
+    server = request.getfixturevalue("nats_server")
+    b = connect(server.url, contracts, stream="CONFORMANCE", event_subjects=EVENT_SUBJECTS)
+    yield b
+    b._call(b.js.delete_stream("CONFORMANCE"))  # type: ignore[attr-defined]  # the next test starts empty
+    b.close()
+
+
 @pytest.fixture(params=ENGINES)
 def bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
-    b = connect(request.param, Contracts())
-    yield b
-    b.close()
+    yield from open_bus(request, Contracts())
 
 
 @pytest.fixture(params=ENGINES)
 def raw_bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
     """A bus without contracts, for semantics on arbitrary subjects."""
-    b = connect(request.param)
-    yield b
-    b.close()
+    yield from open_bus(request, None)
 
 
 class Recorder:
@@ -62,24 +72,24 @@ class Recorder:
 
 def test_wildcards_deliver_by_nats_rules(raw_bus: Bus) -> None:
     star, rest, exact = Recorder(), Recorder(), Recorder()
-    raw_bus.subscribe("claim.*", star)
-    raw_bus.subscribe("claim.>", rest)
-    raw_bus.subscribe("claim.approved", exact)
-    for subject in ("claim.approved", "claim.denied", "claim.approved.late", "payment.sent"):
+    raw_bus.subscribe("t.c.*", star)
+    raw_bus.subscribe("t.c.>", rest)
+    raw_bus.subscribe("t.c.approved", exact)
+    for subject in ("t.c.approved", "t.c.denied", "t.c.approved.late", "t.p.sent"):
         raw_bus.publish(subject, {"n": 1}).result(5)
     eventually(lambda: len(rest.events) == 3)
-    assert star.subjects == ["claim.approved", "claim.denied"]
-    assert rest.subjects == ["claim.approved", "claim.approved.late", "claim.denied"]
-    assert exact.subjects == ["claim.approved"]
+    assert star.subjects == ["t.c.approved", "t.c.denied"]
+    assert rest.subjects == ["t.c.approved", "t.c.approved.late", "t.c.denied"]
+    assert exact.subjects == ["t.c.approved"]
 
 
 def test_queue_group_members_share_while_each_group_gets_everything(raw_bus: Bus) -> None:
     a1, a2, b = Recorder(), Recorder(), Recorder()
-    raw_bus.subscribe("work.item", a1, queue="A")
-    raw_bus.subscribe("work.item", a2, queue="A")
-    raw_bus.subscribe("work.item", b, queue="B")
+    raw_bus.subscribe("t.work", a1, queue="A")
+    raw_bus.subscribe("t.work", a2, queue="A")
+    raw_bus.subscribe("t.work", b, queue="B")
     for i in range(20):
-        raw_bus.publish("work.item", {"i": i})
+        raw_bus.publish("t.work", {"i": i})
     eventually(lambda: len(b.events) == 20 and len(a1.events) + len(a2.events) == 20)
     time.sleep(0.1)  # nothing more may arrive: each message went to exactly one member of A
     assert len(a1.events) + len(a2.events) == 20
@@ -89,31 +99,31 @@ def test_queue_group_members_share_while_each_group_gets_everything(raw_bus: Bus
 
 def test_unsubscribe_stops_delivery(raw_bus: Bus) -> None:
     rec = Recorder()
-    sub = raw_bus.subscribe("x.y", rec)
-    raw_bus.publish("x.y", {}).result(5)
+    sub = raw_bus.subscribe("t.xy", rec)
+    raw_bus.publish("t.xy", {}).result(5)
     eventually(lambda: rec.events)
     sub.unsubscribe()
-    raw_bus.publish("x.y", {}).result(5)
+    raw_bus.publish("t.xy", {}).result(5)
     time.sleep(0.1)
     assert len(rec.events) == 1
 
 
 def test_request_reply(raw_bus: Bus) -> None:
-    raw_bus.subscribe("math.double", lambda e: {"result": e.data["n"] * 2}, queue="math")
-    assert raw_bus.request("math.double", {"n": 21}, timeout=2) == {"result": 42}
+    raw_bus.subscribe("rpc.double", lambda e: {"result": e.data["n"] * 2}, queue="math")
+    assert raw_bus.request("rpc.double", {"n": 21}, timeout=2) == {"result": 42}
 
 
 def test_request_without_responder_says_so(raw_bus: Bus) -> None:
-    with pytest.raises(NoResponders, match="math.nobody"):
-        raw_bus.request("math.nobody", {}, timeout=1)
+    with pytest.raises(NoResponders, match="rpc.nobody"):
+        raw_bus.request("rpc.nobody", {}, timeout=1)
 
 
 def test_request_times_out(raw_bus: Bus) -> None:
     release = threading.Event()
-    raw_bus.subscribe("slow.op", lambda e: release.wait(5) and {"late": True})
+    raw_bus.subscribe("rpc.slow", lambda e: release.wait(5) and {"late": True})
     started = time.monotonic()
     with pytest.raises(BusTimeout):
-        raw_bus.request("slow.op", {}, timeout=0.2)
+        raw_bus.request("rpc.slow", {}, timeout=0.2)
     assert time.monotonic() - started < 2
     release.set()
 
@@ -122,16 +132,16 @@ def test_a_responder_error_reaches_the_requester(raw_bus: Bus) -> None:
     def refuse(e: Event) -> None:
         raise ReplyError(404, "Not found", "no such thing", "id")
 
-    raw_bus.subscribe("things.get", refuse)
+    raw_bus.subscribe("rpc.things", refuse)
     with pytest.raises(ReplyError) as err:
-        raw_bus.request("things.get", {}, timeout=2)
+        raw_bus.request("rpc.things", {}, timeout=2)
     assert (err.value.status, err.value.field) == (404, "id")
 
 
 def test_request_many_gathers_every_responder(raw_bus: Bus) -> None:
     for name in ("a", "b", "c"):
-        raw_bus.subscribe("who.there", lambda e, n=name: {"name": n})
-    replies = raw_bus.request_many("who.there", {}, timeout=0.5)
+        raw_bus.subscribe("rpc.who", lambda e, n=name: {"name": n})
+    replies = raw_bus.request_many("rpc.who", {}, timeout=0.5)
     assert sorted(r["name"] for r in replies) == ["a", "b", "c"]
 
 
@@ -158,6 +168,8 @@ def test_a_failing_handler_is_redelivered_then_succeeds(raw_bus: Bus) -> None:
 
     raw_bus.subscribe("t.flaky", flaky, max_deliver=5, backoff=[0.01, 0.02])
     raw_bus.publish("t.flaky", {}).result(5)
+    eventually(lambda: len(attempts) == 3)
+    time.sleep(0.2)
     assert attempts == [1, 2, 3]
 
 
@@ -177,11 +189,11 @@ def test_exhausted_retries_go_to_the_dead_letter_store_and_later_events_flow(raw
         backoff=[0.01],
         dead_letter=lambda e, err: dead.append((e.id, err, e.attempt)),
     )
-    poison = raw_bus.publish("t.p", {"poison": True}, event_id="poison-1")
+    raw_bus.publish("t.p", {"poison": True}, event_id="poison-1")
     for i in range(5):
         raw_bus.publish("t.p", {"i": i})
     eventually(lambda: len(handled.events) == 5)
-    poison.result(5)
+    eventually(lambda: dead)
     assert dead == [("poison-1", "ValueError: cannot digest", 3)]
 
 
@@ -193,6 +205,7 @@ def test_publish_refuses_a_contract_violation_before_any_handler(bus: Bus) -> No
     assert err.value.field == "amount"
     bus.publish("claim.approved", APPROVED).result(5)
     eventually(lambda: rec.events)
+    time.sleep(0.1)
     assert [e.data["amount"] for e in rec.events] == [600]
 
 
@@ -231,3 +244,44 @@ def test_envelope_is_cloudevents(bus: Bus) -> None:
     assert d["specversion"] == "1.0" and d["id"] == "e-1" and d["source"] == "/hms/svc"
     assert d["type"] == "gov.hms.claim.approved.v1" and d["time"].endswith("Z")
     assert d["data"] == APPROVED and d["traceparent"].startswith("00-")
+
+
+def test_duplicate_publishes_of_one_event_id_reach_a_durable_group(raw_bus: Bus) -> None:
+    """Both engines deliver every publish; the inbox (not the bus) makes the effect single. On NATS,
+    JetStream also drops a re-publish with the same Nats-Msg-Id inside its duplicate window."""
+    got = Recorder()
+    raw_bus.subscribe("t.dup", got, queue="dups")
+    for _ in range(3):
+        raw_bus.publish("t.dup", {}, event_id="same-id").result(5)
+    eventually(lambda: got.events)
+    time.sleep(0.3)
+    assert {e.id for e in got.events} == {"same-id"}
+    assert 1 <= len(got.events) <= 3
+
+
+def inject_from_the_wire(bus: Bus, event: Event) -> None:
+    """Deliver an envelope as another (older, buggy) publisher would: without publish-side checks."""
+    if hasattr(bus, "js"):
+        import json
+
+        payload = json.dumps(event.to_dict()).encode()
+        bus._call(bus.js.publish(event.subject, payload, headers={"Nats-Msg-Id": event.id}))  # type: ignore[attr-defined]
+    else:
+        for signal in bus._signals_for(event.subject):  # type: ignore[attr-defined]
+            signal.send(bus, event=event, settlement=None)
+
+
+def test_a_bad_event_from_the_wire_never_reaches_a_handler(bus: Bus) -> None:
+    handled = Recorder()
+    dead: list[tuple[str, str]] = []
+    bus.subscribe("claim.submitted", handled, queue="metrics", dead_letter=lambda e, err: dead.append((e.id, err)))
+    bad = Event.create(
+        "claim.submitted",
+        {"claimId": "c1", "citizen": "d", "submittedAt": "2026-11-27T10:00:00Z", "ssn": "123-45-6789"},
+        event_id="bad-1",
+    )
+    inject_from_the_wire(bus, bad)
+    eventually(lambda: dead)
+    time.sleep(0.1)
+    assert handled.events == []
+    assert dead[0][0] == "bad-1" and "claim.submitted" in dead[0][1] and "ssn" in dead[0][1]

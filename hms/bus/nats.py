@@ -1,0 +1,417 @@
+"""The NATS engine: events on JetStream (durable consumers, explicit acks), requests on core NATS.
+
+Flask and the handlers stay synchronous: nats-py runs on an asyncio loop in a thread of its own,
+and this class is its synchronous facade. Handlers run on a thread pool, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from hms.contracts import ContractError, Contracts
+
+from .base import (
+    DEFAULT_BACKOFF,
+    Bus,
+    BusError,
+    BusTimeout,
+    DeadLetter,
+    Event,
+    Handler,
+    NoResponders,
+    ReplyError,
+    SubscribeOptions,
+    Subscription,
+)
+from .subjects import check_subject, matches
+
+log = logging.getLogger("hms.bus")
+T = TypeVar("T")
+ERROR_HEADER, CODE_HEADER = "Nats-Service-Error", "Nats-Service-Error-Code"
+# Beyond our own limit, the server stops redelivering a message whose handler keeps killing its process.
+CRASH_MARGIN = 3
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two subject patterns can match a common subject."""
+    ta, tb = a.split("."), b.split(".")
+    for x, y in zip(ta, tb, strict=False):
+        if ">" in (x, y):
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+    return len(ta) == len(tb)
+
+
+def consumer_name(queue: str) -> str:
+    """A JetStream consumer name for a queue group (no dots or wildcards allowed there)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in queue)
+
+
+def encode(event: Event) -> bytes:
+    """An envelope as the bytes on the wire."""
+    return json.dumps(event.to_dict(), separators=(",", ":")).encode()
+
+
+def decode(subject: str, data: bytes, headers: dict[str, str] | None, attempt: int = 1) -> Event:
+    """Bytes from the wire as an envelope; a bare JSON body (NATS tooling) becomes the data of a new envelope."""
+    body = json.loads(data) if data else {}
+    if isinstance(body, dict) and "specversion" in body:
+        return Event.from_dict(subject, body, headers=headers, attempt=attempt)
+    return Event.create(subject, body if isinstance(body, dict) else {"value": body}, headers=headers)
+
+
+class _NatsSubscription(Subscription):
+    def __init__(self, bus: NatsBus, subject: str, queue: str | None) -> None:
+        self.bus, self.subject, self.queue = bus, subject, queue
+        self.sub: Any = None
+        self.task: asyncio.Task[None] | None = None
+        self.ephemeral: str | None = None
+
+    def unsubscribe(self) -> None:
+        self.bus._call(self.bus._unsubscribe(self), timeout=10)
+
+
+class NatsBus(Bus):
+    """NATS semantics on a real NATS server, with JetStream for the event subjects."""
+
+    def __init__(
+        self,
+        url: str,
+        contracts: Contracts | None = None,
+        *,
+        stream: str = "HMS_EVENTS",
+        event_subjects: Sequence[str] = ("claim.>", "payment.>"),
+        ack_wait: float = 30.0,
+        workers: int = 8,
+        name: str = "hms",
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url, self.contracts, self.stream = url, contracts, stream
+        self.event_subjects, self.ack_wait = tuple(event_subjects), ack_wait
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hms-nats-handler")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hms-nats-loop", daemon=True)
+        self._thread.start()
+        self._subs: list[_NatsSubscription] = []
+        self._closed = False
+        try:
+            self._call(self._connect(name), timeout=connect_timeout + 5)
+        except Exception:
+            self._stop_loop()
+            raise
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _connect(self, name: str) -> None:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats: %s", exc)
+
+        async def on_disconnect() -> None:
+            log.warning("nats: disconnected from %s", self.url)
+
+        async def on_reconnect() -> None:
+            log.warning("nats: reconnected to %s", self.url)
+
+        self.nc = await nats.connect(
+            self.url, name=name, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            connect_timeout=5, error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+        )
+        self.js = self.nc.jetstream()
+        config = api.StreamConfig(
+            name=self.stream, subjects=list(self.event_subjects), storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS, duplicate_window=120.0,
+        )
+        try:
+            info = await self.js.stream_info(self.stream)
+            if sorted(info.config.subjects or []) != sorted(self.event_subjects):
+                await self.js.update_stream(config)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(config)
+
+    def is_event(self, pattern: str) -> bool:
+        """Whether `pattern` reaches JetStream (durable, retried) rather than core NATS."""
+        return any(overlaps(pattern, s) for s in self.event_subjects)
+
+    def _validate(self, event: Event) -> None:
+        if self.contracts is not None:
+            self.contracts.validate(event.subject, event.data, event.version)
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish(
+        self,
+        subject: str,
+        data: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        source: str = "hms",
+        time: str | None = None,
+        traceparent: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Future[None]:
+        check_subject(subject)
+        self._check_open()
+        event = Event.create(subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent,
+                             headers=headers)
+        self._validate(event)
+        wire_headers = {**event.headers, "Nats-Msg-Id": event.id}
+        if traceparent:
+            wire_headers["traceparent"] = traceparent
+        if any(matches(s, subject) for s in self.event_subjects):
+            coro: Coroutine[Any, Any, Any] = self.js.publish(subject, encode(event), timeout=5, stream=self.stream,
+                                                             headers=wire_headers)
+        else:
+            coro = self.nc.publish(subject, encode(event), headers=wire_headers)
+        done: Future[None] = Future()
+        inner = asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+        def settle(f: Future[Any]) -> None:
+            exc = f.exception()
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(BusError(f"{subject}: broker did not take {event.id}: {exc!r}"))
+
+        inner.add_done_callback(settle)
+        return done
+
+    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, *,
+                headers: dict[str, str] | None = None) -> Any:
+        check_subject(subject)
+        self._check_open()
+        event = Event.create(subject, data, headers=headers)
+        self._validate(event)
+        return self._call(self._request(event, timeout), timeout=timeout + 5)
+
+    async def _request(self, event: Event, timeout: float) -> Any:
+        try:
+            msg = await self.nc.request(event.subject, encode(event), timeout=timeout, headers=event.headers or None)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(event.subject) from None
+        except nats.errors.TimeoutError:
+            raise BusTimeout(event.subject, timeout) from None
+        return self._reply_of(msg)
+
+    @staticmethod
+    def _reply_of(msg: Msg) -> Any:
+        body = json.loads(msg.data) if msg.data else None
+        if msg.headers and CODE_HEADER in msg.headers:
+            error = body.get("error") if isinstance(body, dict) else None
+            raise ReplyError.from_dict(error or {"status": int(msg.headers[CODE_HEADER]),
+                                                 "title": msg.headers.get(ERROR_HEADER, "Error")})
+        return body
+
+    def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
+        check_subject(subject)
+        self._check_open()
+        event = Event.create(subject, data)
+        self._validate(event)
+        return self._call(self._request_many(event, timeout), timeout=timeout + 5)
+
+    async def _request_many(self, event: Event, timeout: float) -> list[Any]:
+        replies: list[Any] = []
+        inbox = self.nc.new_inbox()
+
+        async def collect(msg: Msg) -> None:
+            try:
+                replies.append(self._reply_of(msg))
+            except (ReplyError, ValueError):
+                pass
+
+        sub = await self.nc.subscribe(inbox, cb=collect)
+        try:
+            await self.nc.publish(event.subject, encode(event), reply=inbox)
+            await asyncio.sleep(timeout)
+        finally:
+            await sub.unsubscribe()
+        return replies
+
+    # -- subscribing ------------------------------------------------------------------------
+    def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        queue: str | None = None,
+        *,
+        max_deliver: int = 5,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        dead_letter: DeadLetter | None = None,
+    ) -> Subscription:
+        check_subject(subject, pattern=True)
+        if max_deliver < 1:
+            raise ValueError("max_deliver must be at least 1")
+        self._check_open()
+        options = SubscribeOptions(queue, max_deliver, tuple(backoff), dead_letter)
+        sub = _NatsSubscription(self, subject, queue)
+        if self.is_event(subject):
+            self._call(self._subscribe_stream(sub, handler, options), timeout=15)
+        else:
+            self._call(self._subscribe_core(sub, handler), timeout=15)
+        self._subs.append(sub)
+        return sub
+
+    async def _subscribe_core(self, sub: _NatsSubscription, handler: Handler) -> None:
+        async def on_message(msg: Msg) -> None:
+            # Hand over to a worker thread at once: a slow handler never blocks the loop.
+            self._loop.run_in_executor(self._pool, self._answer, handler, msg)
+
+        sub.sub = await self.nc.subscribe(sub.subject, queue=sub.queue or "", cb=on_message)
+
+    def _answer(self, handler: Handler, msg: Msg) -> None:
+        reply: Any = None
+        error: ReplyError | None = None
+        try:
+            event = decode(msg.subject, msg.data, msg.headers)
+            self._validate(event)
+            reply = handler(event)
+        except ReplyError as exc:
+            error = exc
+        except ContractError as exc:
+            error = ReplyError(422, "Invalid request", str(exc), exc.field)
+        except Exception as exc:
+            log.exception("responder on %s failed", msg.subject)
+            error = ReplyError(500, "Internal error", f"{type(exc).__name__} in responder")
+        if not msg.reply:
+            return
+        if error is None:
+            coro = self.nc.publish(msg.reply, json.dumps(reply).encode())
+        else:
+            coro = self.nc.publish(msg.reply, json.dumps({"error": error.to_dict()}).encode(),
+                                   headers={ERROR_HEADER: error.title, CODE_HEADER: str(error.status)})
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    async def _subscribe_stream(self, sub: _NatsSubscription, handler: Handler, options: SubscribeOptions) -> None:
+        if options.queue:
+            durable: str | None = consumer_name(options.queue)
+            policy = api.DeliverPolicy.ALL  # a new durable catches up on what the stream holds
+        else:
+            durable, policy = None, api.DeliverPolicy.NEW
+            sub.ephemeral = f"eph_{uuid.uuid4().hex[:16]}"
+        config = api.ConsumerConfig(
+            name=durable or sub.ephemeral, durable_name=durable, deliver_policy=policy,
+            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
+            max_deliver=options.max_deliver + CRASH_MARGIN, filter_subject=sub.subject,
+            inactive_threshold=None if durable else 60.0,
+        )
+        if durable:
+            psub = await self.js.pull_subscribe(sub.subject, durable=durable, stream=self.stream, config=config)
+        else:
+            await self.js.add_consumer(self.stream, config=config)
+            psub = await self.js.pull_subscribe_bind(stream=self.stream, name=sub.ephemeral)
+        sub.sub = psub
+        sub.task = self._loop.create_task(self._pull(psub, handler, options))
+
+    async def _pull(self, psub: Any, handler: Handler, options: SubscribeOptions) -> None:
+        while not self._closed:
+            try:
+                msgs = await psub.fetch(batch=16, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                return
+            except Exception as exc:  # broker restarting, connection draining: wait and pull again
+                log.debug("pull on %s: %r", psub, exc)
+                await asyncio.sleep(0.5)
+                continue
+            await asyncio.gather(*(self._deliver(m, handler, options) for m in msgs))
+
+    async def _deliver(self, msg: Msg, handler: Handler, options: SubscribeOptions) -> None:
+        attempt = msg.metadata.num_delivered
+        try:
+            event = decode(msg.subject, msg.data, msg.headers, attempt=attempt)
+            self._validate(event)
+        except (ContractError, BusError, ValueError) as exc:
+            # A bad event is never handed to a handler and never retried: straight to dead letters.
+            event = Event.create(msg.subject, {"raw": msg.data.decode(errors="replace")[:2000]},
+                                 event_id=(msg.headers or {}).get("Nats-Msg-Id"))
+            await self._give_up(msg, options, event, str(exc))
+            return
+        error = await self._loop.run_in_executor(self._pool, _run, handler, event)
+        if error is None:
+            await msg.ack()
+        elif attempt >= options.max_deliver:
+            log.error("giving up on %s %s after %d attempts: %s", event.subject, event.id, attempt, error)
+            await self._give_up(msg, options, event, error)
+        else:
+            log.warning("handler for %s %s failed (attempt %d): %s", event.subject, event.id, attempt, error)
+            await msg.nak(delay=options.delay(attempt))
+
+    async def _give_up(self, msg: Msg, options: SubscribeOptions, event: Event, error: str) -> None:
+        if options.dead_letter is None:
+            log.error("dropped %s %s: %s", event.subject, event.id, error)
+            await msg.term()
+            return
+        try:
+            await self._loop.run_in_executor(self._pool, options.dead_letter, event, error)
+        except Exception:  # not stored: leave it to the broker to deliver again later
+            log.exception("dead-letter store failed for %s", event.id)
+            await msg.nak(delay=options.delay(options.max_deliver))
+            return
+        await msg.term()
+
+    async def _unsubscribe(self, sub: _NatsSubscription) -> None:
+        if sub.task is not None:
+            sub.task.cancel()
+        if sub.sub is not None:
+            try:
+                await sub.sub.unsubscribe()
+            except Exception as exc:  # already gone with the connection
+                log.debug("unsubscribe %s: %r", sub.subject, exc)
+        if sub.ephemeral:
+            try:
+                await self.js.delete_consumer(self.stream, sub.ephemeral)
+            except Exception as exc:
+                log.debug("delete consumer %s: %r", sub.ephemeral, exc)
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusError("the bus is closed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for sub in list(self._subs):
+            try:
+                self._call(self._unsubscribe(sub), timeout=5)
+            except Exception as exc:
+                log.debug("closing %s: %r", sub.subject, exc)
+        self._closed = True
+        try:
+            self._call(self.nc.close(), timeout=10)
+        except Exception as exc:
+            log.debug("closing nats: %r", exc)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+def _run(handler: Handler, event: Event) -> str | None:
+    """Run a handler in a worker thread; returns the error as text, or None."""
+    try:
+        handler(event)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None

@@ -55,6 +55,8 @@ def up(host: str, port: int, threads: int) -> None:
     from waitress import serve
 
     mesh = mesh_of(current_app)
+    if not mesh.hosts("gateway"):
+        raise click.UsageError("HMS_SERVICES has no gateway: use `hms worker SERVICE…` for services without HTTP")
     mesh.upgrade()
     mesh.start()  # resumes every unfinished delivery and payment left by a crash
     click.echo(f"hms mesh up on http://{host}:{port} (bus {current_app.config['HMS_BUS_URL']})")
@@ -64,10 +66,39 @@ def up(host: str, port: int, threads: int) -> None:
         mesh.close()
 
 
+@click.command("worker")
+@click.argument("services", nargs=-1, required=True)
+@with_appcontext
+def worker(services: tuple[str, ...]) -> None:
+    """Run SERVICES (svc, ach, metrics, notifier, auth) without HTTP, until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from hms import create_app
+    from hms.config import ALL_SERVICES
+
+    unknown = [s for s in services if s not in ALL_SERVICES or s == "gateway"]
+    if unknown:
+        raise click.BadParameter(f"{unknown[0]!r}; choose from svc, ach, metrics, notifier, auth", param_hint="SERVICE")
+    if current_app.config["HMS_BUS_URL"].startswith("memory://"):
+        raise click.UsageError("a worker needs a shared bus: set HMS_BUS_URL=nats://host:4222")
+    mesh_of(current_app).close()  # the CLI's own app was only needed to get here
+    app = create_app({"HMS_SERVICES": list(services)})
+    mesh = mesh_of(app)
+    mesh.upgrade()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    mesh.start()
+    click.echo(f"hms worker running {', '.join(services)} on {app.config['HMS_BUS_URL']}")
+    stop.wait()
+    mesh.close()
+
+
 def init_app(app: Flask) -> None:
-    """Register `up` and `db` on the app's CLI."""
-    app.cli.add_command(db)
-    app.cli.add_command(up)
+    """Register `up`, `worker` and `db` on the app's CLI."""
+    for command in (db, up, worker):
+        app.cli.add_command(command)
 
 
 if __name__ == "__main__":

@@ -46,10 +46,19 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server.stop()
 
 
+@pytest.fixture(params=["memory"])
+def bus_url(request: pytest.FixtureRequest) -> str:
+    """The bus the mesh runs on: memory:// by default; parametrize with "nats" for a real nats-server."""
+    if request.param == "nats":
+        return str(request.getfixturevalue("nats_server").url)
+    return "memory://"
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> dict[str, Any]:
+def settings(tmp_path: Path, bus_url: str) -> dict[str, Any]:
     """Test settings: everything under a temporary instance folder, fast polling."""
     return {
+        "HMS_BUS_URL": bus_url,
         "HMS_INSTANCE_PATH": str(tmp_path / "instance"),
         "HMS_OUTBOX_POLL_S": 0.05,
         "HMS_ACH_POLL_S": 0.05,
@@ -63,10 +72,13 @@ def settings(tmp_path: Path) -> dict[str, Any]:
 def app(settings: dict[str, Any]) -> Iterator[Flask]:
     """A migrated, running mesh."""
     app = create_app(settings)
-    mesh_of(app).upgrade()
-    mesh_of(app).start()
+    mesh = mesh_of(app)
+    mesh.upgrade()
+    mesh.start()
     yield app
-    mesh_of(app).close()
+    if hasattr(mesh.bus, "js"):  # the next test starts with an empty stream and no consumers
+        mesh.bus._call(mesh.bus.js.delete_stream(settings.get("HMS_NATS_STREAM", "HMS_EVENTS")))
+    mesh.close()
 
 
 @pytest.fixture

@@ -249,7 +249,8 @@ class Payments:
                 delay = max(delay, float(self.breaker.reset_timeout) / 2)
             p.state, p.last_error, p.claimed_by = "pending", error[:300], None
             p.next_attempt_at = utcnow() + timedelta(seconds=delay * random.uniform(0.8, 1.2))
-        log.warning("payment %s waits: %s", payment_id, error)
+        # Waiting for the account is the normal order of things (it is registered after approval).
+        log.log(logging.DEBUG if not breaker_wait else logging.WARNING, "payment %s waits: %s", payment_id, error)
 
     def _sent(self, payment_id: str, reference: str) -> None:
         """Phase 3: record the payment sent and publish payment.sent, in one transaction."""

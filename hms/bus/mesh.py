@@ -28,8 +28,11 @@ class Mesh:
         self.config = config
         self.instance_path = Path(config["HMS_INSTANCE_PATH"])
         self.bus = bus or connect(
-            config["HMS_BUS_URL"], Contracts(), stream=config["HMS_NATS_STREAM"],
-            event_subjects=config["HMS_NATS_EVENT_SUBJECTS"], ack_wait=config["HMS_NATS_ACK_WAIT_S"],
+            config["HMS_BUS_URL"],
+            Contracts(),
+            stream=config["HMS_NATS_STREAM"],
+            event_subjects=config["HMS_NATS_EVENT_SUBJECTS"],
+            ack_wait=config["HMS_NATS_ACK_WAIT_S"],
             name=f"hms:{','.join(config['HMS_SERVICES'])}",
         )
         self.stores: dict[str, ServiceStore] = {}

@@ -123,19 +123,30 @@ class NatsBus(Bus):
             log.warning("nats: %s", exc)
 
         async def on_disconnect() -> None:
-            log.warning("nats: disconnected from %s", self.url)
+            if not self._closed:
+                log.warning("nats: disconnected from %s", self.url)
 
         async def on_reconnect() -> None:
             log.warning("nats: reconnected to %s", self.url)
 
         self.nc = await nats.connect(
-            self.url, name=name, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            connect_timeout=5, error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+            self.url,
+            name=name,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
         )
         self.js = self.nc.jetstream()
         config = api.StreamConfig(
-            name=self.stream, subjects=list(self.event_subjects), storage=api.StorageType.FILE,
-            retention=api.RetentionPolicy.LIMITS, duplicate_window=120.0,
+            name=self.stream,
+            subjects=list(self.event_subjects),
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            duplicate_window=120.0,
         )
         try:
             info = await self.js.stream_info(self.stream)
@@ -166,15 +177,17 @@ class NatsBus(Bus):
     ) -> Future[None]:
         check_subject(subject)
         self._check_open()
-        event = Event.create(subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent,
-                             headers=headers)
+        event = Event.create(
+            subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers
+        )
         self._validate(event)
         wire_headers = {**event.headers, "Nats-Msg-Id": event.id}
         if traceparent:
             wire_headers["traceparent"] = traceparent
         if any(matches(s, subject) for s in self.event_subjects):
-            coro: Coroutine[Any, Any, Any] = self.js.publish(subject, encode(event), timeout=5, stream=self.stream,
-                                                             headers=wire_headers)
+            coro: Coroutine[Any, Any, Any] = self.js.publish(
+                subject, encode(event), timeout=5, stream=self.stream, headers=wire_headers
+            )
         else:
             coro = self.nc.publish(subject, encode(event), headers=wire_headers)
         done: Future[None] = Future()
@@ -190,8 +203,9 @@ class NatsBus(Bus):
         inner.add_done_callback(settle)
         return done
 
-    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, *,
-                headers: dict[str, str] | None = None) -> Any:
+    def request(
+        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+    ) -> Any:
         check_subject(subject)
         self._check_open()
         event = Event.create(subject, data, headers=headers)
@@ -212,8 +226,9 @@ class NatsBus(Bus):
         body = json.loads(msg.data) if msg.data else None
         if msg.headers and CODE_HEADER in msg.headers:
             error = body.get("error") if isinstance(body, dict) else None
-            raise ReplyError.from_dict(error or {"status": int(msg.headers[CODE_HEADER]),
-                                                 "title": msg.headers.get(ERROR_HEADER, "Error")})
+            raise ReplyError.from_dict(
+                error or {"status": int(msg.headers[CODE_HEADER]), "title": msg.headers.get(ERROR_HEADER, "Error")}
+            )
         return body
 
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
@@ -291,8 +306,11 @@ class NatsBus(Bus):
         if error is None:
             coro = self.nc.publish(msg.reply, json.dumps(reply).encode())
         else:
-            coro = self.nc.publish(msg.reply, json.dumps({"error": error.to_dict()}).encode(),
-                                   headers={ERROR_HEADER: error.title, CODE_HEADER: str(error.status)})
+            coro = self.nc.publish(
+                msg.reply,
+                json.dumps({"error": error.to_dict()}).encode(),
+                headers={ERROR_HEADER: error.title, CODE_HEADER: str(error.status)},
+            )
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     async def _subscribe_stream(self, sub: _NatsSubscription, handler: Handler, options: SubscribeOptions) -> None:
@@ -303,9 +321,13 @@ class NatsBus(Bus):
             durable, policy = None, api.DeliverPolicy.NEW
             sub.ephemeral = f"eph_{uuid.uuid4().hex[:16]}"
         config = api.ConsumerConfig(
-            name=durable or sub.ephemeral, durable_name=durable, deliver_policy=policy,
-            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
-            max_deliver=options.max_deliver + CRASH_MARGIN, filter_subject=sub.subject,
+            name=durable or sub.ephemeral,
+            durable_name=durable,
+            deliver_policy=policy,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=options.max_deliver + CRASH_MARGIN,
+            filter_subject=sub.subject,
             inactive_threshold=None if durable else 60.0,
         )
         if durable:
@@ -337,8 +359,11 @@ class NatsBus(Bus):
             self._validate(event)
         except (ContractError, BusError, ValueError) as exc:
             # A bad event is never handed to a handler and never retried: straight to dead letters.
-            event = Event.create(msg.subject, {"raw": msg.data.decode(errors="replace")[:2000]},
-                                 event_id=(msg.headers or {}).get("Nats-Msg-Id"))
+            event = Event.create(
+                msg.subject,
+                {"raw": msg.data.decode(errors="replace")[:2000]},
+                event_id=(msg.headers or {}).get("Nats-Msg-Id"),
+            )
             await self._give_up(msg, options, event, str(exc))
             return
         error = await self._loop.run_in_executor(self._pool, _run, handler, event)

@@ -12,8 +12,10 @@ def hms_process(tmp_path: Path) -> Iterator[Callable[..., HmsProcess]]:
     """Make `hms` processes that are always stopped when the test ends, passed or not."""
     made: list[HmsProcess] = []
 
-    def make(env: dict[str, str] | None = None, args: list[str] | None = None, name: str = "instance") -> HmsProcess:
-        proc = HmsProcess(tmp_path / name, env, args)
+    def make(
+        env: dict[str, str] | None = None, args: list[str] | None = None, name: str = "instance", log: str = "hms.log"
+    ) -> HmsProcess:
+        proc = HmsProcess(tmp_path / name, env, args, log)
         made.append(proc)
         return proc
 

@@ -24,12 +24,15 @@ def free_port() -> int:
 class HmsProcess:
     """One `hms up` process with its own instance folder and environment."""
 
-    def __init__(self, instance: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self, instance: Path, env: dict[str, str] | None = None, args: list[str] | None = None, log: str = "hms.log"
+    ) -> None:
         self.instance, self.port = instance, free_port()
         self.env = {**os.environ, "HMS_INSTANCE_PATH": str(instance), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.args = args or ["up", "--port", str(self.port)]
+        self.serves_http = self.args[0] == "up"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = instance / "hms.log"
+        self.log = instance / log
         self.kills = 0
 
     def start(self, ready_timeout: float = 30.0) -> None:
@@ -39,6 +42,8 @@ class HmsProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hms.cli", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
+        if not self.serves_http:
+            return
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

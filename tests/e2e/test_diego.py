@@ -23,6 +23,10 @@ def claim(client: FlaskClient, headers: dict[str, str], claim_id: str) -> dict[s
     return r.json  # type: ignore[no-any-return]
 
 
+BOTH_BUSES = pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
+
+
+@BOTH_BUSES
 def test_diego_is_approved_then_paid_exactly_once(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
     diego = token("diego")
     r = client.post("/claims", json=DIEGO, headers=diego)
@@ -46,6 +50,7 @@ def test_diego_is_approved_then_paid_exactly_once(app: Flask, client: FlaskClien
     assert report["p50"] is not None and report["p50"] >= 0 and report["byDay"][0]["count"] == 1
 
 
+@BOTH_BUSES
 def test_a_quit_claim_with_5_weeks_is_denied_and_the_citizen_notified(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -186,6 +191,7 @@ def test_tokens_are_verified(client: FlaskClient, token: Any, app: Flask) -> Non
     assert client.get("/claims", headers=expired).status_code == 401
 
 
+@BOTH_BUSES
 def test_registry_lists_every_service_with_subjects_and_breakers(client: FlaskClient, token: Any) -> None:
     r = client.get("/mesh/services", headers=token("root", "admin"))
     assert r.status_code == 200

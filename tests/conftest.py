@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from hms import create_app
 from hms.bus.mesh import Mesh, mesh_of
 from tests.natsd import NatsServer
+from tests.pg import fresh_postgres_database
 
 DIEGO = {
     "claimant": {"name": "Diego Ramos", "ssnLast4": "1234", "email": "diego@example.org"},
@@ -54,11 +55,21 @@ def bus_url(request: pytest.FixtureRequest) -> str:
     return "memory://"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Where the services keep their data: SQLite files (""), or a fresh PostgreSQL database of this test's own."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    yield from fresh_postgres_database()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, bus_url: str) -> dict[str, Any]:
+def settings(tmp_path: Path, bus_url: str, database_url: str) -> dict[str, Any]:
     """Test settings: everything under a temporary instance folder, fast polling."""
     return {
         "HMS_BUS_URL": bus_url,
+        "HMS_DATABASE_URL": database_url,
         "HMS_INSTANCE_PATH": str(tmp_path / "instance"),
         "HMS_OUTBOX_POLL_S": 0.05,
         "HMS_ACH_POLL_S": 0.05,

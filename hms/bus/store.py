@@ -156,6 +156,7 @@ class ServiceStore:
         self._chores: list[Callable[[], None]] = []
         self._subscriptions: list[dict[str, Any]] = []
         self._active: list[Subscription] = []
+        self._leader: Any = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,6 +172,14 @@ class ServiceStore:
         """A transaction: commits when the block ends, rolls back when it raises."""
         with self.Session() as s, s.begin():
             yield s
+
+    def lock(self, session: Session, key: str) -> None:
+        """Serialise transactions that touch `key`, until this transaction ends.
+
+        On PostgreSQL an advisory transaction lock; SQLite already runs one writer at a time (BEGIN IMMEDIATE).
+        """
+        if self.engine.dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"{self.name}:{key}"})
 
     def emit(self, session: Session, subject: str, data: dict[str, Any], *, traceparent: str | None = None) -> str:
         """Put an event in the outbox inside `session`'s transaction; returns its id."""
@@ -300,6 +309,9 @@ class ServiceStore:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self._leader is not None:
+            self._leader.invalidate()  # ends the database session, and with it the relay lock, for a standby
+            self._leader = None
 
     def outbox_backlog(self) -> int:
         """How many events wait in the outbox."""
@@ -315,12 +327,37 @@ class ServiceStore:
         with self.session() as s:
             return s.execute(delete(self.inbox).where(self.inbox.c.handled_at < utcnow() - older_than)).rowcount
 
+    def _is_leader(self) -> bool:
+        """Whether this process relays the outbox: on PostgreSQL one relay per service holds an advisory lock,
+        the others stand by and take over when its connection goes."""
+        if self.engine.dialect.name != "postgresql":
+            return True
+        if self._leader is not None:
+            try:
+                self._leader.execute(text("SELECT 1"))
+                self._leader.commit()
+                return True
+            except Exception:
+                self._leader.invalidate()
+                self._leader = None
+        conn = self.engine.connect()
+        got = conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"), {"k": f"relay:{self.name}"})
+        if got.scalar():
+            conn.commit()  # the lock is the session's, it outlives this transaction
+            self._leader = conn
+            log.info("outbox relay of %s: leader", self.name)
+            return True
+        conn.close()
+        return False
+
     def _relay(self) -> None:
         next_chores = time.monotonic() + 60  # first chores a minute after start, then hourly
         while not self._stop.is_set():
             self._wake.wait(self.poll_interval)
             self._wake.clear()
             try:
+                if not self._is_leader():
+                    continue
                 self.relay_once()
                 if time.monotonic() >= next_chores:
                     next_chores = time.monotonic() + 3600

@@ -53,6 +53,8 @@ class ClaimService:
         for _ in range(2):  # a concurrent first use of the same key loses the race once, then finds the record
             try:
                 with self.store.session() as s:
+                    # One decision at a time per citizen: the one-open-claim rule reads what it then writes.
+                    self.store.lock(s, f"citizen:{req['citizen']}")
                     if key:
                         found = s.get(IdempotencyRecord, (req["citizen"], key))
                         if found is not None:

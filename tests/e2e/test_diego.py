@@ -263,3 +263,24 @@ def test_idempotency_records_expire_after_retention(app: Flask, client: FlaskCli
     assert app.extensions["hms.svc"].prune_idempotency(timedelta(0)) == 1
     later = client.post("/claims", json=DIEGO, headers=headers).json
     assert later["id"] != first["id"] and later["reasons"] == ["DUPLICATE_CLAIM"]
+
+
+def test_concurrent_submits_by_one_citizen_approve_exactly_one(app: Flask, token: Any) -> None:
+    import threading
+
+    diego = token("diego")
+    results: list[dict[str, Any]] = []
+    barrier = threading.Barrier(6)
+
+    def submit() -> None:
+        client = app.test_client()
+        barrier.wait()
+        results.append(client.post("/claims", json=DIEGO, headers=diego).json)
+
+    threads = [threading.Thread(target=submit) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(r["status"] for r in results) == ["approved"] + ["denied"] * 5
+    assert all(r["reasons"] == ["DUPLICATE_CLAIM"] for r in results if r["status"] == "denied")

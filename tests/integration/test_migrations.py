@@ -1,4 +1,4 @@
-"""Every service's migrations build exactly the schema its models describe."""
+"""Every service's migrations build exactly the schema its models describe, in its own database or schema."""
 
 from pathlib import Path
 
@@ -12,23 +12,42 @@ from hms.bus.mesh import mesh_of
 
 
 @pytest.mark.parametrize("service", ["svc", "ach", "metrics", "notifier"])
-def test_migrations_match_models(tmp_path: Path, service: str) -> None:
-    app = create_app({"HMS_INSTANCE_PATH": str(tmp_path), "HMS_START": False, "HMS_SERVICES": [service]})
+def test_migrations_match_models(tmp_path: Path, database_url: str, service: str) -> None:
+    app = create_app({"HMS_INSTANCE_PATH": str(tmp_path), "HMS_DATABASE_URL": database_url, "HMS_SERVICES": [service]})
     mesh = mesh_of(app)
     store = mesh.stores[service]
     store.upgrade()
+    store.upgrade()  # a second run changes nothing
     with store.engine.connect() as conn:
+        schema = service if conn.dialect.name == "postgresql" else None
+        if schema:
+            conn.exec_driver_sql(f"SET search_path TO {schema}")  # compare against the service's own schema
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), store.metadata)
-        tables = set(inspect(conn).get_table_names())
+        tables = set(inspect(conn).get_table_names(schema=schema))
     assert diff == []
     assert {"outbox", "inbox", "dead_letters", "alembic_version"} <= tables
     mesh.close()
 
 
-def test_each_service_has_its_own_database(tmp_path: Path) -> None:
-    app = create_app({"HMS_INSTANCE_PATH": str(tmp_path), "HMS_START": False})
+def test_each_service_has_its_own_database_or_schema(tmp_path: Path, database_url: str) -> None:
+    app = create_app({"HMS_INSTANCE_PATH": str(tmp_path), "HMS_DATABASE_URL": database_url})
     mesh = mesh_of(app)
-    urls = {name: str(store.engine.url) for name, store in mesh.stores.items()}
-    assert len(set(urls.values())) == len(urls) == 4
-    assert all(url.endswith(f"{name}.db") for name, url in urls.items())
+    mesh.upgrade()
+    owned = {
+        "svc": {"claims", "timeline", "idempotency_keys"},
+        "ach": {"accounts", "payments"},
+        "metrics": {"payouts"},
+        "notifier": {"notifications"},
+    }
+    for name, store in mesh.stores.items():
+        with store.engine.connect() as conn:
+            schema = name if conn.dialect.name == "postgresql" else None
+            tables = set(inspect(conn).get_table_names(schema=schema))
+        # A service's own tables are there, and no other service's.
+        assert owned[name] <= tables
+        assert all(tables.isdisjoint(t) for other, t in owned.items() if other != name)
+        if not database_url:
+            assert str(store.engine.url).endswith(f"{name}.db")
+    urls = {str(store.engine.url) for store in mesh.stores.values()}
+    assert len(urls) == (1 if database_url else 4)
     mesh.close()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,30 @@ from tests.conftest import eventually
 SUBMITTED = {"claimId": "c1", "citizen": "diego", "submittedAt": "2026-11-27T10:00:00Z"}
 
 
-def make_store(tmp_path: Path, bus: MemoryBus, name: str = "svc") -> tuple[ServiceStore, Table]:
-    md = MetaData()
-    effects = Table("effects", md, Column("id", Integer, primary_key=True), Column("event_id", String(64)))
-    messaging_tables(md)
-    store = ServiceStore(name, md, f"sqlite:///{tmp_path / name}.db", bus, poll_interval=0.05)
-    md.create_all(store.engine)
-    return store, effects
+Maker = Callable[..., tuple[ServiceStore, Table]]
+
+
+@pytest.fixture
+def make_store(tmp_path: Path, database_url: str, bus: MemoryBus) -> Iterator[Maker]:
+    """Make stores with an `effects` table: each its own SQLite file, or (PostgreSQL) its own schema of one
+    database; all stopped when the test ends."""
+    made: list[ServiceStore] = []
+
+    def make(name: str = "svc") -> tuple[ServiceStore, Table]:
+        md = MetaData()
+        effects = Table("effects", md, Column("id", Integer, primary_key=True), Column("event_id", String(64)))
+        messaging_tables(md)
+        store = ServiceStore(name, md, database_url or f"sqlite:///{tmp_path / name}.db", bus, poll_interval=0.05)
+        with store.engine.begin() as c:
+            if c.dialect.name == "postgresql":
+                c.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {name}")
+            md.create_all(c)
+        made.append(store)
+        return store, effects
+
+    yield make
+    for store in made:
+        store.dispose()
 
 
 @pytest.fixture
@@ -39,8 +57,8 @@ def count(store: ServiceStore, table: Table) -> int:
         return int(c.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def test_the_event_is_written_with_the_state_change_or_not_at_all(tmp_path: Path, bus: MemoryBus) -> None:
-    store, effects = make_store(tmp_path, bus)
+def test_the_event_is_written_with_the_state_change_or_not_at_all(make_store: Maker, bus: MemoryBus) -> None:
+    store, effects = make_store()
     with pytest.raises(RuntimeError), store.session() as s:
         s.execute(effects.insert().values(event_id="x"))
         store.emit(s, "claim.submitted", SUBMITTED)
@@ -52,16 +70,16 @@ def test_the_event_is_written_with_the_state_change_or_not_at_all(tmp_path: Path
     assert count(store, store.outbox) == 1
 
 
-def test_emit_refuses_a_contract_violation_inside_the_transaction(tmp_path: Path, bus: MemoryBus) -> None:
-    store, effects = make_store(tmp_path, bus)
+def test_emit_refuses_a_contract_violation_inside_the_transaction(make_store: Maker, bus: MemoryBus) -> None:
+    store, effects = make_store()
     with pytest.raises(ValueError, match="citizen"), store.session() as s:
         s.execute(effects.insert().values(event_id="x"))
         store.emit(s, "claim.submitted", {"claimId": "c1", "submittedAt": "2026-11-27T10:00:00Z"})
     assert count(store, effects) == 0
 
 
-def test_the_relay_publishes_after_commit_and_empties_the_outbox(tmp_path: Path, bus: MemoryBus) -> None:
-    store, _ = make_store(tmp_path, bus)
+def test_the_relay_publishes_after_commit_and_empties_the_outbox(make_store: Maker, bus: MemoryBus) -> None:
+    store, _ = make_store()
     got: list[Event] = []
     bus.subscribe("claim.submitted", got.append)
     with store.session() as s:
@@ -73,12 +91,12 @@ def test_the_relay_publishes_after_commit_and_empties_the_outbox(tmp_path: Path,
     store.stop()
 
 
-def test_rows_left_by_a_crash_are_sent_on_the_next_start(tmp_path: Path, bus: MemoryBus) -> None:
-    store, _ = make_store(tmp_path, bus)
+def test_rows_left_by_a_crash_are_sent_on_the_next_start(make_store: Maker, bus: MemoryBus) -> None:
+    store, _ = make_store()
     with store.session() as s:
         ids = {store.emit(s, "claim.submitted", {**SUBMITTED, "claimId": f"c{i}"}) for i in range(5)}
     store.engine.dispose()  # the process "dies" here, the rows stay committed
-    again, _ = make_store(tmp_path, bus)
+    again, _ = make_store()
     got: list[Event] = []
     bus.subscribe("claim.submitted", got.append)
     again.start()
@@ -88,10 +106,9 @@ def test_rows_left_by_a_crash_are_sent_on_the_next_start(tmp_path: Path, bus: Me
 
 
 def test_a_consumer_has_one_effect_per_event_id_even_when_delivered_concurrently(
-    tmp_path: Path, bus: MemoryBus
+    make_store: Maker, bus: MemoryBus
 ) -> None:
-    producer, _ = make_store(tmp_path, bus, "svc")
-    consumer, effects = make_store(tmp_path, bus, "metrics")
+    consumer, effects = make_store("metrics")
 
     def record(s: Session, event: Event) -> None:
         s.execute(effects.insert().values(event_id=event.id))
@@ -118,8 +135,8 @@ def test_a_consumer_has_one_effect_per_event_id_even_when_delivered_concurrently
     assert count(consumer, consumer.inbox) == 1
 
 
-def test_a_poison_event_is_dead_lettered_then_replayed(tmp_path: Path, bus: MemoryBus) -> None:
-    store, effects = make_store(tmp_path, bus, "metrics")
+def test_a_poison_event_is_dead_lettered_then_replayed(make_store: Maker, bus: MemoryBus) -> None:
+    store, effects = make_store("metrics")
     broken = {"on": True}
 
     def fragile(s: Session, event: Event) -> None:
@@ -144,12 +161,12 @@ def test_a_poison_event_is_dead_lettered_then_replayed(tmp_path: Path, bus: Memo
     assert count(store, effects) == 2
 
 
-def test_inbox_retention_forgets_only_old_ids(tmp_path: Path, bus: MemoryBus) -> None:
+def test_inbox_retention_forgets_only_old_ids(make_store: Maker, bus: MemoryBus) -> None:
     from datetime import timedelta
 
     from hms.bus.store import utcnow
 
-    store, _ = make_store(tmp_path, bus)
+    store, _ = make_store()
     with store.session() as s:
         s.execute(
             store.inbox.insert().values(
@@ -160,3 +177,29 @@ def test_inbox_retention_forgets_only_old_ids(tmp_path: Path, bus: MemoryBus) ->
     assert store.prune_inbox(timedelta(days=30)) == 1
     with store.engine.connect() as c:
         assert [r.event_id for r in c.execute(select(store.inbox))] == ["new"]
+
+
+def test_one_relay_per_service_when_several_processes_share_a_database(make_store: Maker, bus: MemoryBus) -> None:
+    """Two stores on one database stand for two processes: every event goes out, and (PostgreSQL) from one relay."""
+    first, _ = make_store()
+    second, _ = make_store()
+    got: list[Event] = []
+    bus.subscribe("claim.submitted", got.append)
+    first.start()
+    second.start()
+    with first.session() as s:
+        for i in range(20):
+            first.emit(s, "claim.submitted", {**SUBMITTED, "claimId": f"c{i}"})
+    eventually(lambda: len({e.id for e in got}) == 20 and count(first, first.outbox) == 0)
+    if first.engine.dialect.name == "postgresql":
+        time.sleep(0.3)
+        assert len(got) == 20  # the standby relay never published
+        assert (first._leader is None) != (second._leader is None)
+        leader = first if first._leader is not None else second
+        standby = second if leader is first else first
+        leader.stop()  # the leader's process goes away: the standby takes over
+        with standby.session() as s:
+            standby.emit(s, "claim.submitted", {**SUBMITTED, "claimId": "after"})
+        eventually(lambda: any(e.data["claimId"] == "after" for e in got))
+    first.stop()
+    second.stop()

@@ -22,11 +22,12 @@ def tokens(instance: Path, subs: list[str], role: str = "citizen") -> dict[str, 
 
 
 def test_kills_flaky_bank_and_outage_lose_nothing_and_pay_nothing_twice(
-    tmp_path: Path, hms_process: Callable[..., HmsProcess]
+    tmp_path: Path, hms_process: Callable[..., HmsProcess], database_url: str
 ) -> None:
     outage = tmp_path / "bank-down"
     hms = hms_process(
         env={
+            "HMS_DATABASE_URL": database_url,
             "HMS_ACH_SANDBOX_FAIL_RATE": "0.2",
             "HMS_ACH_SANDBOX_LATENCY_MS": "5",
             "HMS_ACH_SANDBOX_OUTAGE_FILE": str(outage),

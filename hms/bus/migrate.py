@@ -20,8 +20,12 @@ def run_migrations(context: Any) -> None:
     connection = attrs["connection"]
     is_sqlite = connection.dialect.name == "sqlite"
     schema = None if is_sqlite else attrs["service"]
-    if schema:
-        connection.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    if (
+        schema
+        and not connection.exec_driver_sql("SELECT 1 FROM pg_namespace WHERE nspname = %(s)s", {"s": schema}).first()
+    ):
+        # Only when missing: a service role that owns its schema has no right to create schemas.
+        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     context.configure(
         connection=connection,
         target_metadata=attrs["metadata"],

@@ -31,7 +31,8 @@ def test_split_mesh_survives_a_killed_worker_and_a_broker_restart(
 
 def run_split_mesh(nats: NatsServer, hms_process: Callable[..., HmsProcess], database_url: str) -> None:
     env = {
-        "HMS_BUS_URL": nats.url, "HMS_DATABASE_URL": database_url,
+        "HMS_BUS_URL": nats.url,
+        "HMS_DATABASE_URL": database_url,
         "HMS_ACH_SANDBOX_LATENCY_MS": "5",
         "HMS_ACH_SEND_LEASE_S": "2",
         "HMS_ACH_RETRY_BASE_S": "0.05",

@@ -16,14 +16,14 @@ from tests.pg import fresh_postgres_database, server_url
 
 
 def test_each_service_role_migrates_its_schema_and_cannot_read_another(tmp_path: Path) -> None:
-    server_url()  # skip (or fail in CI) without a server
+    server = create_engine(server_url(), isolation_level="AUTOCOMMIT")  # skips (fails in CI) without a server
     suffix = uuid.uuid4().hex[:8]
     roles = {svc: f"hms_{svc}_{suffix}" for svc in ("svc", "ach")}
     for url in fresh_postgres_database():
         admin = create_engine(url, isolation_level="AUTOCOMMIT")
         db = make_url(url).database
         with admin.connect() as c:
-            for svc, role in roles.items():
+            for role in roles.values():
                 c.execute(text(f"CREATE ROLE {role} LOGIN"))
             c.execute(text(f'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC'))
             c.execute(text(f'GRANT CONNECT ON DATABASE "{db}" TO {", ".join(roles.values())}'))
@@ -52,8 +52,9 @@ def test_each_service_role_migrates_its_schema_and_cannot_read_another(tmp_path:
                     c.execute(text("SELECT * FROM svc.claims"))
             mesh.close()
         finally:
-            with admin.connect() as c:
+            admin.dispose()
+            with server.connect() as c:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
                 for role in roles.values():
                     c.execute(text(f"DROP ROLE IF EXISTS {role}"))
-            admin.dispose()
+            server.dispose()

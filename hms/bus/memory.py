@@ -32,6 +32,8 @@ from .base import (
 from .subjects import check_subject, matches
 
 log = logging.getLogger("hms.bus")
+DUPLICATE_WINDOW_S = 120.0  # as the JetStream stream's duplicate_window
+time_now = time.monotonic
 
 
 class _Settlement:
@@ -96,6 +98,7 @@ class MemoryBus(Bus):
         self._timers: list[tuple[float, int, Any]] = []
         self._timer_seq = itertools.count()
         self._timer_cv = threading.Condition()
+        self._recent: dict[str, tuple[float, Future[None]]] = {}
         self._closed = False
         self._timer_thread = threading.Thread(target=self._run_timers, name="hms-bus-timers", daemon=True)
         self._timer_thread.start()
@@ -118,12 +121,32 @@ class MemoryBus(Bus):
             subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers
         )
         self._validate(event)
-        future: Future[None] = Future()
+        with self._lock:
+            first = self._recent_publish(event.id)
+            if first is not None:
+                return first  # like JetStream's duplicate window: the same id is delivered once
+            future: Future[None] = Future()
+            self._recent[event.id] = (time_now() + DUPLICATE_WINDOW_S, future)
+        future.add_done_callback(lambda f: f.exception() is not None and self._forget(event.id, f))
         settlement = _Settlement(future)
         for signal in self._signals_for(subject):
             signal.send(self, event=event, settlement=settlement)
         settlement.done()
         return future
+
+    def _recent_publish(self, event_id: str) -> Future[None] | None:
+        """The publish of `event_id` inside the duplicate window, if any (caller holds the lock)."""
+        now = time_now()
+        if len(self._recent) > 10_000:
+            self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
+        entry = self._recent.get(event_id)
+        return entry[1] if entry and entry[0] > now else None
+
+    def _forget(self, event_id: str, future: Future[None]) -> None:
+        # A delivery that could not settle (its dead letter was not stored) must be deliverable again.
+        with self._lock:
+            if self._recent.get(event_id, (0, None))[1] is future:
+                del self._recent[event_id]
 
     def request(
         self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None

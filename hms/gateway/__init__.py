@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import http
 from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
 
 from . import api, cli, problems
+from .schemas import Problem
 from .security import JwksVerifier
 
 
 class ProblemApi(Api):  # type: ignore[misc]
-    """flask-smorest's Api, answering its errors as problem+json too."""
+    """flask-smorest's Api, answering and documenting every error as problem+json."""
+
+    ERROR_SCHEMA = Problem
 
     def handle_http_exception(self, error: Any) -> Any:
         return problems.problem_response(problems.from_http_exception(error))
+
+    def _register_responses(self) -> None:
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, problems.MEDIA_TYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Error (RFC 9457 problem details)", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, problems.MEDIA_TYPE)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
 
 
 def init_app(app: Flask) -> None:

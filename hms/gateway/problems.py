@@ -92,7 +92,9 @@ def from_http_exception(error: HTTPException) -> Problem:
     if status == 400 and errors:
         return Problem(400, "Malformed request", errors[0]["message"], errors[0]["field"] or None, errors)
     title = error.name if status != 413 else "Request body too large"
-    return Problem(status, title, error.description or title, headers=dict(getattr(error, "problem_headers", {}) or {}))
+    # Keep what the error says in headers (Allow on 405, Retry-After on 429), not its content type.
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    return Problem(status, title, error.description or title, headers=headers)
 
 
 def init_app(app: Flask) -> None:

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "HMS_ACH_SEND_LEASE_S": 30.0,
     "HMS_ACH_POLL_S": 0.5,
     "HMS_ACH_ACCOUNT_WAIT_S": 3600.0,
+    "HMS_CLAIMS_PER_MINUTE": 10,
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }
 

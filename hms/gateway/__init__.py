@@ -10,6 +10,7 @@ from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 
 from . import api, cli, problems
+from .ratelimit import RateLimiter
 from .schemas import Problem
 from .security import JwksVerifier
 
@@ -49,4 +50,5 @@ def init_app(app: Flask) -> None:
     app.extensions["hms.verifier"] = JwksVerifier(
         app.config["HMS_JWT_JWKS_FILE"], app.config["HMS_JWT_ISSUER"], app.config["HMS_JWT_AUDIENCE"]
     )
+    app.extensions["hms.ratelimit"] = RateLimiter(app.config["HMS_CLAIMS_PER_MINUTE"])
     cli.init_app(app)

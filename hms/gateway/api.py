@@ -19,6 +19,7 @@ from hms.bus.registry import discover
 
 from . import schemas as s
 from .problems import Problem
+from .ratelimit import retry_after
 from .security import identity, requires
 
 BEARER = [{"bearerAuth": []}]
@@ -49,6 +50,14 @@ class Claims(MethodView):
     def post(self, body: dict[str, Any], idempotency_key: str | None = None) -> Any:
         """Submit a claim; a retry with the same Idempotency-Key returns the first result."""
         citizen = identity().sub
+        wait = current_app.extensions["hms.ratelimit"].acquire(citizen)
+        if wait:
+            raise Problem(
+                429,
+                "Too many requests",
+                "too many claims submitted; try again later",
+                headers={"Retry-After": retry_after(wait)},
+            )
         deposit = body["directDeposit"]
         claim = ask(
             "svc.claims.submit",

@@ -1,0 +1,201 @@
+"""Tokens, authorization, input limits and personal data, as an attacker or an auditor would try them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+from flask.testing import FlaskClient
+from jwt.algorithms import RSAAlgorithm
+
+from hms.auth.keys import thumbprint
+from hms.bus import Event
+from hms.bus.mesh import Mesh
+from tests.conftest import DIEGO, eventually
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {"iss": "hms-dev", "aud": "hms", "sub": "diego", "role": "citizen", "iat": now, "nbf": now, "exp": now + 300}
+    return {k: v for k, v in {**base, **overrides}.items() if v is not None}
+
+
+def sign(app: Flask, payload: dict[str, Any], **headers: Any) -> str:
+    idp = app.extensions["hms.auth"]
+    return jwt.encode(payload, idp._key, algorithm="RS256", headers={"kid": idp.kid, "typ": "at+jwt", **headers})
+
+
+def hs256_with_public_key(app: Flask) -> str:
+    """The classic key-confusion forgery: HMAC-sign with the RSA public key as the secret."""
+    idp = app.extensions["hms.auth"]
+    secret = idp._key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    head = b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": idp.kid}).encode())
+    body = b64(json.dumps(claims()).encode())
+    sig = b64(hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest())
+    return f"{head}.{body}.{sig}"
+
+
+def alg_none() -> str:
+    head = b64(json.dumps({"alg": "none", "typ": "at+jwt"}).encode())
+    return f"{head}.{b64(json.dumps(claims()).encode())}."
+
+
+def other_key_token(kid: str = "unknown-kid") -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims(), key, algorithm="RS256", headers={"kid": kid, "typ": "at+jwt"})
+
+
+def tampered(app: Flask) -> str:
+    head, body, sig = sign(app, claims()).split(".")
+    forged = b64(json.dumps(claims(role="admin")).encode())  # same signature, elevated role
+    return f"{head}.{forged}.{sig}"
+
+
+BAD_TOKENS = {
+    "alg none": lambda app: alg_none(),
+    "HS256 signed with the RSA public key": hs256_with_public_key,
+    "expired": lambda app: sign(app, claims(exp=int(time.time()) - 120, iat=int(time.time()) - 600)),
+    "no exp": lambda app: sign(app, claims(exp=None)),
+    "wrong aud": lambda app: sign(app, claims(aud="someone-else")),
+    "wrong iss": lambda app: sign(app, claims(iss="https://evil.example")),
+    "nbf in the future": lambda app: sign(app, claims(nbf=int(time.time()) + 600)),
+    "unknown kid": lambda app: other_key_token(),
+    "tampered payload": tampered,
+    "no sub": lambda app: sign(app, claims(sub=None)),
+    "garbage": lambda app: "garbage.garbage.garbage",
+    "not a user token type": lambda app: sign(app, claims(), typ="hms-svc+jwt"),
+    "unknown role": lambda app: sign(app, claims(role="root")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+def test_bad_tokens_are_refused_with_401(app: Flask, client: FlaskClient, case: str) -> None:
+    token = BAD_TOKENS[case](app)
+    r = client.get("/claims", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401, (case, r.json)
+    assert r.headers["Content-Type"] == "application/problem+json" and r.json["status"] == 401
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/claims", headers={"Authorization": f"Bearer {sign(app, claims())}"}).status_code == 200
+
+
+def test_keys_rotate_through_the_jwks_file_without_a_restart(app: Flask, client: FlaskClient) -> None:
+    jwks_file = Path(app.config["HMS_JWT_JWKS_FILE"])
+    old = sign(app, claims())
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(RSAAlgorithm.to_jwk(new_key.public_key()))
+    kid = thumbprint(public)
+    new = jwt.encode(claims(), new_key, algorithm="RS256", headers={"kid": kid, "typ": "at+jwt"})
+    doc = json.loads(jwks_file.read_text())
+    old_keys = list(doc["keys"])
+
+    def status(token: str) -> int:
+        return client.get("/claims", headers={"Authorization": f"Bearer {token}"}).status_code
+
+    assert status(new) == 401
+    jwks_file.write_text(json.dumps({"keys": old_keys + [{**public, "kid": kid, "alg": "RS256", "use": "sig"}]}))
+    eventually(lambda: status(new) == 200, timeout=5)
+    assert status(old) == 200  # both keys are trusted during the rotation
+    jwks_file.write_text(json.dumps({"keys": [{**public, "kid": kid, "alg": "RS256", "use": "sig"}]}))
+    started = time.monotonic()
+    eventually(lambda: status(old) == 401, timeout=5)  # the removed key stops working within seconds
+    assert time.monotonic() - started < 5 and status(new) == 200
+
+
+def test_a_citizen_cannot_reach_another_citizens_claim_or_staff_endpoints(client: FlaskClient, token: Any) -> None:
+    mine = client.post("/claims", json=DIEGO, headers=token("diego")).json
+    eve = token("eve")
+    assert client.get(f"/claims/{mine['id']}", headers=eve).status_code == 404  # not 403: existence is not revealed
+    assert client.get("/claims", headers=eve).json["items"] == []
+    for path in ("/audit/payouts", "/audit/payouts.csv", "/mesh/services"):
+        assert client.get(path, headers=eve).status_code == 403
+
+
+def test_submitting_is_rate_limited_per_citizen(app: Flask, client: FlaskClient, token: Any) -> None:
+    app.extensions["hms.ratelimit"].limit = 3
+    diego, other = token("diego"), token("maria")
+    codes = [client.post("/claims", json=DIEGO, headers=diego).status_code for _ in range(4)]
+    assert codes == [201, 201, 201, 429]
+    r = client.post("/claims", json=DIEGO, headers=diego)
+    assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
+    assert r.headers["Content-Type"] == "application/problem+json"
+    assert client.post("/claims", json=DIEGO, headers=other).status_code == 201  # another citizen is not affected
+
+
+def test_no_personal_data_on_the_bus_or_in_the_logs(
+    client: FlaskClient, token: Any, mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hms")
+    published: list[tuple[str, dict[str, Any]]] = []
+    publish = mesh.bus.publish
+
+    def recording(subject: str, data: dict[str, Any], **kw: Any) -> Any:
+        published.append((subject, data))
+        return publish(subject, data, **kw)
+
+    mesh.bus.publish = recording  # type: ignore[method-assign]
+    person = {
+        "claimant": {"name": "Zelda Quixote", "ssnLast4": "8642", "email": "zelda.q@example.org"},
+        "directDeposit": {"routingNumber": "021000021", "accountNumber": "557799331100", "accountType": "savings"},
+    }
+    paid = client.post("/claims", json={**DIEGO, **person}, headers=token("zelda")).json
+    denied = client.post("/claims", json={**DIEGO, **person, "separationReason": "quit"}, headers=token("zed")).json
+    eventually(lambda: client.get(f"/claims/{paid['id']}", headers=token("zelda")).json["status"] == "paid")
+    eventually(lambda: {"claim.denied", "payment.sent"} <= {s for s, _ in published})
+    assert {s for s, _ in published} >= {"claim.submitted", "claim.approved", "claim.denied", "payment.sent"}
+    pii = ["Zelda", "Quixote", "zelda.q@example.org", "8642", "021000021", "557799331100", "9331100"]
+    uuid_re = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    for subject, data in published:
+        for key, value in data.items():
+            if key.endswith("Id"):
+                assert uuid_re.match(value), (subject, key, value)  # ids are opaque UUIDs
+                continue
+            assert not any(p in json.dumps(value) for p in pii), (subject, key, value)
+    log_text = caplog.text + json.dumps([r.__dict__.get("claim_id") for r in caplog.records])
+    assert not any(p in log_text for p in ["557799331100", "Zelda", "zelda.q@example.org"])
+    assert denied["status"] == "denied"
+
+
+def test_account_numbers_are_masked_in_responses(client: FlaskClient, token: Any) -> None:
+    r = client.post("/claims", json=DIEGO, headers=token("diego"))
+    assert r.json["account"] == "****6789"
+    assert "000123456789" not in r.text and "011000015" not in r.text
+    listing = client.get("/claims", headers=token("cw", "caseworker"))
+    assert "000123456789" not in listing.text
+
+
+def test_an_oversized_body_is_refused_before_parsing(client: FlaskClient, token: Any) -> None:
+    big = {**DIEGO, "employer": "x" * 70_000}
+    r = client.post("/claims", json=big, headers=token("diego"))
+    assert r.status_code == 413 and r.headers["Content-Type"] == "application/problem+json"
+
+
+def test_service_token_cannot_be_used_at_the_gateway(app: Flask, client: FlaskClient) -> None:
+    idp = app.extensions["hms.auth"]
+    service_token = jwt.encode(
+        claims(sub="ach", role="admin"), idp._key, algorithm="RS256", headers={"kid": idp.kid, "typ": "hms-svc+jwt"}
+    )
+    assert client.get("/mesh/services", headers={"Authorization": f"Bearer {service_token}"}).status_code == 401
+
+
+def test_event_ids_are_not_guessable() -> None:
+    ids = {Event.create("claim.submitted", {}).id for _ in range(100)}
+    assert len(ids) == 100 and all(uuid.UUID(i).version == 4 for i in ids)

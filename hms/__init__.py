@@ -16,6 +16,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Nothing runs in the background unless HMS_START is true (see `hms.wsgi`) or `hms up`/`hms worker` start it.
     """
     from hms import ach, auth, cli, gateway, logs, metrics, notifier, svc
+    from hms.auth import keys as _  # noqa: F401  (auth.keys, the identity provider)
     from hms.bus.mesh import EXTENSION, Mesh
     from hms.config import load
 
@@ -26,6 +27,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     logs.configure(str(settings.get("HMS_LOG_LEVEL", "INFO")))
     mesh = Mesh(app.config)
     app.extensions[EXTENSION] = mesh
+    if mesh.guard is not None:
+        # Every process mints its services' tokens with the mesh's signing key (HMS_JWT_PRIVATE_KEY_FILE).
+        idp = auth.keys.IdentityProvider(
+            settings["HMS_JWT_PRIVATE_KEY_FILE"],
+            settings["HMS_DEV_JWKS_FILE"],
+            settings["HMS_JWT_ISSUER"],
+            settings["HMS_JWT_AUDIENCE"],
+        )
+        policy, ttl = mesh.guard.policy, settings["HMS_SERVICE_TOKEN_TTL_S"]
+        mesh.guard.issue = lambda service: idp.issue_service_token(service, policy.services[service], ttl)
     for name, module in (("auth", auth), ("svc", svc), ("ach", ach), ("metrics", metrics), ("notifier", notifier)):
         if mesh.hosts(name):
             module.init_app(app)

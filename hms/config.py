@@ -23,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "HMS_JWT_JWKS_FILE": "",
     "HMS_JWT_PRIVATE_KEY_FILE": "",
     "HMS_JWT_TTL_S": 3600,
+    "HMS_SYS_AUTH": True,
+    "HMS_SERVICE_TOKEN_TTL_S": 900,
     "HMS_RULES_FILE": "",
     "HMS_REQUEST_TIMEOUT_S": 5.0,
     "HMS_OUTBOX_POLL_S": 1.0,

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from hms.contracts.vocabulary import ROLES, USER_TOKEN_TYPE
+from hms.contracts.vocabulary import MESH_AUDIENCE, ROLES, SERVICE_TOKEN_TYPE, USER_TOKEN_TYPE
 
 
 def thumbprint(jwk: dict[str, Any]) -> str:
@@ -71,6 +71,23 @@ class IdentityProvider:
         if not self.jwks_file.exists():
             return {"keys": []}
         return dict(json.loads(self.jwks_file.read_text()))
+
+    def issue_service_token(self, service: str, permissions: dict[str, list[str]], ttl: int = 900) -> str:
+        """A short-lived HMS-SYS-AUTH token for `service`, carrying what the mesh policy allows it."""
+        if self._key is None:
+            self.ensure_keys()
+        now = int(time.time())
+        payload = {
+            "iss": self.issuer,
+            "aud": MESH_AUDIENCE,
+            "sub": service,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+            "perm": permissions,
+        }
+        return jwt.encode(payload, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": SERVICE_TOKEN_TYPE})
 
     def issue(self, sub: str, role: str, *, ttl: int | None = None, **claims: Any) -> str:
         """A signed user token for `sub` with `role`."""

@@ -35,6 +35,10 @@ class BusTimeout(BusError):
         self.subject = subject
 
 
+class Refused(BusError):
+    """A message outside the mesh policy (HMS-SYS-AUTH) or without a valid service token: never delivered or retried."""
+
+
 class ReplyError(BusError):
     """A responder refused a request; carried back to the requester as a problem."""
 

@@ -25,6 +25,7 @@ from .base import (
     Event,
     Handler,
     NoResponders,
+    Refused,
     ReplyError,
     SubscribeOptions,
     Subscription,
@@ -249,6 +250,8 @@ class MemoryBus(Bus):
             future.set_result(member.handler(event))
         except ReplyError as exc:
             future.set_exception(exc)
+        except Refused as exc:
+            future.set_exception(ReplyError(403, "Forbidden", str(exc)))
         except ContractError as exc:
             future.set_exception(ReplyError(422, "Invalid request", str(exc), exc.field))
         except Exception as exc:  # a responder's bug must not hang the requester
@@ -265,6 +268,9 @@ class MemoryBus(Bus):
             return
         try:
             member.handler(event)
+        except Refused as exc:  # outside the policy: retrying cannot help
+            self._dead_letter(options, event, f"Refused: {exc}", settlement)
+            return
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             if event.attempt >= options.max_deliver:

@@ -14,8 +14,10 @@ from hms.contracts import Contracts
 
 from . import connect
 from .base import Bus, Event, Subscription
+from .guard import Guard, GuardedBus, Policy
 from .registry import Registration, ServiceInfo
 from .store import ServiceStore
+from .tokens import KeySet
 
 log = logging.getLogger("hms.mesh")
 EXTENSION = "hms"
@@ -27,7 +29,7 @@ class Mesh:
     def __init__(self, config: dict[str, Any], bus: Bus | None = None) -> None:
         self.config = config
         self.instance_path = Path(config["HMS_INSTANCE_PATH"])
-        self.bus = bus or connect(
+        engine = bus or connect(
             config["HMS_BUS_URL"],
             Contracts(),
             stream=config["HMS_NATS_STREAM"],
@@ -35,6 +37,14 @@ class Mesh:
             ack_wait=config["HMS_NATS_ACK_WAIT_S"],
             name=f"hms:{','.join(config['HMS_SERVICES'])}",
         )
+        self.guard: Guard | None = None
+        if config["HMS_SYS_AUTH"]:
+            # Tokens are issued by the identity provider that create_app hands in (issue_service_token).
+            self.guard = Guard(
+                Policy.load(), KeySet(config["HMS_DEV_JWKS_FILE"]), None, issuer=config["HMS_JWT_ISSUER"]
+            )
+            engine = GuardedBus(engine, self.guard)
+        self.bus: Bus = engine
         self.stores: dict[str, ServiceStore] = {}
         self.registrations: dict[str, Registration] = {}
         self._infos: list[ServiceInfo] = []
@@ -69,11 +79,16 @@ class Mesh:
             poll_interval=cfg["HMS_OUTBOX_POLL_S"],
             max_deliver=cfg["HMS_BUS_MAX_DELIVER"],
             backoff=cfg["HMS_BUS_BACKOFF_S"],
+            credentials=lambda: self.credentials(service),
         )
         retention = timedelta(days=cfg["HMS_INBOX_RETENTION_DAYS"])
         store.housekeeping(lambda: log.info("%s: pruned %d inbox rows", service, store.prune_inbox(retention)))
         self.stores[service] = store
         return store
+
+    def credentials(self, service: str) -> dict[str, str]:
+        """The headers that identify `service` as the sender of a message (empty without HMS-SYS-AUTH)."""
+        return self.guard.headers(service) if self.guard else {}
 
     def register(self, info: ServiceInfo) -> None:
         """Declare a service instance; it answers discovery ($SRV.*) once the mesh is open."""

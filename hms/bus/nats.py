@@ -32,6 +32,7 @@ from .base import (
     Event,
     Handler,
     NoResponders,
+    Refused,
     ReplyError,
     SubscribeOptions,
     Subscription,
@@ -296,6 +297,8 @@ class NatsBus(Bus):
             reply = handler(event)
         except ReplyError as exc:
             error = exc
+        except Refused as exc:
+            error = ReplyError(403, "Forbidden", str(exc))
         except ContractError as exc:
             error = ReplyError(422, "Invalid request", str(exc), exc.field)
         except Exception as exc:
@@ -369,7 +372,7 @@ class NatsBus(Bus):
         error = await self._loop.run_in_executor(self._pool, _run, handler, event)
         if error is None:
             await msg.ack()
-        elif attempt >= options.max_deliver:
+        elif error.startswith("Refused:") or attempt >= options.max_deliver:
             log.error("giving up on %s %s after %d attempts: %s", event.subject, event.id, attempt, error)
             await self._give_up(msg, options, event, error)
         else:

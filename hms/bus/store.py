@@ -144,8 +144,10 @@ class ServiceStore:
         poll_interval: float = 1.0,
         max_deliver: int = 5,
         backoff: Sequence[float] = DEFAULT_BACKOFF,
+        credentials: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self.name, self.metadata, self.url, self.bus = name, metadata, url, bus
+        self.credentials = credentials
         self.max_deliver, self.backoff = max_deliver, tuple(backoff)
         self.source = f"/hms/{name}"
         self.outbox, self.inbox, self.dead_letters = (metadata.tables[t] for t in ("outbox", "inbox", "dead_letters"))
@@ -402,6 +404,7 @@ class ServiceStore:
                     source=row.source,
                     time=row.time,
                     traceparent=row.traceparent,
+                    headers=self.credentials(),
                 )
             except Exception:
                 log.exception("publishing %s %s failed; will retry", row.subject, row.event_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 ROLES = ("citizen", "caseworker", "auditor", "admin")
 USER_TOKEN_TYPE = "at+jwt"  # RFC 9068 access tokens; service tokens carry a type of their own
+SERVICE_TOKEN_TYPE = "hms-svc+jwt"  # HMS-SYS-AUTH tokens, only ever accepted on the bus
+MESH_AUDIENCE = "hms-mesh"
 SEPARATION_REASONS = ("laid_off", "reduced_hours", "fired_other", "quit", "fired_misconduct")
 CLAIM_STATUSES = ("submitted", "approved", "denied", "paid", "payment_failed")
 ACCOUNT_TYPES = ("checking", "savings")

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
-import os
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,6 +10,7 @@ from typing import Any, TypeVar
 import jwt
 from flask import current_app, g, request
 
+from hms.bus.tokens import KeySet
 from hms.contracts.vocabulary import ROLES, USER_TOKEN_TYPE
 
 from .problems import Problem
@@ -41,38 +38,7 @@ class JwksVerifier:
     """Checks user tokens against the keys of a JWKS file, re-read when the file changes."""
 
     def __init__(self, jwks_file: str, issuer: str, audience: str, *, recheck_s: float = 1.0) -> None:
-        self.jwks_file, self.issuer, self.audience, self.recheck_s = jwks_file, issuer, audience, recheck_s
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._stamp: tuple[float, int] | None = None
-        self._checked = float("-inf")
-        self._lock = threading.Lock()
-
-    def keys(self) -> dict[str, jwt.PyJWK]:
-        """The trusted keys by kid; a removed key stops working within `recheck_s`."""
-        if time.monotonic() - self._checked >= self.recheck_s:
-            with self._lock:  # other threads wait for the first load instead of seeing no keys
-                if time.monotonic() - self._checked >= self.recheck_s:
-                    try:
-                        st = os.stat(self.jwks_file)
-                        stamp: tuple[float, int] | None = (st.st_mtime, st.st_size)
-                    except FileNotFoundError:
-                        stamp = None
-                    if stamp != self._stamp:
-                        self._keys = self._load() if stamp else {}
-                        self._stamp = stamp
-                    self._checked = time.monotonic()
-        return self._keys
-
-    def _load(self) -> dict[str, jwt.PyJWK]:
-        with open(self.jwks_file, encoding="utf-8") as f:
-            doc = json.load(f)
-        keys = {}
-        for entry in doc.get("keys", []):
-            if entry.get("kid") and entry.get("kty") in ("RSA", "EC") and "d" not in entry:
-                keys[entry["kid"]] = jwt.PyJWK(
-                    entry, entry.get("alg") or ("RS256" if entry["kty"] == "RSA" else "ES256")
-                )
-        return keys
+        self.keys, self.issuer, self.audience = KeySet(jwks_file, recheck_s=recheck_s), issuer, audience
 
     def verify(self, token: str) -> Identity:
         """The identity in a valid user token; raises a 401 Problem naming what is wrong."""
@@ -85,7 +51,7 @@ class JwksVerifier:
             raise unauthorized(f"token algorithm {alg!r} is not accepted")
         if header.get("typ", "").lower() != USER_TOKEN_TYPE:
             raise unauthorized("not a user access token (typ must be at+jwt)")
-        key = self.keys().get(kid or "")
+        key = self.keys.get(kid or "")
         if key is None:
             raise unauthorized("token key id (kid) is not trusted")
         if key.algorithm_name != alg:

@@ -247,6 +247,7 @@ def test_a_late_duplicate_payment_event_past_inbox_retention_changes_nothing(
             "amount": 600,
             "sentAt": "2026-11-27T10:00:00Z",
         },
+        headers=mesh.credentials("ach"),
     ).result(5)
     again = claim(client, diego, body["id"])
     assert again["status"] == "paid" and len(again["timeline"]) == 3

@@ -90,6 +90,7 @@ def test_one_payment_per_claim_even_if_approved_twice(app: Flask, client: FlaskC
             "approvedAt": "2026-11-27T10:00:00Z",
             "ruleVersion": "x",
         },
+        headers=mesh.credentials("svc"),
     ).result(5)
     with mesh.stores["ach"].session() as s:
         assert [q.id for q in s.scalars(select(Payment).where(Payment.claim_id == claim_id))] == [p.id]

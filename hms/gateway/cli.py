@@ -57,6 +57,50 @@ def status(timeout: float) -> None:
     )
 
 
+@mesh_cli.command("nats-config")
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    metavar="NAME=SERVICE,…",
+    help="a NATS user for a process hosting these services (repeatable); default: one per service and 'up'",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="write the config here (default: INSTANCE/nats-auth.conf)",
+)
+def nats_config_cmd(users: tuple[str, ...], out: str | None) -> None:
+    """Write nats-server users and subject permissions from the HMS-SYS-AUTH policy."""
+    from pathlib import Path
+
+    from hms.bus.guard import Policy
+    from hms.bus.natsauth import nats_config
+
+    policy = Policy.load()
+    chosen: dict[str, list[str]] = {}
+    for spec in users:
+        name, _, services = spec.partition("=")
+        if not name or not services:
+            raise click.BadParameter(f"{spec!r}: expected NAME=SERVICE[,SERVICE…]", param_hint="--user")
+        chosen[name] = [s.strip() for s in services.split(",") if s.strip()]
+    if not chosen:
+        chosen = {name: [name] for name in policy.services}
+        chosen["up"] = list(policy.services)
+    try:
+        text, passwords = nats_config(policy, chosen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--user") from None
+    path = Path(out or Path(current_app.config["HMS_INSTANCE_PATH"]) / "nats-auth.conf")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    click.echo(f"wrote {path}; include it from nats-server.conf. Each process's HMS_BUS_URL:")
+    for name, services in chosen.items():
+        click.echo(f"  {','.join(services)}: nats://{name}:{passwords[name]}@HOST:4222")
+
+
 @click.group("metrics", cls=AppGroup)
 def metrics_cli() -> None:
     """Metrics for auditors."""

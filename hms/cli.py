@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
@@ -58,6 +60,8 @@ def up(host: str, port: int, threads: int) -> None:
     if not mesh.hosts("gateway"):
         raise click.UsageError("HMS_SERVICES has no gateway: use `hms worker SERVICE…` for services without HTTP")
     mesh.upgrade()
+    if "HMS_DEMO" not in os.environ:
+        current_app.config["HMS_DEMO"] = True  # the demo sign-in is on by default for `hms up`
     mesh.start()  # resumes every unfinished delivery and payment left by a crash
     click.echo(f"hms mesh up on http://{host}:{port} (bus {current_app.config['HMS_BUS_URL']})")
     try:

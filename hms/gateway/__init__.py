@@ -9,7 +9,7 @@ from flask import Flask
 from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 
-from . import api, cli, problems
+from . import api, cli, problems, web
 from .ratelimit import RateLimiter
 from .schemas import Problem
 from .security import JwksVerifier
@@ -51,4 +51,5 @@ def init_app(app: Flask) -> None:
         app.config["HMS_JWT_JWKS_FILE"], app.config["HMS_JWT_ISSUER"], app.config["HMS_JWT_AUDIENCE"]
     )
     app.extensions["hms.ratelimit"] = RateLimiter(app.config["HMS_CLAIMS_PER_MINUTE"])
+    app.register_blueprint(web.bp)
     cli.init_app(app)

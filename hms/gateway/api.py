@@ -35,6 +35,37 @@ def ask(subject: str, data: dict[str, Any]) -> Any:
     return mesh_of(app).bus.request(subject, data, timeout=app.config["HMS_REQUEST_TIMEOUT_S"])
 
 
+def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+    """Submit a checked claim body for `citizen` (API and web UI): rate limit, svc decision, ach account."""
+    wait = current_app.extensions["hms.ratelimit"].acquire(citizen)
+    if wait:
+        raise Problem(
+            429,
+            "Too many requests",
+            "too many claims submitted; try again later",
+            headers={"Retry-After": retry_after(wait)},
+        )
+    claim: dict[str, Any] = ask(
+        "svc.claims.submit",
+        {
+            "citizen": citizen,
+            "claimant": body["claimant"],
+            "employer": body["employer"],
+            "separationReason": body["separationReason"],
+            "weeksWorked": body["weeksWorked"],
+            "baseWages": body["baseWages"],
+            "idempotencyKey": idempotency_key,
+            "fingerprint": fingerprint(body),
+            "traceparent": request.headers.get("traceparent"),
+        },
+    )
+    if claim["status"] == "approved":
+        # Only approved claims hand bank details to ach (data minimisation); a retry re-registers them.
+        account = ask("ach.accounts.register", {"citizen": citizen, **body["directDeposit"]})
+        claim["account"] = account["account"]
+    return claim
+
+
 def fingerprint(body: dict[str, Any]) -> str:
     """A hash of the request body, to tell a retry from a different request under the same key."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -49,34 +80,7 @@ class Claims(MethodView):
     @requires("citizen")
     def post(self, body: dict[str, Any], idempotency_key: str | None = None) -> Any:
         """Submit a claim; a retry with the same Idempotency-Key returns the first result."""
-        citizen = identity().sub
-        wait = current_app.extensions["hms.ratelimit"].acquire(citizen)
-        if wait:
-            raise Problem(
-                429,
-                "Too many requests",
-                "too many claims submitted; try again later",
-                headers={"Retry-After": retry_after(wait)},
-            )
-        deposit = body["directDeposit"]
-        claim = ask(
-            "svc.claims.submit",
-            {
-                "citizen": citizen,
-                "claimant": body["claimant"],
-                "employer": body["employer"],
-                "separationReason": body["separationReason"],
-                "weeksWorked": body["weeksWorked"],
-                "baseWages": body["baseWages"],
-                "idempotencyKey": idempotency_key,
-                "fingerprint": fingerprint(body),
-                "traceparent": request.headers.get("traceparent"),
-            },
-        )
-        if claim["status"] == "approved":
-            # Only approved claims hand bank details to ach (data minimisation); a retry re-registers them.
-            account = ask("ach.accounts.register", {"citizen": citizen, **deposit})
-            claim["account"] = account["account"]
+        claim = submit_claim(identity().sub, body, idempotency_key)
         headers = {"Location": f"/claims/{claim['id']}"}
         if claim.pop("replayed", False):
             headers["Idempotent-Replayed"] = "true"

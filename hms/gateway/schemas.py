@@ -121,8 +121,14 @@ class DaySummary(Schema):
     max = fields.Float(allow_none=True)
 
 
+class Bucket(Schema):
+    le = fields.Float(allow_none=True, metadata={"description": "upper bound in seconds; null = no bound"})
+    count = fields.Integer()
+
+
 class PayoutReport(DaySummary):
     unit = fields.String()
+    histogram = fields.List(fields.Nested(Bucket))
     byDay = fields.List(fields.Nested(DaySummary))
 
 

@@ -93,17 +93,33 @@ def identity() -> Identity:
     return g.hms_identity  # type: ignore[no-any-return]
 
 
+SESSION_COOKIE = "hms_token"
+
+
+def caller() -> Identity | None:
+    """The verified caller: the bearer token, else the web UI's session cookie; None when there is neither.
+
+    A present but invalid token raises a 401 Problem.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if header and (scheme.lower() != "bearer" or not token.strip()):
+        raise unauthorized("the Authorization header must be 'Bearer <token>'")
+    token = token.strip() or request.cookies.get(SESSION_COOKIE, "")
+    if not token:
+        return None
+    return current_app.extensions["hms.verifier"].verify(token)  # type: ignore[no-any-return]
+
+
 def requires(*roles: str) -> Callable[[F], F]:
     """Allow the view only to valid tokens with one of `roles` (401 without a token, 403 for other roles)."""
 
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            header = request.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            who = caller()
+            if who is None:
                 raise unauthorized("an Authorization: Bearer token is required")
-            who = current_app.extensions["hms.verifier"].verify(token.strip())
             if who.role not in roles:
                 raise Problem(403, "Forbidden", f"role {who.role!r} may not do this; needs {' or '.join(roles)}")
             g.hms_identity = who

@@ -40,6 +40,21 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
+BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400)
+
+
+def histogram(sorted_values: list[float]) -> list[dict[str, Any]]:
+    """Counts of payout times per bucket (upper bounds in seconds; the last bucket is unbounded)."""
+    counts, i = [], 0
+    for bound in BUCKETS:
+        start = i
+        while i < len(sorted_values) and sorted_values[i] <= bound:
+            i += 1
+        counts.append({"le": bound, "count": i - start})
+    counts.append({"le": None, "count": len(sorted_values) - i})
+    return counts
+
+
 class PayoutMetrics:
     """Records payout times from claim.submitted and payment.sent, and reports them."""
 
@@ -96,9 +111,11 @@ class PayoutMetrics:
         by_day: dict[str, list[float]] = defaultdict(list)
         for day, seconds in rows:
             by_day[day].append(seconds)
-        overall = summary([seconds for _, seconds in rows])
+        values = [seconds for _, seconds in rows]
+        overall = summary(values)
         return {
             **overall,
             "unit": "seconds",
+            "histogram": histogram(values),
             "byDay": [{"day": day, **summary(values)} for day, values in sorted(by_day.items())],
         }

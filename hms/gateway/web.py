@@ -1,0 +1,180 @@
+"""The web UI: server-rendered pages for citizens, caseworkers and auditors, over the same bus as the API."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from marshmallow import ValidationError
+
+from hms.bus import BusError, ReplyError
+from hms.bus.mesh import mesh_of
+from hms.bus.registry import discover
+
+from .api import ask, submit_claim
+from .charts import histogram_svg, percentiles_svg
+from .problems import Problem, flatten
+from .schemas import ClaimIn
+from .security import Identity, caller
+
+bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/hms")
+CSRF_COOKIE = "hms_csrf"
+HOME = {"citizen": "web.citizen", "caseworker": "web.caseworker", "auditor": "web.audit", "admin": "web.caseworker"}
+REASONS = {
+    "laid_off": "Laid off",
+    "reduced_hours": "Hours reduced",
+    "fired_other": "Let go (not misconduct)",
+    "quit": "Quit",
+    "fired_misconduct": "Fired for misconduct",
+}
+
+
+def who(*roles: str) -> Identity:
+    """The signed-in person, if they have one of `roles`; otherwise off to sign in, or 403."""
+    try:
+        person = caller()
+    except Problem:
+        person = None
+    if person is None:
+        if current_app.config["HMS_DEMO"]:
+            abort(redirect(url_for("auth.signin", next=request.path)))
+        abort(401)
+    if person.role not in roles:
+        abort(403)
+    return person
+
+
+def csrf_ok() -> None:
+    """Refuse a form post whose token does not match the cookie (double-submit)."""
+    cookie, form = request.cookies.get(CSRF_COOKIE, ""), request.form.get("csrf", "")
+    if not cookie or not secrets.compare_digest(cookie, form):
+        raise Problem(403, "Forbidden", "the form is stale or forged; reload the page and try again", "csrf")
+
+
+def page(template: str, **context: Any) -> Response:
+    """Render a page, handing out a CSRF token for its forms."""
+    token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+    response = Response(render_template(template, csrf=token, demo=current_app.config["HMS_DEMO"], **context))
+    response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
+    response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+    return response
+
+
+@bp.get("/")
+def citizen() -> ResponseReturnValue:
+    """The citizen's home: their claims and the form to file one."""
+    try:
+        person = caller()
+    except Problem:
+        person = None
+    if person is None:
+        return page("welcome.html")
+    if person.role != "citizen":
+        return redirect(url_for(HOME[person.role]))
+    claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
+    return page("citizen.html", person=person, claims=claims, reasons=REASONS, form={}, errors={})
+
+
+@bp.post("/claims/new")
+def file_claim() -> ResponseReturnValue:
+    """File a claim from the form (works without JavaScript)."""
+    person = who("citizen")
+    csrf_ok()
+    f = request.form
+    body = {
+        "claimant": {"name": f.get("name", ""), "ssnLast4": f.get("ssnLast4", ""), "email": f.get("email", "")},
+        "employer": f.get("employer", ""),
+        "separationReason": f.get("separationReason", ""),
+        "weeksWorked": f.get("weeksWorked", ""),
+        "baseWages": f.get("baseWages", ""),
+        "directDeposit": {
+            "routingNumber": f.get("routingNumber", ""),
+            "accountNumber": f.get("accountNumber", ""),
+            "accountType": f.get("accountType", ""),
+        },
+    }
+    try:
+        weeks = body["weeksWorked"]
+        body["weeksWorked"] = int(weeks) if str(weeks).strip().lstrip("-").isdigit() else weeks
+        checked = ClaimIn().load(body)
+    except ValidationError as exc:
+        errors: dict[str, str] = {}
+        for e in flatten(exc.messages):
+            errors.setdefault(e["field"].split(".")[-1], e["message"])
+        claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
+        response = page("citizen.html", person=person, claims=claims, reasons=REASONS, form=f, errors=errors)
+        response.status_code = 422
+        return response
+    claim = submit_claim(person.sub, checked, f.get("idempotencyKey") or None)
+    return redirect(url_for("web.claim", claim_id=claim["id"]), code=303)
+
+
+@bp.get("/my/claims/<claim_id>")
+def claim(claim_id: str) -> ResponseReturnValue:
+    """One of the citizen's claims: status, plain-language reasons, timeline (updated live)."""
+    person = who("citizen", "caseworker", "auditor")
+    try:
+        found = ask(
+            "svc.claims.get", {"claimId": claim_id[:64], "citizen": person.sub if person.role == "citizen" else None}
+        )
+    except ReplyError as exc:
+        abort(exc.status)
+    return page("claim.html", person=person, claim=found, reasons=REASONS)
+
+
+@bp.get("/caseworker")
+def caseworker() -> ResponseReturnValue:
+    """Claims, the mesh registry with breaker states, and dead letters to replay."""
+    person = who("caseworker", "admin")
+    page_no = max(1, request.args.get("page", 1, type=int) or 1)
+    claims = ask("svc.claims.list", {"citizen": None, "page": page_no, "pageSize": 25})
+    return page(
+        "caseworker.html",
+        person=person,
+        claims=claims,
+        services=discover(mesh_of(current_app).bus),
+        dead=dead_letters(),
+        message=request.args.get("message"),
+    )
+
+
+def dead_letters() -> list[dict[str, Any]]:
+    """Dead letters of the services hosted in this process, with their SERVICE:ID."""
+    return [
+        {**d, "ref": f"{name}:{d['id']}"}
+        for name, store in mesh_of(current_app).stores.items()
+        for d in store.list_dead_letters()
+    ]
+
+
+@bp.post("/caseworker/dead-letters/<ref>/replay")
+def replay(ref: str) -> ResponseReturnValue:
+    """Replay one dead letter and say how it went."""
+    who("caseworker", "admin")
+    csrf_ok()
+    name, _, number = ref.partition(":")
+    stores = mesh_of(current_app).stores
+    if name not in stores or not number.isdigit():
+        abort(404)
+    try:
+        stores[name].replay(int(number))
+        message = f"Replayed {ref}: handled."
+    except (LookupError, BusError, Exception) as exc:  # the handler's own error is what the caseworker needs
+        message = f"Replay of {ref} failed again: {type(exc).__name__}: {exc}"
+    return redirect(url_for("web.caseworker", message=message), code=303)
+
+
+@bp.get("/audit")
+def audit() -> ResponseReturnValue:
+    """Payout times: a histogram and p50/p99 by day, drawn here as SVG; CSV download."""
+    person = who("auditor")
+    report = ask("metrics.payouts.report", {})
+    return page(
+        "audit.html",
+        person=person,
+        report=report,
+        histogram=histogram_svg(report["histogram"]),
+        by_day=percentiles_svg(report["byDay"]),
+    )

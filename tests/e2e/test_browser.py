@@ -1,0 +1,189 @@
+"""The web UI in a real headless Chromium (Debian's, through Playwright; nothing downloads a browser)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from hms.bus import Event
+from hms.bus.mesh import Mesh
+from tests.conftest import eventually
+
+ENV = "HMS_TEST_BROWSER"
+
+
+def chromium_path() -> str:
+    """Debian's chromium; skipped without it, except in CI (CI=true), where its absence fails."""
+    path = os.environ.get(ENV) or shutil.which("chromium") or ""
+    if not path:
+        if os.environ.get("CI"):
+            pytest.fail(f"{ENV} is not set and no chromium on PATH: CI must run the browser tests (see .ci/run)")
+        pytest.skip(f"browser tests: install Debian's chromium or set {ENV}")
+    return path
+
+
+@pytest.fixture(params=["memory"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    return ""  # the pages are the subject here: SQLite is enough (the API tests run on PostgreSQL too)
+
+
+@pytest.fixture
+def settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {**settings, "HMS_DEMO": True}
+
+
+@pytest.fixture
+def server(app: Flask) -> Iterator[str]:
+    """The app on a real HTTP port (loopback)."""
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def sign_in(browser: Any, server: str, identity: str) -> Any:
+    page = browser.new_page(accept_downloads=True)
+    page.goto(server + "/signin")
+    page.get_by_label(identity).check()
+    page.get_by_role("button", name="Sign in").click()
+    return page
+
+
+def fill_claim(page: Any, **changes: str) -> None:
+    values = {
+        "Full name": "Diego Ramos",
+        "E-mail address": "diego@example.org",
+        "Last 4 digits of your Social Security number": "1234",
+        "Employer": "Acme Corp",
+        "Weeks worked in the last year": "40",
+        "Wages in the last year (dollars)": "31200",
+        "Bank routing number": "011000015",
+        "Account number": "000123456789",
+        **changes,
+    }
+    for label, value in values.items():
+        page.get_by_label(label, exact=True).fill(value)
+
+
+def test_a_citizen_files_a_claim_and_watches_it_reach_paid(
+    browser: Any, server: str, app: Flask, tmp_path: Path
+) -> None:
+    outage = tmp_path / "bank-down"
+    outage.touch()  # hold the payment so the page shows "approved" first, then goes live to "paid"
+    app.extensions["hms.ach"].bank.outage_file = outage
+    page = sign_in(browser, server, "Diego Ramos, citizen")
+    fill_claim(page)
+    page.get_by_label("Why did the job end?").select_option("laid_off")
+    page.get_by_role("button", name="File claim").click()
+    status = page.locator("#status")
+    assert status.text_content() == "approved"
+    outage.unlink()
+    from playwright.sync_api import expect
+
+    expect(status).to_have_text("paid", timeout=20_000)  # the script updates it in place (the CSP forbids eval)
+    assert "has been sent to your bank" in page.locator("#explain").inner_text()
+    assert page.locator("#timeline li").count() == 3  # updated in place, without a reload
+
+
+def test_a_denied_claim_shows_its_reasons_in_plain_words(browser: Any, server: str) -> None:
+    page = sign_in(browser, server, "Rosa Lind, citizen")
+    fill_claim(page, **{"Weeks worked in the last year": "5"})
+    page.get_by_label("Why did the job end?").select_option("quit")
+    page.get_by_role("button", name="File claim").click()
+    assert page.locator("#status").text_content() == "denied"
+    reasons = page.locator("#reasons li").all_inner_texts()
+    assert any("does not qualify" in r for r in reasons) and any("fewer than 20 weeks" in r for r in reasons)
+
+
+def test_a_bad_form_is_shown_again_with_the_field_named(browser: Any, server: str) -> None:
+    page = sign_in(browser, server, "Diego Ramos, citizen")
+    fill_claim(page, **{"Bank routing number": "011000016"})
+    page.get_by_role("button", name="File claim").click()
+    field = page.get_by_label("Bank routing number")
+    assert field.get_attribute("aria-invalid") == "true"
+    assert "ABA" in page.locator("#routingNumber-error").inner_text()
+    assert field.input_value() == "011000016"  # nothing typed is lost
+
+
+def test_a_caseworker_replays_a_dead_letter(
+    browser: Any, server: str, app: Flask, mesh: Mesh, client: Any, token: Any, tmp_path: Path
+) -> None:
+    outage = tmp_path / "bank-down"
+    outage.touch()
+    app.extensions["hms.ach"].bank.outage_file = outage
+    claim = client.post("/claims", json={**_diego(), "claimant": {**_diego()["claimant"]}}, headers=token("diego")).json
+    # svc gave up on this payment.sent earlier (as the bus does after the last retry): a dead letter.
+    event = Event.create(
+        "payment.sent",
+        {
+            "claimId": claim["id"],
+            "paymentId": "p-1",
+            "citizen": "diego",
+            "amount": 600,
+            "sentAt": "2026-11-27T10:00:00Z",
+        },
+        source="/hms/ach",
+    )
+    mesh.stores["svc"]._store_dead_letter("svc.on_payment_sent", event, "OperationalError: database is locked")
+    page = sign_in(browser, server, "Casey, caseworker")
+    assert page.get_by_role("cell", name="svc.on_payment_sent").count() == 1
+    page.get_by_role("button", name="Replay dead letter svc:1").click()
+    assert "Replayed svc:1: handled." in page.locator(".notice").inner_text()
+    assert page.get_by_text("No dead letters.").is_visible()
+    assert client.get(f"/claims/{claim['id']}", headers=token("diego")).json["status"] == "paid"
+
+
+def test_an_auditor_downloads_the_csv(browser: Any, server: str, client: Any, token: Any) -> None:
+    claim = client.post("/claims", json=_diego(), headers=token("diego")).json
+    eventually(lambda: client.get(f"/claims/{claim['id']}", headers=token("diego")).json["status"] == "paid")
+    eventually(lambda: client.get("/audit/payouts", headers=token("ann", "auditor")).json["count"] == 1)
+    page = sign_in(browser, server, "Ann, auditor")
+    assert page.locator("#count").inner_text() == "1"
+    assert page.locator("figure svg").count() == 2  # histogram and by-day chart, drawn by the server
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Download CSV").click()
+    csv = Path(info.value.path()).read_text().splitlines()
+    assert csv[0] == "day,count,p50_s,p90_s,p99_s,max_s" and csv[-1].startswith("all,1,")
+
+
+def test_no_sign_in_page_outside_demo_mode(app: Flask, client: Any) -> None:
+    app.config["HMS_DEMO"] = False
+    assert client.get("/signin").status_code == 404
+    assert "Sign in to file" not in client.get("/").text
+
+
+def _diego() -> dict[str, Any]:
+    from tests.conftest import DIEGO
+
+    return DIEGO

@@ -20,6 +20,10 @@ def run_migrations(context: Any) -> None:
     connection = attrs["connection"]
     is_sqlite = connection.dialect.name == "sqlite"
     schema = None if is_sqlite else attrs["service"]
+    if not is_sqlite:
+        # Processes starting together (two `hms worker ach`) migrate one at a time; SQLite's BEGIN IMMEDIATE
+        # already serialises them.
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(k)s))", {"k": f"hms-migrate:{schema}"})
     if (
         schema
         and not connection.exec_driver_sql("SELECT 1 FROM pg_namespace WHERE nspname = %(s)s", {"s": schema}).first()

@@ -56,7 +56,7 @@ def run_split_mesh(nats: NatsServer, hms_process: Callable[..., HmsProcess], dat
         status, body = web.request("GET", "/mesh/services", headers=admin)
         return body["services"] if status == 200 else []
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while sum(s["name"] == "ach" for s in registry()) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     seen = {(s["name"], s["pid"]) for s in registry()}

@@ -51,3 +51,28 @@ def test_each_service_has_its_own_database_or_schema(tmp_path: Path, database_ur
     urls = {str(store.engine.url) for store in mesh.stores.values()}
     assert len(urls) == (1 if database_url else 4)
     mesh.close()
+
+
+def test_processes_starting_together_migrate_one_at_a_time(tmp_path: Path, database_url: str) -> None:
+    import threading
+
+    apps = [create_app({"HMS_INSTANCE_PATH": str(tmp_path), "HMS_DATABASE_URL": database_url,
+                        "HMS_SERVICES": ["ach"]}) for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def upgrade(app: object) -> None:
+        barrier.wait()
+        try:
+            mesh_of(app).upgrade()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(a,)) for a in apps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    for app in apps:
+        mesh_of(app).close()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from hms.bus import Event, ReplyError
 from hms.bus.store import ServiceStore, utcnow
+from hms.bus.tracing import trace_id
 from hms.contracts.vocabulary import aba_checksum_ok
 
 from .bank import BankDeclined, BankProvider, BankUnavailable, Transfer
@@ -271,7 +272,12 @@ class Payments:
                 },
                 traceparent=p.traceparent,
             )
-        log.info("payment %s sent for claim %s", payment_id, p.claim_id, extra={"claim_id": p.claim_id})
+        log.info(
+            "payment %s sent for claim %s",
+            payment_id,
+            p.claim_id,
+            extra={"claim_id": p.claim_id, "trace_id": trace_id(p.traceparent)},
+        )
 
     def _fail(self, s: Session, p: Payment, reason: str) -> None:
         p.state, p.last_error = "failed", reason

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from .base import DEFAULT_BACKOFF, Bus, Event, Subscription
+from .tracing import bound, trace_id
 
 log = logging.getLogger("hms.bus")
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -220,7 +221,10 @@ class ServiceStore:
         consumer = f"{self.name}.{handler.__name__}"
 
         def on_event(ev: Event) -> None:
-            with self.session() as s:
+            with (
+                bound(event_id=ev.id, claim_id=ev.data.get("claimId"), trace_id=trace_id(ev.traceparent)),
+                self.session() as s,
+            ):
                 if s.execute(
                     select(self.inbox.c.event_id).where(
                         self.inbox.c.event_id == ev.id, self.inbox.c.consumer == consumer

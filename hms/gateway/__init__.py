@@ -5,9 +5,11 @@ from __future__ import annotations
 import http
 from typing import Any
 
-from flask import Flask
+from flask import Flask, g, request
 from flask_smorest import Api
 from flask_smorest.utils import prepare_response
+
+from hms.bus.tracing import bound, child_of, trace_id
 
 from . import api, cli, problems, web
 from .ratelimit import RateLimiter
@@ -52,4 +54,23 @@ def init_app(app: Flask) -> None:
     )
     app.extensions["hms.ratelimit"] = RateLimiter(app.config["HMS_CLAIMS_PER_MINUTE"])
     app.register_blueprint(web.bp)
+
+    @app.before_request
+    def _trace() -> None:
+        # Continue the caller's W3C trace (or start one); it rides on every event of the claim.
+        g.traceparent = child_of(request.headers.get("traceparent"))
+        g.trace_scope = bound(trace_id=trace_id(g.traceparent))
+        g.trace_scope.__enter__()
+
+    @app.teardown_request
+    def _untrace(_exc: BaseException | None) -> None:
+        scope = g.pop("trace_scope", None)
+        if scope is not None:
+            scope.__exit__(None, None, None)
+
+    @app.after_request
+    def _traceresponse(response: Any) -> Any:
+        response.headers["traceresponse"] = g.get("traceparent", "")
+        return response
+
     cli.init_app(app)

@@ -8,7 +8,7 @@ import io
 import json
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -56,7 +56,7 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
             "baseWages": body["baseWages"],
             "idempotencyKey": idempotency_key,
             "fingerprint": fingerprint(body),
-            "traceparent": request.headers.get("traceparent"),
+            "traceparent": g.traceparent,
         },
     )
     if claim["status"] == "approved":

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from hms.bus import Event, ReplyError
 from hms.bus.store import ServiceStore, utcnow
+from hms.bus.tracing import trace_id
 
 from .models import Claim, IdempotencyRecord, TimelineEntry
 from .rules import Application, RuleSet
@@ -158,7 +159,7 @@ class ClaimService:
                 traceparent=trace,
             )
         s.flush()
-        log.info("claim %s %s", claim.id, claim.status, extra={"claim_id": claim.id})
+        log.info("claim %s %s", claim.id, claim.status, extra={"claim_id": claim.id, "trace_id": trace_id(trace)})
         return self.view(s, claim)
 
     def get(self, event: Event) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from .base import Bus, Event, Subscription
 from .guard import Guard, GuardedBus, Policy
 from .registry import Registration, ServiceInfo
 from .store import ServiceStore
+from .telemetry import InstrumentedBus, Telemetry
 from .tokens import KeySet
 
 log = logging.getLogger("hms.mesh")
@@ -44,7 +45,8 @@ class Mesh:
                 Policy.load(), KeySet(config["HMS_DEV_JWKS_FILE"]), None, issuer=config["HMS_JWT_ISSUER"]
             )
             engine = GuardedBus(engine, self.guard)
-        self.bus: Bus = engine
+        self.telemetry = Telemetry()
+        self.bus: Bus = InstrumentedBus(engine, self.telemetry)
         self.stores: dict[str, ServiceStore] = {}
         self.registrations: dict[str, Registration] = {}
         self._infos: list[ServiceInfo] = []

@@ -5,10 +5,13 @@ from __future__ import annotations
 import http
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 from flask_smorest import Api
 from flask_smorest.utils import prepare_response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from hms.bus import telemetry
+from hms.bus.mesh import mesh_of
 from hms.bus.tracing import bound, child_of, trace_id
 
 from . import api, cli, problems, web
@@ -37,6 +40,29 @@ class ProblemApi(Api):  # type: ignore[misc]
         self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
 
 
+def observe(app: Flask) -> None:
+    """Serve Prometheus metrics at /metrics: bus counters plus what is computed at scrape time."""
+    mesh = mesh_of(app)
+    t = mesh.telemetry
+    t.add_collector(lambda: telemetry.outbox_gauge({n: st.outbox_backlog for n, st in mesh.stores.items()}))
+    t.add_collector(
+        lambda: telemetry.breaker_gauge(
+            {
+                (name, breaker): state
+                for name, reg in mesh.registrations.items()
+                for breaker, state in reg.info.breakers().items()
+            }
+        )
+    )
+    if mesh.hosts("metrics"):
+        t.add_collector(lambda: telemetry.payout_histogram(mesh.bus.request("metrics.payouts.report", {}, 10)))
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus exposition of this process."""
+        return Response(generate_latest(t.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
 def init_app(app: Flask) -> None:
     """Register the API, its OpenAPI document, error handling, JWT checking and the admin CLI."""
     app.config.setdefault("API_TITLE", "HMS payout mesh")
@@ -54,6 +80,7 @@ def init_app(app: Flask) -> None:
     )
     app.extensions["hms.ratelimit"] = RateLimiter(app.config["HMS_CLAIMS_PER_MINUTE"])
     app.register_blueprint(web.bp)
+    observe(app)
 
     @app.before_request
     def _trace() -> None:

@@ -129,6 +129,7 @@ class Bucket(Schema):
 class PayoutReport(DaySummary):
     unit = fields.String()
     histogram = fields.List(fields.Nested(Bucket))
+    sum = fields.Float(metadata={"description": "sum of all payout times, seconds"})
     byDay = fields.List(fields.Nested(DaySummary))
 
 

@@ -117,5 +117,6 @@ class PayoutMetrics:
             **overall,
             "unit": "seconds",
             "histogram": histogram(values),
+            "sum": sum(values),
             "byDay": [{"day": day, **summary(values)} for day, values in sorted(by_day.items())],
         }

@@ -38,15 +38,16 @@ class Mesh:
             ack_wait=config["HMS_NATS_ACK_WAIT_S"],
             name=f"hms:{','.join(config['HMS_SERVICES'])}",
         )
+        self.telemetry = Telemetry()
+        engine = InstrumentedBus(engine, self.telemetry)
         self.guard: Guard | None = None
         if config["HMS_SYS_AUTH"]:
             # Tokens are issued by the identity provider that create_app hands in (issue_service_token).
             self.guard = Guard(
                 Policy.load(), KeySet(config["HMS_DEV_JWKS_FILE"]), None, issuer=config["HMS_JWT_ISSUER"]
             )
-            engine = GuardedBus(engine, self.guard)
-        self.telemetry = Telemetry()
-        self.bus: Bus = InstrumentedBus(engine, self.telemetry)
+            engine = GuardedBus(engine, self.guard)  # outermost: what a service does is checked first
+        self.bus: Bus = engine
         self.stores: dict[str, ServiceStore] = {}
         self.registrations: dict[str, Registration] = {}
         self._infos: list[ServiceInfo] = []

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
 from hms.bus.mesh import mesh_of
+from hms.contracts import HERE as CONTRACTS
+
+RELEASED = CONTRACTS / "lock" / "released.json"
 
 
 def _create_app() -> Flask:
@@ -99,9 +103,64 @@ def worker(services: tuple[str, ...]) -> None:
     mesh.close()
 
 
+@click.group("contracts")
+def contracts_cli() -> None:
+    """The event contracts (JSON Schema per subject and version)."""
+
+
+@contracts_cli.command("docs")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="write here, not to stdout")
+def contracts_docs(out: str | None) -> None:
+    """Write the AsyncAPI 3 document of the mesh (also served at /asyncapi.json)."""
+    import json
+
+    from hms.contracts.asyncapi import asyncapi
+
+    text = json.dumps(asyncapi(), indent=2) + "\n"
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
+
+
+@contracts_cli.command("check")
+@click.option(
+    "--against",
+    type=click.Path(exists=True, dir_okay=False),
+    default=str(RELEASED),
+    show_default=True,
+    help="the contracts consumers were built against",
+)
+def contracts_check(against: str) -> None:
+    """Fail when a changed contract would break consumers of the released version."""
+    import json
+
+    from hms.contracts.asyncapi import snapshot
+    from hms.contracts.compat import check
+
+    problems = check(json.loads(Path(against).read_text()), snapshot())
+    for line in problems:
+        click.echo(f"BREAKING {line}")
+    if problems:
+        raise click.ClickException(f"{len(problems)} breaking change(s): publish them as a new version instead")
+    click.echo("contracts compatible with the released versions")
+
+
+@contracts_cli.command("lock")
+def contracts_lock() -> None:
+    """Record the current contracts as released (run when a release ships)."""
+    import json
+
+    from hms.contracts.asyncapi import snapshot
+
+    RELEASED.write_text(json.dumps(snapshot(), indent=1, sort_keys=True) + "\n")
+    click.echo(f"wrote {RELEASED}")
+
+
 def init_app(app: Flask) -> None:
-    """Register `up`, `worker` and `db` on the app's CLI."""
-    for command in (db, up, worker):
+    """Register `up`, `worker`, `db` and `contracts` on the app's CLI."""
+    for command in (db, up, worker, contracts_cli):
         app.cli.add_command(command)
 
 

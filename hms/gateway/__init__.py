@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from hms.bus import telemetry
 from hms.bus.mesh import mesh_of
 from hms.bus.tracing import bound, child_of, trace_id
+from hms.contracts.asyncapi import asyncapi
 
 from . import api, cli, problems, web
 from .ratelimit import RateLimiter
@@ -56,6 +57,11 @@ def observe(app: Flask) -> None:
     )
     if mesh.hosts("metrics"):
         t.add_collector(lambda: telemetry.payout_histogram(mesh.bus.request("metrics.payouts.report", {}, 10)))
+
+    @app.get("/asyncapi.json")
+    def asyncapi_json() -> Any:
+        """The AsyncAPI 3 document of the mesh's events and request subjects."""
+        return asyncapi()
 
     @app.get("/metrics")
     def metrics() -> Response:

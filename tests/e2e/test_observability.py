@@ -13,8 +13,11 @@ from tests.conftest import DIEGO, eventually
 def scrape(client: FlaskClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def test_metrics_count_events_handlers_outbox_breakers_and_payout_time(client: FlaskClient, token: Any) -> None:
@@ -34,7 +37,15 @@ def test_metrics_count_events_handlers_outbox_breakers_and_payout_time(client: F
 def test_failed_handlers_are_counted(client: FlaskClient, mesh: Any) -> None:
     store = mesh.stores["ach"]
     with store.session() as s:  # a payment.sent for a claim svc has never seen: svc's handler fails
-        store.emit(s, "payment.sent", {"claimId": "ghost", "paymentId": "p", "citizen": "x", "amount": 600,
-                                       "sentAt": "2026-11-27T10:00:00Z"})
+        store.emit(
+            s,
+            "payment.sent",
+            {"claimId": "ghost", "paymentId": "p", "citizen": "x", "amount": 600, "sentAt": "2026-11-27T10:00:00Z"},
+        )
     key = ("hms_events_failed_total", (("group", "svc.on_payment_sent"), ("subject", "payment.sent")))
     eventually(lambda: scrape(client).get(key, 0) >= 1)
+
+
+def test_asyncapi_is_served(client: FlaskClient) -> None:
+    doc = client.get("/asyncapi.json").json
+    assert doc["asyncapi"] == "3.0.0" and "claim_approved" in doc["channels"]

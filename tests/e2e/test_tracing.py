@@ -16,8 +16,9 @@ from tests.conftest import DIEGO, eventually
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-def test_the_callers_trace_follows_the_claim_everywhere(client: FlaskClient, token: Any, mesh: Mesh,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_the_callers_trace_follows_the_claim_everywhere(
+    client: FlaskClient, token: Any, mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="hms")
     events: list[tuple[str, str | None, dict[str, Any]]] = []
     publish = mesh.bus.publish

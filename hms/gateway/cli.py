@@ -212,5 +212,7 @@ def reconcile_cmd(strict: bool) -> None:
 
 def init_app(app: Flask) -> None:
     """Register the admin command groups."""
-    for group in (mesh_cli, metrics_cli, bus_cli, audit_cli):
+    from .demo import demo
+
+    for group in (mesh_cli, metrics_cli, bus_cli, audit_cli, demo):
         app.cli.add_command(group)

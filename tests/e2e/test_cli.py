@@ -29,10 +29,11 @@ def test_auth_token_refuses_an_unknown_role(app: Flask) -> None:
 def test_mesh_status_lists_every_service(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["mesh", "status"])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["SERVICE", "VERSION", "INSTANCE"]
     assert sorted(line.split()[0] for line in lines[1:]) == ["ach", "auth", "metrics", "notifier", "svc"]
-    assert "bank=closed" in result.output
+    assert "bank=closed" in result.stdout
+    assert "memory:// is this process's own bus" in result.stderr  # says what it can and cannot see
 
 
 def test_metrics_payouts_table_and_csv(app: Flask, client: FlaskClient, token: Any) -> None:

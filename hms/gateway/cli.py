@@ -36,8 +36,11 @@ def status(timeout: float) -> None:
     if not services:
         raise click.ClickException("no service answered on the bus")
     if current_app.config["HMS_BUS_URL"].startswith("memory://"):
-        click.echo("note: memory:// is this process's own bus; these are the services built from this configuration "
-                   "(see GET /mesh/services of the running server, or use nats:// to list every process)", err=True)
+        click.echo(
+            "note: memory:// is this process's own bus; these are the services built from this configuration "
+            "(see GET /mesh/services of the running server, or use nats:// to list every process)",
+            err=True,
+        )
     rows = [
         [
             sv["name"],

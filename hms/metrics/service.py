@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from hms.bus import Event
@@ -21,38 +20,7 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def percentile(sorted_values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of already sorted values (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    """count, p50, p90, p99 and max of sorted payout times, in seconds."""
-    return {
-        "count": len(values),
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
-        "max": values[-1] if values else None,
-    }
-
-
 BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400)
-
-
-def histogram(sorted_values: list[float]) -> list[dict[str, Any]]:
-    """Counts of payout times per bucket (upper bounds in seconds; the last bucket is unbounded)."""
-    counts, i = [], 0
-    for bound in BUCKETS:
-        start = i
-        while i < len(sorted_values) and sorted_values[i] <= bound:
-            i += 1
-        counts.append({"le": bound, "count": i - start})
-    counts.append({"le": None, "count": len(sorted_values) - i})
-    return counts
 
 
 class PayoutMetrics:
@@ -101,22 +69,40 @@ class PayoutMetrics:
         return {"items": [{"claimId": i} for i in ids], "next": ids[-1] if len(ids) == limit else None}
 
     def report(self, event: Event) -> dict[str, Any]:
-        """metrics.payouts.report: count, p50, p90, p99, max in seconds, overall and by day."""
-        q = select(Payout.day, Payout.seconds).where(Payout.seconds.is_not(None))
+        """metrics.payouts.report: count, p50, p90, p99, max in seconds, overall and by day, with a histogram.
+
+        Percentiles are read off the (day, seconds) and (seconds) indexes with LIMIT/OFFSET, so the report costs
+        a few index walks, not a load of every payout into memory.
+        """
+        recorded = Payout.seconds.is_not(None)
         days = event.data.get("days")
-        if days:
-            q = q.where(Payout.day >= (datetime.now(UTC) - timedelta(days=days - 1)).date().isoformat())
+        since = (datetime.now(UTC) - timedelta(days=days - 1)).date().isoformat() if days else None
+        scope = [recorded, Payout.day >= since] if since else [recorded]
         with self.store.session() as s:
-            rows = s.execute(q.order_by(Payout.seconds)).all()
-        by_day: dict[str, list[float]] = defaultdict(list)
-        for day, seconds in rows:
-            by_day[day].append(seconds)
-        values = [seconds for _, seconds in rows]
-        overall = summary(values)
+            per_day = s.execute(
+                select(Payout.day, func.count()).where(*scope).group_by(Payout.day).order_by(Payout.day)
+            ).all()
+            overall = self._summary(s, scope, sum(n for _, n in per_day))
+            by_day = [{"day": day, **self._summary(s, [recorded, Payout.day == day], n)} for day, n in per_day]
+            bounds = [func.sum(case((Payout.seconds <= b, 1), else_=0)) for b in BUCKETS]
+            row = s.execute(select(func.sum(Payout.seconds), *bounds).where(*scope)).one()
+        total, cumulative = overall["count"], [int(c or 0) for c in row[1:]]
+        counts = [c - p for c, p in zip(cumulative, [0, *cumulative[:-1]], strict=True)]
+        histogram = [{"le": b, "count": c} for b, c in zip(BUCKETS, counts, strict=True)]
+        histogram.append({"le": None, "count": total - (cumulative[-1] if cumulative else 0)})
+        return {**overall, "unit": "seconds", "histogram": histogram, "sum": float(row[0] or 0.0), "byDay": by_day}
+
+    @staticmethod
+    def _summary(s: Session, scope: list[Any], count: int) -> dict[str, Any]:
+        """count, p50, p90, p99 and max (nearest rank) of the payouts in `scope`."""
+
+        def nth(rank: int) -> float | None:
+            q = select(Payout.seconds).where(*scope).order_by(Payout.seconds).offset(rank - 1).limit(1)
+            return s.scalar(q)
+
+        ranks = {p: max(1, math.ceil(p / 100 * count)) for p in (50, 90, 99)}
         return {
-            **overall,
-            "unit": "seconds",
-            "histogram": histogram(values),
-            "sum": sum(values),
-            "byDay": [{"day": day, **summary(values)} for day, values in sorted(by_day.items())],
+            "count": count,
+            **{f"p{p}": nth(r) if count else None for p, r in ranks.items()},
+            "max": nth(count) if count else None,
         }

@@ -1,0 +1,405 @@
+"""The benchmark cases: each returns (ours, baseline) in operations per second, measured back to back."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blinker
+from sqlalchemy import Column, Integer, MetaData, String, Table, text
+
+from hms.bus import Contracts, Event
+from hms.bus.memory import MemoryBus
+from hms.bus.store import ServiceStore, make_engine, messaging_tables
+
+SUBMITTED = {"claimId": "c-1", "citizen": "diego", "submittedAt": "2026-11-27T10:00:00Z"}
+DIEGO = {
+    "claimant": {"name": "Diego Ramos", "ssnLast4": "1234", "email": "diego@example.org"},
+    "employer": "Acme Corp",
+    "separationReason": "laid_off",
+    "weeksWorked": 40,
+    "baseWages": 31200.0,
+    "directDeposit": {"routingNumber": "011000015", "accountNumber": "000123456789", "accountType": "checking"},
+}
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not finish")
+        time.sleep(0.0005)
+
+
+def rate(n: int, fn: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - started)
+
+
+# -- 1. in-process publish → handler, with contract validation, against blinker send -------------------------
+def publish_vs_blinker(n: int) -> tuple[float, float]:
+    bus = MemoryBus(Contracts())
+    got = [0]
+    lock = threading.Lock()
+
+    def handler(event: Event) -> None:
+        with lock:
+            got[0] += 1
+
+    bus.subscribe("claim.submitted", handler, queue="bench")
+
+    def ours() -> None:
+        for _ in range(n):
+            bus.publish("claim.submitted", SUBMITTED)
+        wait_until(lambda: got[0] >= n)
+
+    signal = blinker.Signal()
+    seen = [0]
+
+    def raw_handler(sender: Any, **kw: Any) -> None:
+        with lock:
+            seen[0] += 1
+
+    signal.connect(raw_handler, weak=False)
+
+    def baseline() -> None:
+        for _ in range(n):
+            signal.send(None, data=SUBMITTED)
+
+    result = rate(n, ours), rate(n, baseline)
+    bus.close()
+    return result
+
+
+# -- 2. durable delivery (outbox → relay → handler → inbox) against raw single-row insert+commit -------------
+def durable_vs_sqlite(n: int) -> tuple[float, float]:
+    tmp = Path(tempfile.mkdtemp())
+    bus = MemoryBus(Contracts())
+
+    def store(name: str) -> tuple[ServiceStore, Table]:
+        md = MetaData()
+        effects = Table("effects", md, Column("id", Integer, primary_key=True), Column("event_id", String(64)))
+        messaging_tables(md)
+        st = ServiceStore(name, md, f"sqlite:///{tmp / name}.db", bus, poll_interval=0.01)
+        md.create_all(st.engine)
+        return st, effects
+
+    producer, _ = store("svc")
+    consumer, effects = store("metrics")
+    consumer.consume("claim.submitted", lambda s, e: s.execute(effects.insert().values(event_id=e.id)))
+    consumer.start()
+    producer.start()
+
+    def count() -> int:
+        with consumer.engine.connect() as c:
+            return int(c.execute(text("SELECT count(*) FROM effects")).scalar_one())
+
+    def ours() -> None:
+        for _ in range(n):
+            with producer.session() as s:
+                producer.emit(s, "claim.submitted", SUBMITTED)
+        wait_until(lambda: count() >= n)
+
+    raw = make_engine(f"sqlite:///{tmp / 'raw'}.db", "raw")
+    with raw.begin() as c:
+        c.execute(text("CREATE TABLE rows (id INTEGER PRIMARY KEY, event_id TEXT)"))
+
+    def baseline() -> None:
+        for _ in range(n):
+            with raw.begin() as c:
+                c.execute(text("INSERT INTO rows (event_id) VALUES (:e)"), {"e": str(uuid.uuid4())})
+
+    result = rate(n, ours), rate(n, baseline)
+    producer.dispose()
+    consumer.dispose()
+    bus.close()
+    return result
+
+
+# -- 3. the NATS engine, publish → handler, against raw nats-py (JetStream both) ----------------------------------
+def nats_vs_raw(n: int, url: str) -> tuple[float, float]:
+    from hms.bus.nats import NatsBus
+
+    bus = NatsBus(url, Contracts(), stream="BENCH", event_subjects=["claim.>"])
+    got = [0]
+    lock = threading.Lock()
+
+    def handler(event: Event) -> None:
+        with lock:
+            got[0] += 1
+
+    bus.subscribe("claim.submitted", handler, queue="bench.ours")
+
+    def ours() -> None:
+        futures = [bus.publish("claim.submitted", SUBMITTED) for _ in range(n)]
+        for f in futures:
+            f.result(60)
+        wait_until(lambda: got[0] >= n)
+
+    ours_rate = rate(n, ours)
+    bus._call(bus.js.delete_stream("BENCH"))
+    bus.close()
+    return ours_rate, asyncio.run(_raw_nats(n, url))
+
+
+async def _raw_nats(n: int, url: str) -> float:
+    import nats
+    from nats.js import api
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(api.StreamConfig(name="BENCHRAW", subjects=["raw.>"]))
+    psub = await js.pull_subscribe("raw.claim", durable="raw", stream="BENCHRAW")
+    body = json.dumps(Event.create("claim.submitted", SUBMITTED).to_dict()).encode()
+    started = time.perf_counter()
+    await asyncio.gather(*(js.publish("raw.claim", body) for _ in range(n)))
+    done = 0
+    while done < n:
+        for msg in await psub.fetch(batch=100, timeout=5):
+            json.loads(msg.data)
+            await msg.ack()
+            done += 1
+    elapsed = time.perf_counter() - started
+    await js.delete_stream("BENCHRAW")
+    await nc.close()
+    return n / elapsed
+
+
+# -- 4. JetStream publishing from the outbox relay against sequential awaited js.publish --------------------------
+def relay_vs_sequential(n: int, url: str) -> tuple[float, float]:
+    from hms.bus.nats import NatsBus
+
+    tmp = Path(tempfile.mkdtemp())
+    bus = NatsBus(url, Contracts(), stream="BENCH", event_subjects=["claim.>"])
+    md = MetaData()
+    messaging_tables(md)
+    st = ServiceStore("svc", md, f"sqlite:///{tmp / 'svc'}.db", bus, poll_interval=0.01)
+    md.create_all(st.engine)
+    with st.session() as s:
+        for _ in range(n):
+            st.emit(s, "claim.submitted", SUBMITTED)
+
+    def ours() -> None:
+        while st.outbox_backlog():
+            st.relay_once(limit=n)
+            time.sleep(0.001)
+
+    ours_rate = rate(n, ours)
+    bus._call(bus.js.delete_stream("BENCH"))
+    bus.close()
+    st.dispose()
+    return ours_rate, asyncio.run(_sequential(n, url))
+
+
+async def _sequential(n: int, url: str) -> float:
+    import nats
+    from nats.js import api
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(api.StreamConfig(name="BENCHSEQ", subjects=["seq.>"]))
+    body = json.dumps(Event.create("claim.submitted", SUBMITTED).to_dict()).encode()
+    started = time.perf_counter()
+    for i in range(n):
+        await js.publish("seq.claim", body, headers={"Nats-Msg-Id": str(i)})
+    elapsed = time.perf_counter() - started
+    await js.delete_stream("BENCHSEQ")
+    await nc.close()
+    return n / elapsed
+
+
+# -- 5. a full claim over HTTP against a bare Flask JSON endpoint, same server and client -------------------------
+def serve(app: Any) -> tuple[Any, int]:
+    from waitress.server import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=8)
+    threading.Thread(target=server.run, daemon=True).start()
+    return server, server.effective_port
+
+
+def post_many(port: int, path: str, bodies: list[tuple[dict[str, Any], dict[str, str]]]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for body, headers in bodies:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json", **headers})
+        r = conn.getresponse()
+        r.read()
+        if r.status >= 300:
+            raise RuntimeError(f"{path}: {r.status}")
+    conn.close()
+
+
+def http_claim_vs_flask(n: int) -> tuple[float, float]:
+    from flask import Flask, jsonify, request
+
+    from hms import create_app
+    from hms.bus.mesh import mesh_of
+
+    app = create_app(
+        {"HMS_INSTANCE_PATH": tempfile.mkdtemp(), "HMS_CLAIMS_PER_MINUTE": 10**6, "HMS_OUTBOX_POLL_S": 0.05}
+    )
+    mesh = mesh_of(app)
+    mesh.upgrade()
+    mesh.start()
+    idp = app.extensions["hms.auth"]
+    bodies = [
+        (DIEGO, {"Authorization": f"Bearer {idp.issue(f'bench-{uuid.uuid4().hex[:10]}', 'citizen')}"}) for _ in range(n)
+    ]
+    server, port = serve(app)
+    ours = rate(n, lambda: post_many(port, "/claims", bodies))
+    server.close()
+    mesh.close()
+
+    bare = Flask("bare")
+
+    @bare.post("/claims")
+    def echo() -> Any:
+        return jsonify(request.get_json()), 201
+
+    server, port = serve(bare)
+    base = rate(n, lambda: post_many(port, "/claims", bodies))
+    server.close()
+    return ours, base
+
+
+# -- 6. growth: cost per claim with 1k, 10k, 100k claims already stored -------------------------------------------
+def claims_per_second_with_stored(stored: int, n: int) -> float:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from sqlalchemy import insert
+
+    from hms import create_app
+    from hms.bus.mesh import mesh_of
+    from hms.svc.models import Claim
+
+    app = create_app({"HMS_INSTANCE_PATH": tempfile.mkdtemp(), "HMS_SERVICES": ["svc"]})
+    mesh = mesh_of(app)
+    mesh.upgrade()
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "citizen": f"old-{i}",
+            "claimant_name": "x",
+            "claimant_ssn_last4": "0000",
+            "claimant_email": "x@example.org",
+            "employer": "x",
+            "separation_reason": "laid_off",
+            "weeks_worked": 40,
+            "base_wages": Decimal(30000),
+            "status": "paid",
+            "amount": Decimal(600),
+            "reasons": [],
+            "rule_version": "1",
+            "submitted_at": now,
+            "decided_at": now,
+        }
+        for i in range(stored)
+    ]
+    with mesh.stores["svc"].engine.begin() as c:
+        for i in range(0, len(rows), 20_000):
+            c.execute(insert(Claim), rows[i : i + 20_000])
+    service = app.extensions["hms.svc"]
+    requests = [
+        Event.create(
+            "svc.claims.submit",
+            {
+                "citizen": f"new-{uuid.uuid4().hex[:10]}",
+                "claimant": DIEGO["claimant"],
+                "employer": "Acme",
+                "separationReason": "laid_off",
+                "weeksWorked": 40,
+                "baseWages": 31200.0,
+            },
+        )
+        for _ in range(n)
+    ]
+    result = rate(n, lambda: [service.submit(r) for r in requests])
+    mesh.close()
+    return result
+
+
+# -- 7. the auditors' report over many recorded payouts --------------------------------------------------------
+def report_seconds(payouts: int) -> float:
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from hms import create_app
+    from hms.bus.mesh import mesh_of
+    from hms.metrics.models import Payout
+
+    app = create_app({"HMS_INSTANCE_PATH": tempfile.mkdtemp(), "HMS_SERVICES": ["metrics"]})
+    mesh = mesh_of(app)
+    mesh.upgrade()
+    rng, start = random.Random(1), datetime(2026, 1, 1, tzinfo=UTC)
+    with mesh.stores["metrics"].engine.begin() as c:
+        batch = []
+        for i in range(payouts):
+            sent = start + timedelta(minutes=i % 525_600)
+            batch.append(
+                {
+                    "claim_id": f"c{i:08d}",
+                    "citizen": "x",
+                    "submitted_at": sent,
+                    "sent_at": sent,
+                    "payment_id": "p",
+                    "seconds": rng.expovariate(1 / 3),
+                    "day": sent.date().isoformat(),
+                }
+            )
+            if len(batch) == 50_000:
+                c.execute(insert(Payout), batch)
+                batch = []
+        if batch:
+            c.execute(insert(Payout), batch)
+    metrics = app.extensions["hms.metrics"]
+    started = time.perf_counter()
+    report = metrics.report(Event.create("metrics.payouts.report", {}))
+    elapsed = time.perf_counter() - started
+    assert report["count"] == payouts
+    mesh.close()
+    return elapsed
+
+
+# -- 8. payout time under a steady load ---------------------------------------------------------------------------
+def payout_under_load(per_second: float, seconds: float, bus_url: str = "memory://") -> dict[str, float]:
+    from hms import create_app
+    from hms.bus.mesh import mesh_of
+
+    app = create_app(
+        {
+            "HMS_INSTANCE_PATH": tempfile.mkdtemp(),
+            "HMS_CLAIMS_PER_MINUTE": 10**6,
+            "HMS_BUS_URL": bus_url,
+            "HMS_OUTBOX_POLL_S": 0.05,
+            "HMS_NATS_STREAM": "BENCHLOAD",
+        }
+    )
+    mesh = mesh_of(app)
+    mesh.upgrade()
+    mesh.start()
+    idp = app.extensions["hms.auth"]
+    server, port = serve(app)
+    total = int(per_second * seconds)
+    started = time.monotonic()
+    for i in range(total):
+        time.sleep(max(0.0, started + i / per_second - time.monotonic()))
+        post_many(port, "/claims", [(DIEGO, {"Authorization": f"Bearer {idp.issue(f'load-{i}', 'citizen')}"})])
+    wait_until(lambda: mesh.bus.request("metrics.payouts.report", {}, 10)["count"] >= total, timeout=60)
+    report = mesh.bus.request("metrics.payouts.report", {}, 10)
+    server.close()
+    if bus_url.startswith("nats"):
+        mesh.bus._call(mesh.bus.js.delete_stream("BENCHLOAD"))
+    mesh.close()
+    return {"p50": report["p50"], "p99": report["p99"], "count": report["count"]}

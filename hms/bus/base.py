@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -9,6 +10,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from hms.contracts import ContractError
 
 SPECVERSION = "1.0"
 TYPE_PREFIX = "gov.hms."
@@ -143,6 +146,24 @@ class Event:
 
 
 Handler = Callable[[Event], Any]
+
+
+def respond(handler: Handler, event: Event, validate: Callable[[Event], None]) -> Any:
+    """Run a responder for both engines; every failure becomes the ReplyError its requester receives."""
+    try:
+        validate(event)
+        return handler(event)
+    except ReplyError:
+        raise
+    except Refused as exc:
+        raise ReplyError(403, "Forbidden", str(exc)) from None
+    except ContractError as exc:
+        raise ReplyError(422, "Invalid request", str(exc), exc.field) from None
+    except Exception as exc:  # a responder's bug must not hang or crash the requester
+        logging.getLogger("hms.bus").exception("responder on %s failed", event.subject)
+        raise ReplyError(500, "Internal error", f"{type(exc).__name__} in responder") from None
+
+
 DeadLetter = Callable[[Event, str], None]
 
 

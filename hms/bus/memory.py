@@ -29,6 +29,7 @@ from .base import (
     ReplyError,
     SubscribeOptions,
     Subscription,
+    respond,
 )
 from .subjects import check_subject, matches
 
@@ -246,17 +247,9 @@ class MemoryBus(Bus):
 
     def _answer(self, member: _Member, event: Event, future: Future[Any]) -> None:
         try:
-            self._validate(event)
-            future.set_result(member.handler(event))
+            future.set_result(respond(member.handler, event, self._validate))
         except ReplyError as exc:
             future.set_exception(exc)
-        except Refused as exc:
-            future.set_exception(ReplyError(403, "Forbidden", str(exc)))
-        except ContractError as exc:
-            future.set_exception(ReplyError(422, "Invalid request", str(exc), exc.field))
-        except Exception as exc:  # a responder's bug must not hang the requester
-            log.exception("responder on %s failed", event.subject)
-            future.set_exception(ReplyError(500, "Internal error", f"{type(exc).__name__} in responder"))
 
     def _deliver(self, group: _Group, member: _Member, event: Event, settlement: _Settlement | None) -> None:
         options = member.options

@@ -32,10 +32,10 @@ from .base import (
     Event,
     Handler,
     NoResponders,
-    Refused,
     ReplyError,
     SubscribeOptions,
     Subscription,
+    respond,
 )
 from .subjects import check_subject, matches
 
@@ -292,18 +292,11 @@ class NatsBus(Bus):
         reply: Any = None
         error: ReplyError | None = None
         try:
-            event = decode(msg.subject, msg.data, msg.headers)
-            self._validate(event)
-            reply = handler(event)
+            reply = respond(handler, decode(msg.subject, msg.data, msg.headers), self._validate)
         except ReplyError as exc:
             error = exc
-        except Refused as exc:
-            error = ReplyError(403, "Forbidden", str(exc))
-        except ContractError as exc:
-            error = ReplyError(422, "Invalid request", str(exc), exc.field)
-        except Exception as exc:
-            log.exception("responder on %s failed", msg.subject)
-            error = ReplyError(500, "Internal error", f"{type(exc).__name__} in responder")
+        except (ValueError, BusError) as exc:  # not JSON, or not an envelope
+            error = ReplyError(400, "Bad request", str(exc))
         if not msg.reply:
             return
         if error is None:

@@ -72,7 +72,7 @@ class Payments:
                 .where(Payment.citizen == req["citizen"], Payment.state == "pending")
                 .values(next_attempt_at=utcnow())
             )
-            self._wake.set()
+            self.store.after_commit(s, self._wake.set)
             return {"accountId": account.id, "account": account.masked, "accountType": account.account_type}
 
     def ledger(self, event: Event) -> dict[str, Any]:
@@ -117,7 +117,7 @@ class Payments:
                 traceparent=event.traceparent,
             )
         )
-        self._wake.set()
+        self.store.after_commit(s, self._wake.set)  # wake the worker when the payment is there to see
 
     # -- the payment worker -----------------------------------------------------------------
     def start(self) -> None:
@@ -248,6 +248,11 @@ class Payments:
             delay = min(self.retry_max, self.retry_base * 2 ** max(0, p.attempts - 1))
             if not counted and breaker_wait:
                 delay = max(delay, float(self.breaker.reset_timeout) / 2)
+            elif not counted:
+                # Waiting for the account: it usually lands milliseconds after the approval, so look again
+                # soon, then less and less often.
+                age = (utcnow() - p.created_at).total_seconds()
+                delay = min(self.retry_max, max(0.02, age / 2))
             p.state, p.last_error, p.claimed_by = "pending", error[:300], None
             p.next_attempt_at = utcnow() + timedelta(seconds=delay * random.uniform(0.8, 1.2))
         # Waiting for the account is the normal order of things (it is registered after approval).

@@ -211,6 +211,13 @@ class ServiceStore:
     def _after_commit(self, session: Session) -> None:
         if session.info.pop("outbox", False):
             self._wake.set()
+        for callback in session.info.pop("after_commit", []):
+            callback()
+
+    @staticmethod
+    def after_commit(session: Session, callback: Callable[[], None]) -> None:
+        """Run `callback` once `session`'s transaction has committed (to wake a worker for what it wrote)."""
+        session.info.setdefault("after_commit", []).append(callback)
 
     # -- consuming --------------------------------------------------------------------------
     def consume(

@@ -165,6 +165,7 @@ machine and its load; the ratios are what to compare.
 
 {chr(10).join(notes)}
 
+{(Path(__file__).with_name("ANALYSIS.md")).read_text()}
 Rerun: `pip install -e '.[test]' && python -m bench.run` (about ten minutes; `--quick` for a smoke pass,
 `--runs N` to change the repetitions). `tests/test_bench_smoke.py` runs the quick pass in the test suite.
 """)

@@ -13,7 +13,7 @@ import pybreaker
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from hms.bus import Event, ReplyError
+from hms.bus import Event, ReplyError, iso
 from hms.bus.store import ServiceStore, utcnow
 from hms.bus.tracing import trace_id
 from hms.contracts.vocabulary import aba_checksum_ok
@@ -22,11 +22,6 @@ from .bank import BankDeclined, BankProvider, BankUnavailable, Transfer
 from .models import Account, Payment
 
 log = logging.getLogger("hms.ach")
-
-
-def iso(dt: Any) -> str:
-    """RFC 3339 UTC text of a datetime."""
-    return str(dt.isoformat().replace("+00:00", "Z"))
 
 
 class Payments:

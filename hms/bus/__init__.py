@@ -16,6 +16,7 @@ from .base import (
     ReplyError,
     SubscribeOptions,
     Subscription,
+    iso,
     now_iso,
 )
 from .subjects import SubjectError, check_subject, matches
@@ -36,6 +37,7 @@ __all__ = [
     "check_subject",
     "connect",
     "matches",
+    "iso",
     "now_iso",
 ]
 

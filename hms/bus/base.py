@@ -61,7 +61,12 @@ class ReplyError(BusError):
 
 def now_iso() -> str:
     """The current UTC time as RFC 3339 with microseconds."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
+
+
+def iso(dt: datetime) -> str:
+    """RFC 3339 text of an aware datetime, in UTC with a Z."""
+    return dt.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

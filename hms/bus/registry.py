@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,12 +115,3 @@ def discover(bus: Bus, timeout: float = 0.5) -> list[dict[str, Any]]:
     replies = bus.request_many(f"{API_PREFIX}.INFO", {}, timeout)
     services = [r["hms"] if isinstance(r, dict) and "hms" in r else r for r in replies]
     return sorted(services, key=lambda s: (s.get("name", ""), s.get("host", ""), s.get("pid", 0)))
-
-
-def wait_for(bus: Bus, names: set[str], timeout: float = 5.0) -> set[str]:
-    """Wait until every named service answers discovery; returns the names still missing."""
-    deadline = time.monotonic() + timeout
-    missing = set(names)
-    while missing and time.monotonic() < deadline:
-        missing -= {s.get("name") for s in discover(bus, 0.2)}
-    return missing

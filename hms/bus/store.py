@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -475,8 +474,3 @@ class ServiceStore:
         """Stop the relay and close every connection."""
         self.stop()
         self.engine.dispose()
-
-
-def dumps(data: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces (for fingerprints)."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hms.bus import Event, ReplyError
+from hms.bus import Event, ReplyError, iso
 from hms.bus.store import ServiceStore, utcnow
 from hms.bus.tracing import trace_id
 
@@ -21,11 +21,6 @@ from .rules import Application, RuleSet
 
 log = logging.getLogger("hms.svc")
 OPEN_STATUSES = ("approved", "paid")
-
-
-def iso(dt: Any) -> str | None:
-    """RFC 3339 UTC text of a datetime (None stays None)."""
-    return dt.isoformat().replace("+00:00", "Z") if dt is not None else None
 
 
 def money(value: Decimal | None) -> float | None:
@@ -248,7 +243,7 @@ class ClaimService:
             "weeksWorked": claim.weeks_worked,
             "baseWages": money(claim.base_wages),
             "submittedAt": iso(claim.submitted_at),
-            "decidedAt": iso(claim.decided_at),
+            "decidedAt": iso(claim.decided_at) if claim.decided_at else None,
             "paymentId": claim.payment_id,
             "failureReason": claim.failure_reason,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from collections import Counter
@@ -55,7 +56,7 @@ def test_kills_flaky_bank_and_outage_lose_nothing_and_pay_nothing_twice(
         while time.monotonic() < deadline:
             try:
                 status, body = hms.request("POST", "/claims", DIEGO, headers, timeout=5)
-            except OSError:  # the process was killed under us: retry with the same key
+            except (OSError, http.client.HTTPException):  # killed under us, mid-answer too: retry, same key
                 time.sleep(0.1)
                 continue
             if status == 201:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from collections import Counter
@@ -75,7 +76,7 @@ def run_split_mesh(nats: NatsServer, hms_process: Callable[..., HmsProcess], dat
         while time.monotonic() < deadline:
             try:
                 status, body = web.request("POST", "/claims", DIEGO, headers, timeout=10)
-            except OSError:
+            except (OSError, http.client.HTTPException):  # killed or restarting: retry with the same key
                 time.sleep(0.1)
                 continue
             if status == 201:

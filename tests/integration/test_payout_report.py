@@ -27,8 +27,17 @@ def test_report_matches_a_hand_computed_reference(app: Any, mesh: Mesh) -> None:
         submitted = start + timedelta(days=rng.randrange(3), seconds=rng.randrange(3600))
         seconds = round(rng.expovariate(1 / 3.0), 3)
         sent = submitted + timedelta(seconds=seconds)
-        rows.append({"claim_id": f"c{i}", "citizen": "x", "submitted_at": submitted, "sent_at": sent,
-                     "payment_id": f"p{i}", "seconds": seconds, "day": sent.date().isoformat()})
+        rows.append(
+            {
+                "claim_id": f"c{i}",
+                "citizen": "x",
+                "submitted_at": submitted,
+                "sent_at": sent,
+                "payment_id": f"p{i}",
+                "seconds": seconds,
+                "day": sent.date().isoformat(),
+            }
+        )
     rows.append({"claim_id": "pending", "citizen": "x", "submitted_at": start})  # not paid yet: not counted
     with mesh.stores["metrics"].session() as s:
         s.execute(insert(Payout), rows)
@@ -44,7 +53,11 @@ def test_report_matches_a_hand_computed_reference(app: Any, mesh: Mesh) -> None:
     for day in report["byDay"]:
         mine = [r["seconds"] for r in rows if r.get("day") == day["day"]]
         assert (day["count"], day["p50"], day["p99"], day["max"]) == (
-            len(mine), nearest_rank(mine, 50), nearest_rank(mine, 99), max(mine))
+            len(mine),
+            nearest_rank(mine, 50),
+            nearest_rank(mine, 99),
+            max(mine),
+        )
 
 
 def test_an_empty_report(app: Any) -> None:

@@ -51,7 +51,7 @@ class HmsProcess:
             try:
                 if self.request("GET", "/readyz", timeout=2)[0] == 200:
                     return
-            except OSError:
+            except (OSError, http.client.HTTPException):  # not listening yet, or closing
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"hms not ready within {ready_timeout}s: {self.log.read_text()[-2000:]}")

@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             median_ratio(runs, cases.nats_vs_raw, n, nats.url),
         )
         ratio_row(
+            "NATS engine publish → handler / FastStream NatsBroker (same work, same server)",
+            1.2,
+            median_ratio(runs, cases.nats_vs_faststream, n, nats.url),
+        )
+        ratio_row(
             "outbox relay → JetStream / sequential awaited js.publish",
             2.0,
             median_ratio(runs, cases.relay_vs_sequential, n, nats.url),

@@ -31,4 +31,4 @@ def test_bench_quick_pass_writes_every_figure(tmp_path: Path) -> None:
     ):
         assert figure in text, figure
     ratios = [float(r) for r in re.findall(r"\| (\d+\.\d+)× \|", text)]
-    assert len(ratios) >= 7 and all(r > 0 for r in ratios)
+    assert len(ratios) >= 8 and all(r > 0 for r in ratios)

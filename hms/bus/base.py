@@ -242,3 +242,29 @@ class Bus(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop delivering and release every resource."""
+
+
+class BusWrapper(Bus):
+    """A bus around another one, passing everything through; subclasses add what they check or count."""
+
+    def __init__(self, inner: Bus) -> None:
+        self.inner = inner
+        self.contracts = getattr(inner, "contracts", None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)  # engine extras (js, _call, ...) stay reachable
+
+    def publish(self, subject: str, data: dict[str, Any], **kw: Any) -> Future[None]:
+        return self.inner.publish(subject, data, **kw)
+
+    def subscribe(self, subject: str, handler: Handler, queue: str | None = None, **kw: Any) -> Subscription:
+        return self.inner.subscribe(subject, handler, queue, **kw)
+
+    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, **kw: Any) -> Any:
+        return self.inner.request(subject, data, timeout, **kw)
+
+    def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
+        return self.inner.request_many(subject, data, timeout)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -16,7 +16,7 @@ import jwt
 from hms.contracts import HERE as CONTRACTS
 from hms.contracts.vocabulary import MESH_AUDIENCE, SERVICE_TOKEN_TYPE
 
-from .base import DEFAULT_BACKOFF, Bus, DeadLetter, Event, Handler, Refused, Subscription
+from .base import DEFAULT_BACKOFF, Bus, BusWrapper, DeadLetter, Event, Handler, Refused, Subscription
 from .subjects import matches
 from .tokens import KeySet
 
@@ -119,15 +119,12 @@ class Guard:
         return service
 
 
-class GuardedBus(Bus):
+class GuardedBus(BusWrapper):
     """Any bus engine, with HMS-SYS-AUTH checks on publish, request, subscribe and every delivery."""
 
     def __init__(self, inner: Bus, guard: Guard) -> None:
-        self.inner, self.guard = inner, guard
-        self.contracts = getattr(inner, "contracts", None)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)  # engine extras (js, _call, …) stay reachable
+        super().__init__(inner)
+        self.guard = guard
 
     def publish(
         self, subject: str, data: dict[str, Any], *, headers: dict[str, str] | None = None, **kw: Any
@@ -143,9 +140,6 @@ class GuardedBus(Bus):
         )
         self.guard.check(headers.get(AUTH_HEADER), "request", subject)
         return self.inner.request(subject, data, timeout, headers=headers)
-
-    def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
-        return self.inner.request_many(subject, data, timeout)
 
     def subscribe(
         self,
@@ -174,6 +168,3 @@ class GuardedBus(Bus):
         return self.inner.subscribe(
             subject, guarded, queue, max_deliver=max_deliver, backoff=backoff, dead_letter=dead_letter
         )
-
-    def close(self) -> None:
-        self.inner.close()

@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from .base import DEFAULT_BACKOFF, Bus, DeadLetter, Event, Handler, Subscription
+from .base import DEFAULT_BACKOFF, Bus, BusWrapper, DeadLetter, Event, Handler, Subscription
 
 BREAKER_STATES = ("closed", "half-open", "open")
 
@@ -83,15 +83,12 @@ def payout_histogram(report: dict[str, Any]) -> Iterator[Metric]:
     yield h
 
 
-class InstrumentedBus(Bus):
+class InstrumentedBus(BusWrapper):
     """Any bus, counting what goes through it."""
 
     def __init__(self, inner: Bus, telemetry: Telemetry) -> None:
-        self.inner, self.t = inner, telemetry
-        self.contracts = getattr(inner, "contracts", None)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        super().__init__(inner)
+        self.t = telemetry
 
     def publish(self, subject: str, data: dict[str, Any], **kw: Any) -> Future[None]:
         future = self.inner.publish(subject, data, **kw)
@@ -125,12 +122,3 @@ class InstrumentedBus(Bus):
         return self.inner.subscribe(
             subject, measured, queue, max_deliver=max_deliver, backoff=backoff, dead_letter=dead_letter
         )
-
-    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, **kw: Any) -> Any:
-        return self.inner.request(subject, data, timeout, **kw)
-
-    def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
-        return self.inner.request_many(subject, data, timeout)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -23,6 +23,19 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
+def payout_table(report: dict[str, Any]) -> str:
+    """The payout report as a text table, one row a day and one for the whole period (seconds)."""
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    rows = [
+        [r["day"], r["count"], *(fmt(r[k]) for k in ("p50", "p90", "p99", "max"))]
+        for r in [*report["byDay"], {**report, "day": "all"}]
+    ]
+    return table(rows, ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"])
+
+
 @click.group("mesh", cls=AppGroup)
 def mesh_cli() -> None:
     """The service mesh."""
@@ -121,12 +134,7 @@ def payouts(as_csv: bool, days: int | None) -> None:
     if as_csv:
         click.echo(report_csv(report), nl=False)
         return
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    rows = [
-        [r["day"], r["count"], *(fmt(r[k]) for k in ("p50", "p90", "p99", "max"))]
-        for r in [*report["byDay"], {**report, "day": "all"}]
-    ]
-    click.echo(table(rows, ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"]))
+    click.echo(payout_table(report))
 
 
 @click.group("bus", cls=AppGroup)

@@ -15,7 +15,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .cli import table
+from .cli import payout_table
 
 NAMES = ["Diego Ramos", "Rosa Lind", "Amara Okafor", "Li Wei", "Sam Patel", "Noor Haddad", "Ivan Petrov"]
 
@@ -103,9 +103,4 @@ def demo(count: int, url: str, concurrency: int, ineligible: float, seed: int | 
                 break
             time.sleep(0.25)
     report = _call(url, "GET", "/audit/payouts", idp.issue("demo-auditor", "auditor"))[1]
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    rows = [
-        [r["day"], r["count"], *(fmt(r[k]) for k in ("p50", "p90", "p99", "max"))]
-        for r in [*report["byDay"], {**report, "day": "all"}]
-    ]
-    click.echo(table(rows, ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"]))
+    click.echo(payout_table(report))

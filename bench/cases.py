@@ -429,8 +429,9 @@ def payout_under_load(per_second: float, seconds: float, bus_url: str = "memory:
     for i in range(total):
         time.sleep(max(0.0, started + i / per_second - time.monotonic()))
         post_many(port, "/claims", [(DIEGO, {"Authorization": f"Bearer {idp.issue(f'load-{i}', 'citizen')}"})])
-    wait_until(lambda: mesh.bus.request("metrics.payouts.report", {}, 10)["count"] >= total, timeout=60)
-    report = mesh.bus.request("metrics.payouts.report", {}, 10)
+    gateway = mesh.credentials("gateway")
+    wait_until(lambda: mesh.bus.request("metrics.payouts.report", {}, 10, headers=gateway)["count"] >= total, 60)
+    report = mesh.bus.request("metrics.payouts.report", {}, 10, headers=gateway)
     server.close()
     if bus_url.startswith("nats"):
         mesh.bus._call(mesh.bus.js.delete_stream("BENCHLOAD"))

@@ -56,7 +56,9 @@ def observe(app: Flask) -> None:
         )
     )
     if mesh.hosts("metrics"):
-        t.add_collector(lambda: telemetry.payout_histogram(mesh.bus.request("metrics.payouts.report", {}, 10)))
+        t.add_collector(
+            lambda: telemetry.payout_histogram(api.request_as_gateway(mesh, "metrics.payouts.report", {}, 10))
+        )
 
     @app.get("/asyncapi.json")
     def asyncapi_json() -> Any:

@@ -14,7 +14,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from hms.bus import BusError
-from hms.bus.mesh import mesh_of
+from hms.bus.mesh import Mesh, mesh_of
 from hms.bus.registry import discover
 
 from . import schemas as s
@@ -31,8 +31,12 @@ health = Blueprint("health", __name__, description="Liveness and readiness")
 
 def ask(subject: str, data: dict[str, Any]) -> Any:
     """Request/reply to a service over the bus, with the configured timeout."""
-    app = current_app
-    return mesh_of(app).bus.request(subject, data, timeout=app.config["HMS_REQUEST_TIMEOUT_S"])
+    return request_as_gateway(mesh_of(current_app), subject, data, current_app.config["HMS_REQUEST_TIMEOUT_S"])
+
+
+def request_as_gateway(mesh: Mesh, subject: str, data: dict[str, Any], timeout: float) -> Any:
+    """A bus request sent as the gateway (the API, the web pages and the admin CLI are the gateway)."""
+    return mesh.bus.request(subject, data, timeout, headers=mesh.credentials("gateway"))
 
 
 def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:

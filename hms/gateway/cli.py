@@ -12,7 +12,7 @@ from hms.bus import BusError
 from hms.bus.mesh import mesh_of
 from hms.bus.registry import discover
 
-from .api import report_csv
+from .api import report_csv, request_as_gateway
 from .reconcile import reconcile
 
 
@@ -130,7 +130,7 @@ def metrics_cli() -> None:
 @click.option("--days", type=click.IntRange(1, 3660), default=None, help="only the last N days")
 def payouts(as_csv: bool, days: int | None) -> None:
     """The payout-time report: count, p50, p90, p99, max (seconds), by day."""
-    report = mesh_of(current_app).bus.request("metrics.payouts.report", {"days": days} if days else {}, timeout=30)
+    report = request_as_gateway(mesh_of(current_app), "metrics.payouts.report", {"days": days} if days else {}, 30)
     if as_csv:
         click.echo(report_csv(report), nl=False)
         return
@@ -211,7 +211,8 @@ def audit_cli() -> None:
 @click.option("--strict", is_flag=True, help="also fail while payments are still in flight")
 def reconcile_cmd(strict: bool) -> None:
     """Every approved claim has one payment or an explicit failure; every payment a payout record."""
-    r = reconcile(mesh_of(current_app).bus)
+    mesh = mesh_of(current_app)
+    r = reconcile(mesh.bus, headers=mesh.credentials("gateway"))
     for claim_id, problem in r.gaps:
         click.echo(f"GAP {claim_id}: {problem}")
     for claim_id in r.in_flight:

@@ -12,11 +12,11 @@ APPROVED = ("approved", "paid", "payment_failed")
 PAGE = 2000
 
 
-def pages(bus: Bus, subject: str, timeout: float) -> Iterator[dict[str, Any]]:
+def pages(bus: Bus, subject: str, timeout: float, headers: dict[str, str] | None) -> Iterator[dict[str, Any]]:
     """Every page of a ledger subject, following its cursor."""
     after = None
     while True:
-        page = bus.request(subject, {"after": after, "limit": PAGE}, timeout=timeout)
+        page = bus.request(subject, {"after": after, "limit": PAGE}, timeout=timeout, headers=headers)
         yield page
         after = page["next"]
         if after is None:
@@ -38,15 +38,15 @@ class Reconciliation:
         return not self.gaps and not (strict and self.in_flight)
 
 
-def reconcile(bus: Bus, timeout: float = 30.0) -> Reconciliation:
+def reconcile(bus: Bus, timeout: float = 30.0, headers: dict[str, str] | None = None) -> Reconciliation:
     """Compare what svc approved, what ach paid, what the bank holds and what metrics recorded."""
-    claims = {i["claimId"]: i["status"] for p in pages(bus, "svc.claims.ledger", timeout) for i in p["items"]}
+    claims = {i["claimId"]: i["status"] for p in pages(bus, "svc.claims.ledger", timeout, headers) for i in p["items"]}
     payments: dict[str, dict[str, Any]] = {}
     unmatched: list[str] = []
-    for p in pages(bus, "ach.payments.ledger", timeout):
+    for p in pages(bus, "ach.payments.ledger", timeout, headers):
         payments.update({i["claimId"]: i for i in p["items"]})
         unmatched += p.get("unmatchedTransfers", [])
-    recorded = {i["claimId"] for p in pages(bus, "metrics.payouts.ledger", timeout) for i in p["items"]}
+    recorded = {i["claimId"] for p in pages(bus, "metrics.payouts.ledger", timeout, headers) for i in p["items"]}
 
     r = Reconciliation(claims=len(claims), payments=len(payments))
     for claim_id, status in sorted(claims.items()):

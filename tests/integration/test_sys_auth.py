@@ -64,6 +64,11 @@ def test_a_delivery_without_a_valid_service_token_never_reaches_the_handler(
     assert "refused publish on claim.approved" in caplog.text
 
 
+def test_a_request_without_a_sender_is_refused(mesh: Mesh) -> None:
+    with pytest.raises(Refused, match="no service token"):
+        mesh.bus.request("svc.claims.ledger", {"limit": 1})
+
+
 def test_a_request_outside_the_policy_is_refused(mesh: Mesh) -> None:
     with pytest.raises(Refused, match="notifier may not request svc.claims.get"):
         mesh.bus.request("svc.claims.get", {"claimId": "x"}, headers=mesh.credentials("notifier"))

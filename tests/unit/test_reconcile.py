@@ -9,7 +9,7 @@ class FakeBus:
     def __init__(self, ledgers: dict[str, list[dict[str, Any]]], unmatched: list[str] | None = None) -> None:
         self.ledgers, self.unmatched = ledgers, unmatched or []
 
-    def request(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> dict[str, Any]:
+    def request(self, subject: str, data: dict[str, Any], timeout: float = 1.0, **kw: Any) -> dict[str, Any]:
         items = [i for i in self.ledgers[subject] if i["claimId"] > (data["after"] or "")][: data["limit"]]
         page: dict[str, Any] = {"items": items, "next": items[-1]["claimId"] if len(items) == data["limit"] else None}
         if subject == "ach.payments.ledger" and page["next"] is None:

@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import jwt
 from hms.contracts import HERE as CONTRACTS
 from hms.contracts.vocabulary import MESH_AUDIENCE, SERVICE_TOKEN_TYPE
 
-from .base import DEFAULT_BACKOFF, Bus, BusWrapper, DeadLetter, Event, Handler, Refused, Subscription
+from .base import Bus, BusWrapper, Event, Handler, Refused, Subscription
 from .subjects import matches
 from .tokens import KeySet
 
@@ -139,16 +139,7 @@ class GuardedBus(BusWrapper):
         self.guard.check((headers or {}).get(AUTH_HEADER), "request", subject)
         return self.inner.request(subject, data, timeout, headers=headers)
 
-    def subscribe(
-        self,
-        subject: str,
-        handler: Handler,
-        queue: str | None = None,
-        *,
-        max_deliver: int = 5,
-        backoff: Sequence[float] = DEFAULT_BACKOFF,
-        dead_letter: DeadLetter | None = None,
-    ) -> Subscription:
+    def subscribe(self, subject: str, handler: Handler, queue: str | None = None, **options: Any) -> Subscription:
         service = (queue or "").split(".")[0]
         if subject.startswith(OPEN_PREFIXES):
             guarded = handler
@@ -163,6 +154,4 @@ class GuardedBus(BusWrapper):
                 self.guard.check(event.headers.get(AUTH_HEADER), sender_verb, event.subject)
                 return handler(event)
 
-        return self.inner.subscribe(
-            subject, guarded, queue, max_deliver=max_deliver, backoff=backoff, dead_letter=dead_letter
-        )
+        return self.inner.subscribe(subject, guarded, queue, **options)

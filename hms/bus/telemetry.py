@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from .base import DEFAULT_BACKOFF, Bus, BusWrapper, DeadLetter, Event, Handler, Subscription
+from .base import Bus, BusWrapper, Event, Handler, Subscription
 
 BREAKER_STATES = ("closed", "half-open", "open")
 
@@ -95,16 +95,7 @@ class InstrumentedBus(BusWrapper):
         self.t.published.labels(subject).inc()
         return future
 
-    def subscribe(
-        self,
-        subject: str,
-        handler: Handler,
-        queue: str | None = None,
-        *,
-        max_deliver: int = 5,
-        backoff: Sequence[float] = DEFAULT_BACKOFF,
-        dead_letter: DeadLetter | None = None,
-    ) -> Subscription:
+    def subscribe(self, subject: str, handler: Handler, queue: str | None = None, **options: Any) -> Subscription:
         group = queue or "-"
 
         def measured(event: Event) -> Any:
@@ -119,6 +110,4 @@ class InstrumentedBus(BusWrapper):
             self.t.consumed.labels(event.subject, group).inc()
             return result
 
-        return self.inner.subscribe(
-            subject, measured, queue, max_deliver=max_deliver, backoff=backoff, dead_letter=dead_letter
-        )
+        return self.inner.subscribe(subject, measured, queue, **options)

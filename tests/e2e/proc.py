@@ -90,6 +90,23 @@ class HmsProcess:
         finally:
             conn.close()
 
+    def submit_until_accepted(self, body: Any, headers: dict[str, str], timeout: float = 120.0) -> dict[str, Any]:
+        """POST a claim like a patient client: on a dropped connection (the process was killed, even mid-answer)
+        or a 502/503/504 (the broker is restarting), retry with the same headers, so the same Idempotency-Key."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                status, reply = self.request("POST", "/claims", body, headers, timeout=10)
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.1)
+                continue
+            if status == 201:
+                return reply  # type: ignore[no-any-return]
+            if status not in (502, 503, 504):
+                raise AssertionError(f"{status} {reply}")
+            time.sleep(0.1)
+        raise AssertionError(f"never accepted within {timeout}s")
+
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run an `hms` command against the same instance folder."""
         return subprocess.run(

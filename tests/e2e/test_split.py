@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import threading
 import time
 from collections import Counter
@@ -72,22 +71,9 @@ def run_split_mesh(nats: NatsServer, hms_process: Callable[..., HmsProcess], dat
 
     def submit(citizen: str) -> None:
         headers = {"Authorization": f"Bearer {bearer[citizen]}", "Idempotency-Key": f"key-{citizen}"}
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                status, body = web.request("POST", "/claims", DIEGO, headers, timeout=10)
-            except (OSError, http.client.HTTPException):  # killed or restarting: retry with the same key
-                time.sleep(0.1)
-                continue
-            if status == 201:
-                with lock:
-                    assert accepted.setdefault(citizen, body["id"]) == body["id"]
-                return
-            if status in (502, 503, 504):  # the broker is restarting: retry with the same key
-                time.sleep(0.2)
-                continue
-            raise AssertionError(f"{citizen}: {status} {body}")
-        raise AssertionError(f"{citizen}: never accepted")
+        body = web.submit_until_accepted(DIEGO, headers)
+        with lock:
+            assert accepted.setdefault(citizen, body["id"]) == body["id"]
 
     load = [threading.Thread(target=lambda part=citizens[i::4]: [submit(c) for c in part]) for i in range(4)]
     for t in load:

@@ -153,7 +153,7 @@ class MemoryBus(Bus):
     def request(
         self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
     ) -> Any:
-        replies = self._ask(subject, data, headers, first_only=True)
+        replies = self._ask(subject, data, headers)
         if not replies:
             raise NoResponders(subject)
         done = _first_done(replies, timeout)
@@ -162,7 +162,7 @@ class MemoryBus(Bus):
         return done.result()
 
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
-        replies = self._ask(subject, data, None, first_only=False)
+        replies = self._ask(subject, data, None)
         deadline = time.monotonic() + timeout
         out = []
         for f in replies:
@@ -172,9 +172,7 @@ class MemoryBus(Bus):
                 continue
         return out
 
-    def _ask(
-        self, subject: str, data: dict[str, Any], headers: dict[str, str] | None, first_only: bool
-    ) -> list[Future[Any]]:
+    def _ask(self, subject: str, data: dict[str, Any], headers: dict[str, str] | None) -> list[Future[Any]]:
         check_subject(subject)
         self._check_open()
         event = Event.create(subject, data, headers=headers)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from typing import Any
 
 import blinker
@@ -36,6 +39,10 @@ from .subjects import check_subject, matches
 log = logging.getLogger("hms.bus")
 DUPLICATE_WINDOW_S = 120.0  # as the JetStream stream's duplicate_window
 time_now = time.monotonic
+
+
+_SETTLED: Future[None] = Future()
+_SETTLED.set_result(None)
 
 
 class _Settlement:
@@ -86,6 +93,39 @@ class _Group:
         sender._dispatch(self, kw["event"], kw.get("settlement"), kw.get("reply"))
 
 
+class _Workers:
+    """A fixed set of threads taking (function, arguments) from one queue: the delivery hand-off, kept cheap."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Any, tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._run, name=f"{name}_{i}", daemon=True) for i in range(count)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        if self._closed:
+            raise RuntimeError("the workers are shut down")
+        self._queue.put((fn, args))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None and not self._closed:
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:  # a delivery's own errors are handled inside it; this is a bug, not a retry
+                log.exception("bus worker: %s failed", getattr(fn, "__name__", fn))
+
+    def shutdown(self) -> None:
+        """Stop taking work; what is queued is dropped (durable events stay in their outbox)."""
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=10)
+
+
 class MemoryBus(Bus):
     """NATS semantics in one process; deliveries are retried with backoff, then dead-lettered."""
 
@@ -95,12 +135,14 @@ class MemoryBus(Bus):
         self._groups: dict[tuple[str, str], _Group] = {}
         self._by_subject: dict[str, list[blinker.NamedSignal]] = {}
         self._lock = threading.RLock()
-        self._events = ThreadPoolExecutor(workers, thread_name_prefix="hms-bus-event")
+        self._events = _Workers(workers, "hms-bus-event")
         self._requests = ThreadPoolExecutor(workers, thread_name_prefix="hms-bus-request")
         self._timers: list[tuple[float, int, Any]] = []
         self._timer_seq = itertools.count()
         self._timer_cv = threading.Condition()
-        self._recent: dict[str, tuple[float, Future[None]]] = {}
+        # Publishes inside the duplicate window, oldest first (insertion order = expiry order); a settled one keeps
+        # only its id, so the window holds no events or futures for the garbage collector to walk.
+        self._recent: OrderedDict[str, tuple[float, Future[None] | None]] = OrderedDict()
         self._closed = False
         self._timer_thread = threading.Thread(target=self._run_timers, name="hms-bus-timers", daemon=True)
         self._timer_thread.start()
@@ -129,7 +171,7 @@ class MemoryBus(Bus):
                 return first  # like JetStream's duplicate window: the same id is delivered once
             future: Future[None] = Future()
             self._recent[event.id] = (time_now() + DUPLICATE_WINDOW_S, future)
-        future.add_done_callback(lambda f: f.exception() is not None and self._forget(event.id, f))
+        future.add_done_callback(partial(self._settled, event.id))
         settlement = _Settlement(future)
         for signal in self._signals_for(subject):
             signal.send(self, event=event, settlement=settlement)
@@ -138,16 +180,25 @@ class MemoryBus(Bus):
 
     def _recent_publish(self, event_id: str) -> Future[None] | None:
         """The publish of `event_id` inside the duplicate window, if any (caller holds the lock)."""
-        now = time_now()
-        if len(self._recent) > 10_000:
-            self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
-        entry = self._recent.get(event_id)
-        return entry[1] if entry and entry[0] > now else None
+        now, recent = time_now(), self._recent
+        while recent:  # expire from the oldest end: every entry lives the same window, so order is expiry order
+            oldest = next(iter(recent.values()))
+            if oldest[0] > now:
+                break
+            recent.popitem(last=False)
+        entry = recent.get(event_id)
+        if entry is None:
+            return None
+        return entry[1] or _SETTLED
 
-    def _forget(self, event_id: str, future: Future[None]) -> None:
-        # A delivery that could not settle (its dead letter was not stored) must be deliverable again.
+    def _settled(self, event_id: str, future: Future[None]) -> None:
         with self._lock:
-            if self._recent.get(event_id, (0, None))[1] is future:
+            entry = self._recent.get(event_id)
+            if entry is None or entry[1] is not future:
+                return
+            if future.exception() is None:
+                self._recent[event_id] = (entry[0], None)
+            else:  # a delivery that could not settle (its dead letter was not stored) must be deliverable again
                 del self._recent[event_id]
 
     def request(
@@ -252,7 +303,7 @@ class MemoryBus(Bus):
     def _deliver(self, group: _Group, member: _Member, event: Event, settlement: _Settlement | None) -> None:
         options = member.options
         try:
-            self._validate(event)
+            self._validate(event)  # as on NATS, consumers check too: a producer on another version may be wrong
         except ContractError as exc:
             # A bad event is never handed to a handler and never retried: straight to dead letters.
             self._dead_letter(options, event, str(exc), settlement)
@@ -327,7 +378,7 @@ class MemoryBus(Bus):
         with self._timer_cv:
             self._closed = True
             self._timer_cv.notify()
-        self._events.shutdown(wait=True, cancel_futures=True)
+        self._events.shutdown()
         self._requests.shutdown(wait=True, cancel_futures=True)
         self._timer_thread.join(timeout=5)
 

@@ -13,6 +13,11 @@ def check_subject(subject: str, *, pattern: bool = False) -> str:
     """Return `subject` if it is valid (wildcards only when `pattern`), else raise."""
     if not isinstance(subject, str) or not subject:
         raise SubjectError("subject must be a non-empty string")
+    return _check(subject, pattern)
+
+
+@lru_cache(maxsize=4096)
+def _check(subject: str, pattern: bool) -> str:
     tokens = subject.split(".")
     for i, token in enumerate(tokens):
         if not token or any(c.isspace() for c in token):

@@ -44,6 +44,8 @@ T = TypeVar("T")
 ERROR_HEADER, CODE_HEADER = "Nats-Service-Error", "Nats-Service-Error-Code"
 # Beyond our own limit, the server stops redelivering a message whose handler keeps killing its process.
 CRASH_MARGIN = 3
+# Messages a consumer takes per pull; they go to the handler in one trip to a worker thread.
+FETCH_BATCH = 64
 
 
 def overlaps(a: str, b: str) -> bool:
@@ -108,6 +110,8 @@ class NatsBus(Bus):
         self._thread = threading.Thread(target=self._loop.run_forever, name="hms-nats-loop", daemon=True)
         self._thread.start()
         self._subs: list[_NatsSubscription] = []
+        self._outgoing: list[tuple[bool, Event, dict[str, str], Future[None]]] = []
+        self._outgoing_lock = threading.Lock()
         self._closed = False
         try:
             self._call(self._connect(name), timeout=connect_timeout + 5)
@@ -185,24 +189,34 @@ class NatsBus(Bus):
         wire_headers = {**event.headers, "Nats-Msg-Id": event.id}
         if traceparent:
             wire_headers["traceparent"] = traceparent
-        if any(matches(s, subject) for s in self.event_subjects):
-            coro: Coroutine[Any, Any, Any] = self.js.publish(
-                subject, encode(event), timeout=5, stream=self.stream, headers=wire_headers
-            )
-        else:
-            coro = self.nc.publish(subject, encode(event), headers=wire_headers)
+        durable = any(matches(s, subject) for s in self.event_subjects)
         done: Future[None] = Future()
-        inner = asyncio.run_coroutine_threadsafe(coro, self._loop)
-
-        def settle(f: Future[Any]) -> None:
-            exc = f.exception()
-            if exc is None:
-                done.set_result(None)
-            else:
-                done.set_exception(BusError(f"{subject}: broker did not take {event.id}: {exc!r}"))
-
-        inner.add_done_callback(settle)
+        with self._outgoing_lock:  # one loop wake-up per burst of publishes, not one per publish
+            self._outgoing.append((durable, event, wire_headers, done))
+            wake = len(self._outgoing) == 1
+        if wake:
+            self._loop.call_soon_threadsafe(self._send_outgoing)
         return done
+
+    def _send_outgoing(self) -> None:
+        """On the loop: start a send for every queued publish; they are in flight together."""
+        with self._outgoing_lock:
+            batch, self._outgoing = self._outgoing, []
+        for durable, event, headers, done in batch:
+            self._loop.create_task(self._send(durable, event, headers, done))
+
+    async def _send(self, durable: bool, event: Event, headers: dict[str, str], done: Future[None]) -> None:
+        try:
+            if durable:
+                await self.js.publish(event.subject, encode(event), timeout=5, stream=self.stream, headers=headers)
+            else:
+                await self.nc.publish(event.subject, encode(event), headers=headers)
+        except BaseException as exc:  # cancelled too (the bus closing): the publisher must hear of it
+            done.set_exception(BusError(f"{event.subject}: broker did not take {event.id}: {exc!r}"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            done.set_result(None)
 
     def request(
         self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
@@ -337,7 +351,7 @@ class NatsBus(Bus):
     async def _pull(self, psub: Any, handler: Handler, options: SubscribeOptions) -> None:
         while not self._closed:
             try:
-                msgs = await psub.fetch(batch=16, timeout=1.0)
+                msgs = await psub.fetch(batch=FETCH_BATCH, timeout=1.0)  # returns at once with what is there
             except nats.errors.TimeoutError:
                 continue
             except asyncio.CancelledError:
@@ -346,31 +360,38 @@ class NatsBus(Bus):
                 log.debug("pull on %s: %r", psub, exc)
                 await asyncio.sleep(0.5)
                 continue
-            await asyncio.gather(*(self._deliver(m, handler, options) for m in msgs))
+            await self._deliver(msgs, handler, options)
 
-    async def _deliver(self, msg: Msg, handler: Handler, options: SubscribeOptions) -> None:
-        attempt = msg.metadata.num_delivered
-        try:
-            event = decode(msg.subject, msg.data, msg.headers, attempt=attempt)
-            self._validate(event)
-        except (ContractError, BusError, ValueError) as exc:
-            # A bad event is never handed to a handler and never retried: straight to dead letters.
-            event = Event.create(
-                msg.subject,
-                {"raw": msg.data.decode(errors="replace")[:2000]},
-                event_id=(msg.headers or {}).get("Nats-Msg-Id"),
-            )
-            await self._give_up(msg, options, event, str(exc))
+    async def _deliver(self, msgs: list[Msg], handler: Handler, options: SubscribeOptions) -> None:
+        """Hand one fetched batch to the handler in one trip to a worker thread, in stream order, then settle each."""
+        good: list[tuple[Msg, Event]] = []
+        for msg in msgs:
+            try:
+                event = decode(msg.subject, msg.data, msg.headers, attempt=msg.metadata.num_delivered)
+                self._validate(event)
+            except (ContractError, BusError, ValueError) as exc:
+                # A bad event is never handed to a handler and never retried: straight to dead letters.
+                event = Event.create(
+                    msg.subject,
+                    {"raw": msg.data.decode(errors="replace")[:2000]},
+                    event_id=(msg.headers or {}).get("Nats-Msg-Id"),
+                )
+                await self._give_up(msg, options, event, str(exc))
+                continue
+            good.append((msg, event))
+        if not good:
             return
-        error = await self._loop.run_in_executor(self._pool, _run, handler, event)
-        if error is None:
-            await msg.ack()
-        elif error.startswith("Refused:") or attempt >= options.max_deliver:
-            log.error("giving up on %s %s after %d attempts: %s", event.subject, event.id, attempt, error)
-            await self._give_up(msg, options, event, error)
-        else:
-            log.warning("handler for %s %s failed (attempt %d): %s", event.subject, event.id, attempt, error)
-            await msg.nak(delay=options.delay(attempt))
+        errors = await self._loop.run_in_executor(self._pool, _run_all, handler, [e for _, e in good])
+        for (msg, event), error in zip(good, errors, strict=True):
+            attempt = event.attempt
+            if error is None:
+                await msg.ack()
+            elif error.startswith("Refused:") or attempt >= options.max_deliver:
+                log.error("giving up on %s %s after %d attempts: %s", event.subject, event.id, attempt, error)
+                await self._give_up(msg, options, event, error)
+            else:
+                log.warning("handler for %s %s failed (attempt %d): %s", event.subject, event.id, attempt, error)
+                await msg.nak(delay=options.delay(attempt))
 
     async def _give_up(self, msg: Msg, options: SubscribeOptions, event: Event, error: str) -> None:
         if options.dead_letter is None:
@@ -439,10 +460,14 @@ class NatsBus(Bus):
             self._loop.close()
 
 
-def _run(handler: Handler, event: Event) -> str | None:
-    """Run a handler in a worker thread; returns the error as text, or None."""
-    try:
-        handler(event)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+def _run_all(handler: Handler, events: list[Event]) -> list[str | None]:
+    """Run a handler on each event in a worker thread; returns each one's error as text, or None."""
+    errors: list[str | None] = []
+    for event in events:
+        try:
+            handler(event)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        else:
+            errors.append(None)
+    return errors

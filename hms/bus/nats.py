@@ -7,6 +7,7 @@ and this class is its synchronous facade. Handlers run on a thread pool, never o
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
@@ -46,6 +47,7 @@ ERROR_HEADER, CODE_HEADER = "Nats-Service-Error", "Nats-Service-Error-Code"
 CRASH_MARGIN = 3
 # Messages a consumer takes per pull; they go to the handler in one trip to a worker thread.
 FETCH_BATCH = 64
+PUBLISH_ACK_WAIT = 5.0  # seconds for JetStream to confirm a publish before the publisher hears of a failure
 
 
 def overlaps(a: str, b: str) -> bool:
@@ -112,6 +114,8 @@ class NatsBus(Bus):
         self._subs: list[_NatsSubscription] = []
         self._outgoing: list[tuple[bool, Event, dict[str, str], Future[None]]] = []
         self._outgoing_lock = threading.Lock()
+        self._awaiting_ack: dict[str, tuple[Event, Future[None]]] = {}
+        self._ack_seq = itertools.count()
         self._closed = False
         try:
             self._call(self._connect(name), timeout=connect_timeout + 5)
@@ -146,6 +150,10 @@ class NatsBus(Bus):
             reconnected_cb=on_reconnect,
         )
         self.js = self.nc.jetstream()
+        # Publish acknowledgements come back on one inbox: many publishes in flight without a task,
+        # a future and a timer each (what js.publish costs per message).
+        self._ack_prefix = self.nc.new_inbox()
+        await self.nc.subscribe(f"{self._ack_prefix}.*", cb=self._on_ack)
         config = api.StreamConfig(
             name=self.stream,
             subjects=list(self.event_subjects),
@@ -199,24 +207,58 @@ class NatsBus(Bus):
         return done
 
     def _send_outgoing(self) -> None:
-        """On the loop: start a send for every queued publish; they are in flight together."""
+        """On the loop: send every queued publish; durable ones are acknowledged on the ack inbox."""
         with self._outgoing_lock:
             batch, self._outgoing = self._outgoing, []
-        for durable, event, headers, done in batch:
-            self._loop.create_task(self._send(durable, event, headers, done))
+        self._loop.create_task(self._send(batch))
 
-    async def _send(self, durable: bool, event: Event, headers: dict[str, str], done: Future[None]) -> None:
-        try:
-            if durable:
-                await self.js.publish(event.subject, encode(event), timeout=5, stream=self.stream, headers=headers)
-            else:
-                await self.nc.publish(event.subject, encode(event), headers=headers)
-        except BaseException as exc:  # cancelled too (the bus closing): the publisher must hear of it
-            done.set_exception(BusError(f"{event.subject}: broker did not take {event.id}: {exc!r}"))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+    async def _send(self, batch: list[tuple[bool, Event, dict[str, str], Future[None]]]) -> None:
+        tokens = []
+        for durable, event, headers, done in batch:
+            try:
+                if durable:
+                    token = str(next(self._ack_seq))
+                    self._awaiting_ack[token] = (event, done)
+                    tokens.append(token)
+                    reply = f"{self._ack_prefix}.{token}"
+                    await self.nc.publish(event.subject, encode(event), reply=reply, headers=headers)
+                else:
+                    await self.nc.publish(event.subject, encode(event), headers=headers)
+                    done.set_result(None)
+            except Exception as exc:
+                if durable:
+                    self._awaiting_ack.pop(tokens.pop(), None)
+                done.set_exception(BusError(f"{event.subject}: broker did not take {event.id}: {exc!r}"))
+        if tokens:
+            self._loop.call_later(PUBLISH_ACK_WAIT, self._ack_timeout, tokens)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        entry = self._awaiting_ack.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if entry is None or entry[1].done():
+            return
+        event, done = entry
+        problem = None
+        if msg.headers and msg.headers.get("Status") == "503":
+            problem = f"no stream takes {event.subject}"
+        else:
+            try:
+                answer = json.loads(msg.data)
+                problem = answer.get("error") if isinstance(answer, dict) else f"unexpected answer {answer!r}"
+            except ValueError as exc:
+                problem = f"unreadable answer: {exc}"
+        if problem:
+            done.set_exception(BusError(f"{event.subject}: broker did not take {event.id}: {problem}"))
         else:
             done.set_result(None)
+
+    def _ack_timeout(self, tokens: list[str]) -> None:
+        for token in tokens:
+            entry = self._awaiting_ack.pop(token, None)
+            if entry is not None and not entry[1].done():
+                event, done = entry
+                done.set_exception(
+                    BusError(f"{event.subject}: broker did not confirm {event.id} within {PUBLISH_ACK_WAIT:g}s")
+                )
 
     def request(
         self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None

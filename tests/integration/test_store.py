@@ -203,3 +203,45 @@ def test_one_relay_per_service_when_several_processes_share_a_database(make_stor
         eventually(lambda: any(e.data["claimId"] == "after" for e in got))
     first.stop()
     second.stop()
+
+
+def test_concurrent_deliveries_commit_together_and_a_failure_stays_its_own(make_store: Maker) -> None:
+    """Group commit (SQLite): deliveries waiting on the writer share a transaction; one that fails fails alone."""
+    store, effects = make_store("metrics")
+    gate, started = threading.Event(), threading.Event()
+    commits: list[int] = []
+    errors: dict[int, BaseException] = {}
+
+    def work(i: int) -> Callable[[Session], None]:
+        def fn(s: Session) -> None:
+            if i == 0:  # the first holds the transaction open until the others queue behind it
+                started.set()
+                gate.wait(5)
+            if i == 3:
+                raise RuntimeError("handler 3 is broken")
+            s.execute(effects.insert().values(event_id=f"e{i}"))
+            ServiceStore.after_commit(s, lambda: commits.append(i))
+
+        return fn
+
+    def deliver(i: int) -> None:
+        try:
+            store._group_commit.run(work(i))
+        except BaseException as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=deliver, args=(0,))]
+    threads[0].start()
+    assert started.wait(5)
+    threads += [threading.Thread(target=deliver, args=(i,)) for i in range(1, 6)]
+    for t in threads[1:]:
+        t.start()
+    eventually(lambda: len(store._group_commit._waiting) == 5 or store.engine.dialect.name != "sqlite")
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert list(errors) == [3] and "handler 3 is broken" in str(errors[3])
+    with store.engine.connect() as c:
+        stored = sorted(c.execute(select(effects.c.event_id)).scalars())
+    assert stored == ["e0", "e1", "e2", "e4", "e5"]  # every other delivery committed, exactly once
+    assert sorted(commits) == [0, 1, 2, 4, 5]

@@ -45,8 +45,9 @@ T = TypeVar("T")
 ERROR_HEADER, CODE_HEADER = "Nats-Service-Error", "Nats-Service-Error-Code"
 # Beyond our own limit, the server stops redelivering a message whose handler keeps killing its process.
 CRASH_MARGIN = 3
-# Messages a consumer takes per pull; they go to the handler in one trip to a worker thread.
-FETCH_BATCH = 64
+# Messages a consumer takes per pull; they go to the handler in one trip to a worker thread, one after
+# another, so a batch must finish well inside ack_wait (16 measured as fast as 64 here).
+FETCH_BATCH = 16
 PUBLISH_ACK_WAIT = 5.0  # seconds for JetStream to confirm a publish before the publisher hears of a failure
 
 

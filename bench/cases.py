@@ -412,7 +412,43 @@ def report_seconds(payouts: int) -> float:
     return elapsed
 
 
-# -- 8. payout time under a steady load ---------------------------------------------------------------------------
+# -- 8. CPU per claim, end to end in one process --------------------------------------------------------------
+def cpu_per_claim(n: int) -> dict[str, float]:
+    """CPU seconds this process spends per claim, from HTTP request to payout recorded (every thread)."""
+    import resource
+
+    from hms import create_app
+    from hms.bus.mesh import mesh_of
+
+    app = create_app(
+        {"HMS_INSTANCE_PATH": tempfile.mkdtemp(), "HMS_CLAIMS_PER_MINUTE": 10**6, "HMS_OUTBOX_POLL_S": 0.05}
+    )
+    mesh = mesh_of(app)
+    mesh.upgrade()
+    mesh.start()
+    idp = app.extensions["hms.auth"]
+    client = app.test_client()
+    gateway = mesh.credentials("gateway")
+    headers = [{"Authorization": f"Bearer {idp.issue(f'cpu-{i}', 'citizen')}"} for i in range(n)]
+
+    def paid() -> int:
+        return int(mesh.bus.request("metrics.payouts.report", {}, 10, headers=gateway)["count"])
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    started, wall = cpu(), time.perf_counter()
+    for h in headers:
+        if client.post("/claims", json=DIEGO, headers=h).status_code != 201:
+            raise RuntimeError("claim refused")
+    wait_until(lambda: paid() >= n, 60)
+    result = {"cpu_ms": (cpu() - started) / n * 1000, "wall_ms": (time.perf_counter() - wall) / n * 1000}
+    mesh.close()
+    return result
+
+
+# -- 9. payout time under a steady load ---------------------------------------------------------------------------
 def payout_under_load(per_second: float, seconds: float, bus_url: str = "memory://") -> dict[str, float]:
     from hms import create_app
     from hms.bus.mesh import mesh_of

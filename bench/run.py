@@ -137,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                 "yes" if seconds < 1 else "**no**",
             ]
         )
+        cost = cases.cpu_per_claim(50 if quick else 300)
+        notes.append(
+            f"- CPU per claim, HTTP request to payout recorded, everything in one process: {cost['cpu_ms']:.1f} ms "
+            f"(claims sent one after another: {cost['wall_ms']:.1f} ms of wall time each)"
+        )
+        print(notes[-1], flush=True)
         for label, url in (("in-process", "memory://"), ("over NATS", nats.url)):
             load = cases.payout_under_load(10 if quick else 20, 2 if quick else 10, url)
             notes.append(

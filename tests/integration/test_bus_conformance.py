@@ -10,6 +10,7 @@ import pytest
 
 from hms.bus import (
     Bus,
+    BusError,
     BusTimeout,
     ContractError,
     Contracts,
@@ -284,3 +285,27 @@ def test_a_bad_event_from_the_wire_never_reaches_a_handler(bus: Bus) -> None:
     time.sleep(0.1)
     assert handled.events == []
     assert dead[0][0] == "bad-1" and "claim.submitted" in dead[0][1] and "ssn" in dead[0][1]
+
+
+@pytest.mark.parametrize("bus", ["nats"], indirect=True)
+def test_nats_a_publish_no_stream_takes_fails_and_says_so(bus: Bus) -> None:
+    """The publish future is JetStream's acknowledgement: without a stream to store it, the publisher hears."""
+    bus.publish("claim.approved", APPROVED).result(5)  # taken
+    bus._call(bus.js.delete_stream("CONFORMANCE"))  # type: ignore[attr-defined]
+    with pytest.raises(BusError, match="claim.approved.*no stream"):
+        bus.publish("claim.approved", APPROVED).result(10)
+    from nats.js import api
+
+    # The stream again, for the fixture's teardown.
+    bus._call(bus.js.add_stream(api.StreamConfig(name="CONFORMANCE", subjects=EVENT_SUBJECTS)))  # type: ignore[attr-defined]
+
+
+def test_many_publishes_in_flight_are_each_confirmed_once(bus: Bus) -> None:
+    got = Recorder()
+    bus.subscribe("claim.approved", got, queue="burst")
+    futures = [bus.publish("claim.approved", {**APPROVED, "claimId": f"c{i}"}) for i in range(500)]
+    for f in futures:
+        assert f.result(30) is None
+    eventually(lambda: len(got.events) >= 500)
+    time.sleep(0.2)
+    assert sorted(e.data["claimId"] for e in got.events) == sorted(f"c{i}" for i in range(500))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -195,7 +196,17 @@ class Payments:
         try:
             # pybreaker holds its lock during the call, so bank calls of one process are serial;
             # an open breaker refuses at once without calling the bank.
+            started = time.monotonic()
             reference = self.breaker.call(self.bank.transfer, transfer)
+            if time.monotonic() - started > self.lease / 2:
+                # Past the lease another worker takes this send for a crashed one; its lookup by key would
+                # then race this call. Operators must keep bank calls well inside the lease.
+                log.error(
+                    "payment %s: the bank call took %.1fs, near the %gs send lease (HMS_ACH_SEND_LEASE_S)",
+                    payment_id,
+                    time.monotonic() - started,
+                    self.lease,
+                )
         except pybreaker.CircuitBreakerError as exc:
             self._retry(payment_id, f"circuit breaker open: {exc}", counted=False)
             return "waiting"
@@ -212,12 +223,16 @@ class Payments:
         return "sent"
 
     def _recover(self, payment_id: str) -> None:
-        """A send interrupted mid-way: ask the bank by key before anything else (never re-send blindly)."""
+        """A send interrupted mid-way: ask the bank by key before anything else (never re-send blindly).
+
+        Only the send that was seen stale is put back: another worker may have recovered the payment and
+        started a new send meanwhile, and that one must be left alone while it is at the bank.
+        """
         with self.store.session() as s:
             p = s.get(Payment, payment_id)
-            if p is None or p.state != "sending":
+            if p is None or p.state != "sending" or p.claimed_at >= utcnow() - timedelta(seconds=self.lease):
                 return
-            key = p.idempotency_key
+            key, claim = p.idempotency_key, (p.claimed_at, p.claimed_by)
         try:
             reference = self.bank.lookup(key)
         except BankUnavailable:
@@ -229,7 +244,12 @@ class Payments:
             with self.store.session() as s:
                 s.execute(
                     update(Payment)
-                    .where(Payment.id == payment_id, Payment.state == "sending")
+                    .where(
+                        Payment.id == payment_id,
+                        Payment.state == "sending",
+                        Payment.claimed_at == claim[0],
+                        Payment.claimed_by == claim[1],
+                    )
                     .values(state="pending", next_attempt_at=utcnow(), claimed_by=None)
                 )
 

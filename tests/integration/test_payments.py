@@ -128,3 +128,34 @@ def test_a_closed_account_is_an_explicit_failure(app: Flask, client: FlaskClient
     )
     assert failed["failureReason"] == "ACCOUNT_CLOSED"
     assert read_statement(Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])) == []
+
+
+def test_a_recovery_never_undoes_a_send_another_worker_has_started(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    """Two workers saw the same stale send. The first put it back and paid it; while it was at the bank, the
+    second, still acting on what it saw, must not put it back to pending again (that paid twice in CI)."""
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    crash_mid_send(mesh, claim_id)
+    pid = payment_for(mesh, claim_id).id
+    lookup = payments.bank.lookup
+
+    def meanwhile_another_worker_claims_it(key: str) -> str | None:
+        found = lookup(key)  # nothing at the bank yet
+        with mesh.stores["ach"].session() as s:  # the other worker: reset, then claimed again, now at the bank
+            p = s.get(Payment, pid)
+            p.state, p.claimed_at, p.claimed_by, p.attempts = "sending", utcnow(), "live-worker", 2
+        return found
+
+    payments.bank.lookup = meanwhile_another_worker_claims_it  # type: ignore[method-assign]
+    try:
+        payments._recover(pid)
+    finally:
+        payments.bank.lookup = lookup  # type: ignore[method-assign]
+    p = payment_for(mesh, claim_id)
+    assert (p.state, p.claimed_by) == ("sending", "live-worker")  # left to the worker that holds it
+    payments._recover(pid)  # a fresh send is not stale: nothing happens either
+    p = payment_for(mesh, claim_id)
+    assert (p.state, p.claimed_by) == ("sending", "live-worker")
+    assert read_statement(Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])) == []

@@ -169,8 +169,13 @@ class GroupCommit:
                             work.fn(s)
                     except Exception as alone:
                         work.error = alone
-        for work in group:
-            work.finished = True
+        except BaseException as exc:  # interrupted: no waiting delivery may take that for success
+            for work in group:
+                work.error = work.error or RuntimeError(f"transaction interrupted: {exc!r}")
+            raise
+        finally:
+            for work in group:
+                work.finished = True
 
 
 def make_engine(url: str, service: str) -> Engine:

@@ -245,3 +245,45 @@ def test_concurrent_deliveries_commit_together_and_a_failure_stays_its_own(make_
         stored = sorted(c.execute(select(effects.c.event_id)).scalars())
     assert stored == ["e0", "e1", "e2", "e4", "e5"]  # every other delivery committed, exactly once
     assert sorted(commits) == [0, 1, 2, 4, 5]
+
+
+def test_an_interrupted_group_reports_no_delivery_as_done_that_was_not_committed(make_store: Maker) -> None:
+    """A handler that raises past Exception (SystemExit, KeyboardInterrupt) ends its group's transaction:
+    every delivery in it must then fail (and be redelivered), never return as if its effect were stored."""
+    store, effects = make_store("metrics")
+    gate, started = threading.Event(), threading.Event()
+    outcome: dict[int, str] = {}
+
+    def work(i: int) -> Callable[[Session], None]:
+        def fn(s: Session) -> None:
+            if i == 0:
+                started.set()
+                gate.wait(5)
+            if i == 2:
+                raise SystemExit("handler 2 pulls the plug")
+            s.execute(effects.insert().values(event_id=f"e{i}"))
+
+        return fn
+
+    def deliver(i: int) -> None:
+        try:
+            store._group_commit.run(work(i))
+            outcome[i] = "done"
+        except BaseException as exc:
+            outcome[i] = type(exc).__name__
+
+    threads = [threading.Thread(target=deliver, args=(0,))]
+    threads[0].start()
+    assert started.wait(5)
+    threads += [threading.Thread(target=deliver, args=(i,)) for i in range(1, 4)]
+    for t in threads[1:]:
+        t.start()
+    eventually(lambda: len(store._group_commit._waiting) == 3 or store.engine.dialect.name != "sqlite")
+    gate.set()
+    for t in threads:
+        t.join(10)
+    with store.engine.connect() as c:
+        stored = set(c.execute(select(effects.c.event_id)).scalars())
+    assert outcome[0] == "done" and "e0" in stored and "e2" not in stored and outcome[2] != "done"
+    for i in (1, 3):  # done only if stored; otherwise an error, so the bus delivers it again
+        assert (outcome[i] == "done") == (f"e{i}" in stored), (i, outcome, stored)

@@ -403,7 +403,12 @@ class NatsBus(Bus):
                 log.debug("pull on %s: %r", psub, exc)
                 await asyncio.sleep(0.5)
                 continue
-            await self._deliver(msgs, handler, options)
+            try:
+                await self._deliver(msgs, handler, options)
+            except asyncio.CancelledError:
+                return
+            except Exception:  # keep consuming; what was not acked comes back after ack_wait
+                log.exception("delivering a batch on %s failed", psub)
 
     async def _deliver(self, msgs: list[Msg], handler: Handler, options: SubscribeOptions) -> None:
         """Hand one fetched batch to the handler in one trip to a worker thread, in stream order, then settle each."""

@@ -448,7 +448,81 @@ def cpu_per_claim(n: int) -> dict[str, float]:
     return result
 
 
-# -- 9. payout time under a steady load ---------------------------------------------------------------------------
+# -- 9. the same mesh in one process, and split over three (NATS both) ---------------------------------------
+SPLIT = [["up", "gateway,svc,auth"], ["worker", "ach"], ["worker", "metrics", "notifier"]]
+
+
+def split_vs_single(n: int, nats_url: str) -> tuple[float, float]:
+    """Claims paid per second with the services split over three processes, against all of them in one
+    process; both on the same NATS server, n claims from four client threads."""
+    return _mesh_rate(n, nats_url, SPLIT), _mesh_rate(n, nats_url, [["up", ""]])
+
+
+def _mesh_rate(n: int, nats_url: str, layout: list[list[str]]) -> float:
+    from hms.auth.keys import IdentityProvider
+    from tests.e2e.proc import HmsProcess
+
+    instance = Path(tempfile.mkdtemp())
+    env = {
+        "HMS_BUS_URL": nats_url,
+        "HMS_NATS_STREAM": f"BENCH_{uuid.uuid4().hex[:8].upper()}",
+        "HMS_CLAIMS_PER_MINUTE": str(10**6),
+        "HMS_OUTBOX_POLL_S": "0.05",
+    }
+    procs = []
+    for role in layout:
+        if role[0] == "up":
+            extra = {"HMS_SERVICES": role[1]} if role[1] else {}
+            procs.append(HmsProcess(instance, {**env, **extra}))
+        else:
+            procs.append(HmsProcess(instance, env, role, log=f"{'-'.join(role[1:])}.log"))
+    web = procs[0]
+    try:
+        web.start()  # creates the keys and the databases the workers share
+        for p in procs[1:]:
+            p.start()
+        idp = IdentityProvider(str(instance / "jwt-private.pem"), str(instance / "jwks.json"), "hms-dev", "hms")
+        admin = {"Authorization": f"Bearer {idp.issue('root', 'admin', ttl=3600)}"}
+        staff = {"Authorization": f"Bearer {idp.issue('cw', 'caseworker', ttl=3600)}"}
+        wait_until(lambda: len(web.request("GET", "/mesh/services", headers=admin)[1].get("services", [])) >= 5, 60)
+        bearer = [{"Authorization": f"Bearer {idp.issue(f'mp-{i}', 'citizen', ttl=3600)}"} for i in range(n)]
+
+        def paid() -> int:
+            code, body = web.request("GET", "/claims?status=paid&pageSize=1", headers=staff)
+            return int(body["total"]) if code == 200 else 0
+
+        def client(part: list[dict[str, str]]) -> None:
+            for headers in part:
+                web.submit_until_accepted(DIEGO, headers)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(bearer[i::4],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        while paid() < n:
+            if time.perf_counter() - started > 300:
+                raise TimeoutError("claims not paid")
+            time.sleep(0.05)
+        return n / (time.perf_counter() - started)
+    finally:
+        for p in procs:
+            p.stop()
+        asyncio.run(_delete_stream(nats_url, env["HMS_NATS_STREAM"]))
+
+
+async def _delete_stream(url: str, name: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream(name)
+    finally:
+        await nc.close()
+
+
+# -- 10. payout time under a steady load ---------------------------------------------------------------------------
 def payout_under_load(per_second: float, seconds: float, bus_url: str = "memory://") -> dict[str, float]:
     from hms import create_app
     from hms.bus.mesh import mesh_of

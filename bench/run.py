@@ -108,6 +108,18 @@ def main(argv: list[str] | None = None) -> int:
             0.25,
             median_ratio(runs, cases.http_claim_vs_flask, n // 10),
         )
+        split = median_ratio(runs, cases.split_vs_single, 40 if quick else 300, nats.url)
+        rows.append(
+            [
+                "claims paid per second, mesh split over 3 processes / all in 1 process (NATS both)",
+                f"{split['ours']:,.0f} claims/s",
+                f"{split['base']:,.0f} claims/s",
+                f"{split['ratio']:.2f}×",
+                f"— (a {os.cpu_count()}-core machine)",
+                "—",
+            ]
+        )
+        print(rows[-1], flush=True)
         sizes = [1000, 10_000] if quick else [1000, 10_000, 100_000]
         growth = {
             size: statistics.median(cases.claims_per_second_with_stored(size, 100) for _ in range(runs))

@@ -392,23 +392,33 @@ class NatsBus(Bus):
         sub.task = self._loop.create_task(self._pull(psub, handler, options))
 
     async def _pull(self, psub: Any, handler: Handler, options: SubscribeOptions) -> None:
-        while not self._closed:
-            try:
-                msgs = await psub.fetch(batch=FETCH_BATCH, timeout=1.0)  # returns at once with what is there
-            except nats.errors.TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                return
-            except Exception as exc:  # broker restarting, connection draining: wait and pull again
-                log.debug("pull on %s: %r", psub, exc)
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                await self._deliver(msgs, handler, options)
-            except asyncio.CancelledError:
-                return
-            except Exception:  # keep consuming; what was not acked comes back after ack_wait
-                log.exception("delivering a batch on %s failed", psub)
+        """Fetch the next batch while the worker thread handles the one before (one batch at a time in handlers,
+        in stream order)."""
+        handling: asyncio.Task[None] | None = None
+        try:
+            while not self._closed:
+                try:
+                    msgs = await psub.fetch(batch=FETCH_BATCH, timeout=1.0)  # returns at once with what is there
+                except nats.errors.TimeoutError:
+                    continue
+                except asyncio.CancelledError:
+                    return
+                except Exception as exc:  # broker restarting, connection draining: wait and pull again
+                    log.debug("pull on %s: %r", psub, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if handling is not None:
+                    await handling
+                handling = self._loop.create_task(self._deliver_batch(psub, msgs, handler, options))
+        finally:
+            if handling is not None and not handling.done():
+                handling.cancel()
+
+    async def _deliver_batch(self, psub: Any, msgs: list[Msg], handler: Handler, options: SubscribeOptions) -> None:
+        try:
+            await self._deliver(msgs, handler, options)
+        except Exception:  # keep consuming; what was not acked comes back after ack_wait
+            log.exception("delivering a batch on %s failed", psub)
 
     async def _deliver(self, msgs: list[Msg], handler: Handler, options: SubscribeOptions) -> None:
         """Hand one fetched batch to the handler in one trip to a worker thread, in stream order, then settle each."""

@@ -241,6 +241,7 @@ class ServiceStore:
         self._leader_checked = 0.0
         self._wake = threading.Event()
         self._new_rows = True  # rows may wait that the relay has not read: look at the outbox on its next round
+        self._last_scan = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._inflight: set[str] = set()
@@ -462,7 +463,7 @@ class ServiceStore:
             try:
                 if not self._is_leader():
                     continue
-                # Woken only by settled deliveries: delete those, and read the outbox only if it may hold more.
+                # Woken by settled deliveries: delete those, and read the outbox only if it may hold more.
                 self.relay_once(scan=not woken or None)
                 if time.monotonic() >= next_chores:
                     next_chores = time.monotonic() + 3600
@@ -475,8 +476,9 @@ class ServiceStore:
     def relay_once(self, limit: int = 500, *, scan: bool | None = True) -> int:
         """Publish the outbox rows not yet in flight and delete those the bus holds; returns how many were sent.
 
-        `scan=None` reads the outbox only when it may hold rows not read yet: a commit wrote some, a retry is
-        due, the last read filled its page, or in-flight room was short.
+        `scan=None` reads the outbox only when it may hold rows not read yet: a commit of this process wrote
+        some, a retry is due, the last read filled its page, in-flight room was short, or a poll interval has
+        passed since the last read (rows other processes of the service wrote).
         """
         with self._lock:
             acked, self._acked = self._acked, []
@@ -486,8 +488,10 @@ class ServiceStore:
                 del self._retry[event_id]
             skip = self._inflight | set(self._retry)
             if scan is None:
-                scan = self._new_rows or bool(due)
+                scan = self._new_rows or bool(due) or now - self._last_scan >= self.poll_interval
             self._new_rows = False
+            if scan:
+                self._last_scan = now
         if acked:
             with self._serial, self.engine.begin() as c:  # one statement, executed for many ids
                 c.execute(self._delete_sent, [{"eid": e} for e in acked])

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hms.contracts import ContractError
+from hms.contracts import ContractError, Contracts
+
+from .subjects import check_subject
 
 SPECVERSION = "1.0"
 TYPE_PREFIX = "gov.hms."
@@ -242,6 +244,44 @@ class Bus(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop delivering and release every resource."""
+
+
+class Engine(Bus):
+    """What both engines do the same way: the checks every publish, request and subscription goes through."""
+
+    contracts: Contracts | None
+    _closed: bool
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusError("the bus is closed")
+
+    def _validate(self, event: Event) -> None:
+        if self.contracts is not None:
+            self.contracts.validate(event.subject, event.data, event.version)
+
+    def _envelope(self, subject: str, data: dict[str, Any], **fields: Any) -> Event:
+        """A checked envelope for an outgoing message: a valid subject, an open bus, data that meets its contract."""
+        check_subject(subject)
+        self._check_open()
+        event = Event.create(subject, data, **fields)
+        self._validate(event)
+        return event
+
+    def _options(
+        self,
+        subject: str,
+        queue: str | None,
+        max_deliver: int,
+        backoff: Sequence[float],
+        dead_letter: DeadLetter | None,
+    ) -> SubscribeOptions:
+        """Checked subscription options: a valid pattern, at least one delivery, an open bus."""
+        check_subject(subject, pattern=True)
+        if max_deliver < 1:
+            raise ValueError("max_deliver must be at least 1")
+        self._check_open()
+        return SubscribeOptions(queue, max_deliver, tuple(backoff), dead_letter)
 
 
 class BusWrapper(Bus):

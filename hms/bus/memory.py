@@ -21,10 +21,10 @@ from hms.contracts import ContractError, Contracts
 
 from .base import (
     DEFAULT_BACKOFF,
-    Bus,
     BusError,
     BusTimeout,
     DeadLetter,
+    Engine,
     Event,
     Handler,
     NoResponders,
@@ -34,7 +34,7 @@ from .base import (
     Subscription,
     respond,
 )
-from .subjects import check_subject, matches
+from .subjects import matches
 
 log = logging.getLogger("hms.bus")
 DUPLICATE_WINDOW_S = 120.0  # as the JetStream stream's duplicate_window
@@ -126,7 +126,7 @@ class _Workers:
                 t.join(timeout=10)
 
 
-class MemoryBus(Bus):
+class MemoryBus(Engine):
     """NATS semantics in one process; deliveries are retried with backoff, then dead-lettered."""
 
     def __init__(self, contracts: Contracts | None = None, *, workers: int = 8) -> None:
@@ -159,12 +159,9 @@ class MemoryBus(Bus):
         traceparent: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Future[None]:
-        check_subject(subject)
-        self._check_open()
-        event = Event.create(
+        event = self._envelope(
             subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers
         )
-        self._validate(event)
         with self._lock:
             first = self._recent_publish(event.id)
             if first is not None:
@@ -224,10 +221,7 @@ class MemoryBus(Bus):
         return out
 
     def _ask(self, subject: str, data: dict[str, Any], headers: dict[str, str] | None) -> list[Future[Any]]:
-        check_subject(subject)
-        self._check_open()
-        event = Event.create(subject, data, headers=headers)
-        self._validate(event)
+        event = self._envelope(subject, data, headers=headers)
         replies: list[Future[Any]] = []
         for signal in self._signals_for(subject):
             signal.send(self, event=event, reply=replies)
@@ -244,11 +238,7 @@ class MemoryBus(Bus):
         backoff: Sequence[float] = DEFAULT_BACKOFF,
         dead_letter: DeadLetter | None = None,
     ) -> Subscription:
-        check_subject(subject, pattern=True)
-        if max_deliver < 1:
-            raise ValueError("max_deliver must be at least 1")
-        self._check_open()
-        options = SubscribeOptions(queue, max_deliver, tuple(backoff), dead_letter)
+        options = self._options(subject, queue, max_deliver, backoff, dead_letter)
         with self._lock:
             key = (subject, queue or f"_solo.{next(self._timer_seq)}")
             group = self._groups.get(key)
@@ -348,10 +338,6 @@ class MemoryBus(Bus):
         if settlement is not None:
             settlement.done(failure)
 
-    def _validate(self, event: Event) -> None:
-        if self.contracts is not None:
-            self.contracts.validate(event.subject, event.data, event.version)
-
     # -- timers -----------------------------------------------------------------------------
     def _later(self, delay: float, fn: Any, *args: Any) -> None:
         with self._timer_cv:
@@ -369,10 +355,6 @@ class MemoryBus(Bus):
                     except RuntimeError:  # executor shut down during close()
                         return
                 self._timer_cv.wait(self._timers[0][0] - now if self._timers else None)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BusError("the bus is closed")
 
     def close(self) -> None:
         with self._timer_cv:

@@ -26,10 +26,10 @@ from hms.contracts import ContractError, Contracts
 
 from .base import (
     DEFAULT_BACKOFF,
-    Bus,
     BusError,
     BusTimeout,
     DeadLetter,
+    Engine,
     Event,
     Handler,
     NoResponders,
@@ -38,7 +38,7 @@ from .base import (
     Subscription,
     respond,
 )
-from .subjects import check_subject, matches
+from .subjects import matches
 
 log = logging.getLogger("hms.bus")
 T = TypeVar("T")
@@ -91,7 +91,7 @@ class _NatsSubscription(Subscription):
         self.bus._call(self.bus._unsubscribe(self), timeout=10)
 
 
-class NatsBus(Bus):
+class NatsBus(Engine):
     """NATS semantics on a real NATS server, with JetStream for the event subjects."""
 
     def __init__(
@@ -173,10 +173,6 @@ class NatsBus(Bus):
         """Whether `pattern` reaches JetStream (durable, retried) rather than core NATS."""
         return any(overlaps(pattern, s) for s in self.event_subjects)
 
-    def _validate(self, event: Event) -> None:
-        if self.contracts is not None:
-            self.contracts.validate(event.subject, event.data, event.version)
-
     # -- publishing -------------------------------------------------------------------------
     def publish(
         self,
@@ -189,12 +185,9 @@ class NatsBus(Bus):
         traceparent: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Future[None]:
-        check_subject(subject)
-        self._check_open()
-        event = Event.create(
+        event = self._envelope(
             subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers
         )
-        self._validate(event)
         wire_headers = {**event.headers, "Nats-Msg-Id": event.id}
         if traceparent:
             wire_headers["traceparent"] = traceparent
@@ -264,10 +257,7 @@ class NatsBus(Bus):
     def request(
         self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
     ) -> Any:
-        check_subject(subject)
-        self._check_open()
-        event = Event.create(subject, data, headers=headers)
-        self._validate(event)
+        event = self._envelope(subject, data, headers=headers)
         return self._call(self._request(event, timeout), timeout=timeout + 5)
 
     async def _request(self, event: Event, timeout: float) -> Any:
@@ -290,10 +280,7 @@ class NatsBus(Bus):
         return body
 
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
-        check_subject(subject)
-        self._check_open()
-        event = Event.create(subject, data)
-        self._validate(event)
+        event = self._envelope(subject, data)
         return self._call(self._request_many(event, timeout), timeout=timeout + 5)
 
     async def _request_many(self, event: Event, timeout: float) -> list[Any]:
@@ -325,11 +312,7 @@ class NatsBus(Bus):
         backoff: Sequence[float] = DEFAULT_BACKOFF,
         dead_letter: DeadLetter | None = None,
     ) -> Subscription:
-        check_subject(subject, pattern=True)
-        if max_deliver < 1:
-            raise ValueError("max_deliver must be at least 1")
-        self._check_open()
-        options = SubscribeOptions(queue, max_deliver, tuple(backoff), dead_letter)
+        options = self._options(subject, queue, max_deliver, backoff, dead_letter)
         sub = _NatsSubscription(self, subject, queue)
         if self.is_event(subject):
             self._call(self._subscribe_stream(sub, handler, options), timeout=15)
@@ -481,10 +464,6 @@ class NatsBus(Bus):
             self._subs.remove(sub)
 
     # -- lifecycle --------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BusError("the bus is closed")
-
     def close(self) -> None:
         if self._closed:
             return

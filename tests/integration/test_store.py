@@ -205,44 +205,55 @@ def test_one_relay_per_service_when_several_processes_share_a_database(make_stor
     second.stop()
 
 
-def test_concurrent_deliveries_commit_together_and_a_failure_stays_its_own(make_store: Maker) -> None:
-    """Group commit (SQLite): deliveries waiting on the writer share a transaction; one that fails fails alone."""
-    store, effects = make_store("metrics")
+def deliver_behind_one(
+    store: ServiceStore, effects: Table, count: int, raising: dict[int, BaseException]
+) -> tuple[dict[int, BaseException | None], list[str], list[int]]:
+    """Delivery 0 holds the store's writer until deliveries 1..count-1 wait behind it (one group, on SQLite), then
+    lets go. Each writes effect e<i>, or raises what `raising` gives it. Returns each delivery's outcome (None: it
+    returned), the stored effects, and the deliveries whose after-commit callback ran."""
     gate, started = threading.Event(), threading.Event()
-    commits: list[int] = []
-    errors: dict[int, BaseException] = {}
+    outcome: dict[int, BaseException | None] = {}
+    committed: list[int] = []
 
     def work(i: int) -> Callable[[Session], None]:
         def fn(s: Session) -> None:
-            if i == 0:  # the first holds the transaction open until the others queue behind it
+            if i == 0:
                 started.set()
                 gate.wait(5)
-            if i == 3:
-                raise RuntimeError("handler 3 is broken")
+            if i in raising:
+                raise raising[i]
             s.execute(effects.insert().values(event_id=f"e{i}"))
-            ServiceStore.after_commit(s, lambda: commits.append(i))
+            ServiceStore.after_commit(s, lambda: committed.append(i))
 
         return fn
 
     def deliver(i: int) -> None:
         try:
             store._group_commit.run(work(i))
+            outcome[i] = None
         except BaseException as exc:
-            errors[i] = exc
+            outcome[i] = exc
 
-    threads = [threading.Thread(target=deliver, args=(0,))]
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(count)]
     threads[0].start()
     assert started.wait(5)
-    threads += [threading.Thread(target=deliver, args=(i,)) for i in range(1, 6)]
     for t in threads[1:]:
         t.start()
-    eventually(lambda: len(store._group_commit._waiting) == 5 or store.engine.dialect.name != "sqlite")
+    eventually(lambda: len(store._group_commit._waiting) == count - 1 or store.engine.dialect.name != "sqlite")
     gate.set()
     for t in threads:
         t.join(10)
-    assert list(errors) == [3] and "handler 3 is broken" in str(errors[3])
     with store.engine.connect() as c:
         stored = sorted(c.execute(select(effects.c.event_id)).scalars())
+    return outcome, stored, committed
+
+
+def test_concurrent_deliveries_commit_together_and_a_failure_stays_its_own(make_store: Maker) -> None:
+    """Group commit (SQLite): deliveries waiting on the writer share a transaction; one that fails fails alone."""
+    store, effects = make_store("metrics")
+    outcome, stored, commits = deliver_behind_one(store, effects, 6, {3: RuntimeError("handler 3 is broken")})
+    errors = {i: exc for i, exc in outcome.items() if exc is not None}
+    assert list(errors) == [3] and "handler 3 is broken" in str(errors[3])
     assert stored == ["e0", "e1", "e2", "e4", "e5"]  # every other delivery committed, exactly once
     assert sorted(commits) == [0, 1, 2, 4, 5]
 
@@ -251,39 +262,7 @@ def test_an_interrupted_group_reports_no_delivery_as_done_that_was_not_committed
     """A handler that raises past Exception (SystemExit, KeyboardInterrupt) ends its group's transaction:
     every delivery in it must then fail (and be redelivered), never return as if its effect were stored."""
     store, effects = make_store("metrics")
-    gate, started = threading.Event(), threading.Event()
-    outcome: dict[int, str] = {}
-
-    def work(i: int) -> Callable[[Session], None]:
-        def fn(s: Session) -> None:
-            if i == 0:
-                started.set()
-                gate.wait(5)
-            if i == 2:
-                raise SystemExit("handler 2 pulls the plug")
-            s.execute(effects.insert().values(event_id=f"e{i}"))
-
-        return fn
-
-    def deliver(i: int) -> None:
-        try:
-            store._group_commit.run(work(i))
-            outcome[i] = "done"
-        except BaseException as exc:
-            outcome[i] = type(exc).__name__
-
-    threads = [threading.Thread(target=deliver, args=(0,))]
-    threads[0].start()
-    assert started.wait(5)
-    threads += [threading.Thread(target=deliver, args=(i,)) for i in range(1, 4)]
-    for t in threads[1:]:
-        t.start()
-    eventually(lambda: len(store._group_commit._waiting) == 3 or store.engine.dialect.name != "sqlite")
-    gate.set()
-    for t in threads:
-        t.join(10)
-    with store.engine.connect() as c:
-        stored = set(c.execute(select(effects.c.event_id)).scalars())
-    assert outcome[0] == "done" and "e0" in stored and "e2" not in stored and outcome[2] != "done"
+    outcome, stored, _ = deliver_behind_one(store, effects, 4, {2: SystemExit("handler 2 pulls the plug")})
+    assert outcome[0] is None and "e0" in stored and "e2" not in stored and outcome[2] is not None
     for i in (1, 3):  # done only if stored; otherwise an error, so the bus delivers it again
-        assert (outcome[i] == "done") == (f"e{i}" in stored), (i, outcome, stored)
+        assert (outcome[i] is None) == (f"e{i}" in stored), (i, outcome, stored)

@@ -458,13 +458,12 @@ class ServiceStore:
     def _relay(self) -> None:
         next_chores = time.monotonic() + 60  # first chores a minute after start, then hourly
         while not self._stop.is_set():
-            woken = self._wake.wait(self.poll_interval)
+            self._wake.wait(self.poll_interval)
             self._wake.clear()
             try:
                 if not self._is_leader():
                     continue
-                # Woken by settled deliveries: delete those, and read the outbox only if it may hold more.
-                self.relay_once(scan=not woken or None)
+                self.relay_once(only_if_due=True)
                 if time.monotonic() >= next_chores:
                     next_chores = time.monotonic() + 3600
                     for chore in self._chores:
@@ -473,25 +472,23 @@ class ServiceStore:
                 log.exception("outbox relay of %s failed; retrying", self.name)
                 self._stop.wait(self.poll_interval)
 
-    def relay_once(self, limit: int = 500, *, scan: bool | None = True) -> int:
+    def relay_once(self, limit: int = 500, *, only_if_due: bool = False) -> int:
         """Publish the outbox rows not yet in flight and delete those the bus holds; returns how many were sent.
 
-        `scan=None` reads the outbox only when it may hold rows not read yet: a commit of this process wrote
-        some, a retry is due, the last read filled its page, in-flight room was short, or a poll interval has
-        passed since the last read (rows other processes of the service wrote).
+        With `only_if_due` (the relay thread, woken for every settled delivery) the outbox is read only when it
+        may hold rows not read yet: a commit of this process wrote some, the last read filled its page or found
+        no in-flight room, or a poll interval has passed since the last read (retries now due, rows other
+        processes of the service wrote).
         """
         with self._lock:
             acked, self._acked = self._acked, []
             now = time.monotonic()
-            due = [e for e, at in self._retry.items() if at <= now]
-            for event_id in due:
-                del self._retry[event_id]
-            skip = self._inflight | set(self._retry)
-            if scan is None:
-                scan = self._new_rows or bool(due) or now - self._last_scan >= self.poll_interval
-            self._new_rows = False
+            scan = not only_if_due or self._new_rows or now - self._last_scan >= self.poll_interval
             if scan:
-                self._last_scan = now
+                self._new_rows, self._last_scan = False, now
+                for event_id in [e for e, at in self._retry.items() if at <= now]:
+                    del self._retry[event_id]
+                skip = self._inflight | set(self._retry)
         if acked:
             with self._serial, self.engine.begin() as c:  # one statement, executed for many ids
                 c.execute(self._delete_sent, [{"eid": e} for e in acked])

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup, FlaskGroup, with_appcontext
+from flask.cli import AppGroup, FlaskGroup, ScriptInfo, with_appcontext
 
 from hms.bus.mesh import mesh_of
+from hms.config import ConfigError
 from hms.contracts import HERE as CONTRACTS
 
 RELEASED = CONTRACTS / "lock" / "released.json"
@@ -21,9 +24,33 @@ def _create_app() -> Flask:
     return create_app()
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False)
-def main() -> None:
-    """HMS payout mesh (the same commands as `flask --app hms`)."""
+class HmsGroup(FlaskGroup):
+    """Flask's CLI group with hms's commands only (no `run`, `shell`, `routes`, `--app` or `--env-file`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            create_app=_create_app, add_default_commands=False, add_version_option=False, load_dotenv=False, **kwargs
+        )
+        self.params = [p for p in self.params if p.name not in ("app", "env_file", "debug")]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # Flask would print a configuration mistake as a traceback above the help; main() makes it one line.
+        ctx.ensure_object(ScriptInfo).load_app()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=HmsGroup, set_debug_flag=False)
+def cli() -> None:
+    """HMS payout mesh: serve it, run its workers, and look after its data."""
+
+
+def main(args: list[str] | None = None) -> None:
+    """The `hms` command. A start-up mistake is one line naming the setting, and exit code 2."""
+    try:
+        cli.main(args=args, prog_name="hms")
+    except ConfigError as exc:
+        click.echo(f"hms: {exc}", err=True)
+        sys.exit(2)
 
 
 @click.group("db", cls=AppGroup)
@@ -58,19 +85,26 @@ def revision(service: str, message: str) -> None:
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
 def up(host: str, port: int, threads: int) -> None:
     """Create/upgrade the databases, then serve everything in one process."""
-    from waitress import serve
+    from waitress.server import create_server
 
     mesh = mesh_of(current_app)
     if not mesh.hosts("gateway"):
         raise click.UsageError("HMS_SERVICES has no gateway: use `hms worker SERVICE…` for services without HTTP")
-    mesh.upgrade()
-    if "HMS_DEMO" not in os.environ:
-        current_app.config["HMS_DEMO"] = True  # the demo sign-in is on by default for `hms up`
-    mesh.start()  # resumes every unfinished delivery and payment left by a crash
-    click.echo(f"hms mesh up on http://{host}:{port} (bus {current_app.config['HMS_BUS_URL']})")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:  # bind first: a port in use is said before anything starts
+        server = create_server(app, host=host, port=port, threads=threads, ident="hms")
+    except OSError as exc:
+        mesh.close()
+        raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
     try:
-        serve(current_app._get_current_object(), host=host, port=port, threads=threads, ident="hms")  # type: ignore[attr-defined]
+        mesh.upgrade()
+        if "HMS_DEMO" not in os.environ:
+            current_app.config["HMS_DEMO"] = True  # the demo sign-in is on by default for `hms up`
+        mesh.start()  # resumes every unfinished delivery and payment left by a crash
+        click.echo(f"hms mesh up on http://{host}:{port} (bus {current_app.config['HMS_BUS_URL']})")
+        server.run()
     finally:
+        server.close()
         mesh.close()
 
 

@@ -14,6 +14,7 @@ DEFAULTS: dict[str, Any] = {
     "HMS_NATS_STREAM": "HMS_EVENTS",
     "HMS_NATS_EVENT_SUBJECTS": ["claim.>", "payment.>"],
     "HMS_NATS_ACK_WAIT_S": 30.0,
+    "HMS_NATS_CONNECT_TIMEOUT_S": 10.0,
     "HMS_DATABASE_URL": "",
     "HMS_SERVICES": list(ALL_SERVICES),
     "HMS_START": False,

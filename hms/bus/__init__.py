@@ -52,6 +52,6 @@ def connect(url: str, contracts: Contracts | None = None, **nats_options: Any) -
         try:
             from .nats import NatsBus
         except ImportError as exc:
-            raise BusError(f"HMS_BUS_URL {url!r} needs nats-py: pip install 'hms[nats]' ({exc})") from None
+            raise BusError(f"HMS_BUS_URL: {url} needs nats-py: pip install 'hms[nats]' ({exc})") from None
         return NatsBus(url, contracts, **nats_options)
-    raise BusError(f"HMS_BUS_URL {url!r}: expected memory:// or nats://host:port")
+    raise BusError(f"HMS_BUS_URL: expected memory:// or nats://host:port[,nats://host:port…], got {url!r}")

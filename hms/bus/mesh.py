@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import MetaData
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
+from hms.config import ConfigError
 from hms.contracts import Contracts
 
 from . import connect
-from .base import Bus, Event, Subscription
+from .base import Bus, BusError, Event, Subscription
 from .guard import Guard, GuardedBus, Policy
 from .registry import Registration, ServiceInfo
 from .store import ServiceStore
@@ -30,14 +34,18 @@ class Mesh:
     def __init__(self, config: dict[str, Any], bus: Bus | None = None) -> None:
         self.config = config
         self.instance_path = Path(config["HMS_INSTANCE_PATH"])
-        engine = bus or connect(
-            config["HMS_BUS_URL"],
-            Contracts(),
-            stream=config["HMS_NATS_STREAM"],
-            event_subjects=config["HMS_NATS_EVENT_SUBJECTS"],
-            ack_wait=config["HMS_NATS_ACK_WAIT_S"],
-            name=f"hms:{','.join(config['HMS_SERVICES'])}",
-        )
+        try:
+            engine = bus or connect(
+                config["HMS_BUS_URL"],
+                Contracts(),
+                stream=config["HMS_NATS_STREAM"],
+                event_subjects=config["HMS_NATS_EVENT_SUBJECTS"],
+                ack_wait=config["HMS_NATS_ACK_WAIT_S"],
+                name=f"hms:{','.join(config['HMS_SERVICES'])}",
+                connect_timeout=config["HMS_NATS_CONNECT_TIMEOUT_S"],
+            )
+        except BusError as exc:
+            raise ConfigError(str(exc)) from None
         self.telemetry = Telemetry()
         engine = InstrumentedBus(engine, self.telemetry)
         self.guard: Guard | None = None
@@ -56,6 +64,7 @@ class Mesh:
         self._starters: list[Callable[[], None]] = []
         self._stoppers: list[Callable[[], None]] = []
         self.started = False
+        self._lock: IO[str] | None = None  # the instance folder, held while memory:// runs here
 
     def hosts(self, service: str) -> bool:
         """Whether this process runs `service` (HMS_SERVICES)."""
@@ -71,19 +80,35 @@ class Mesh:
             return str(shared)
         return f"sqlite:///{self.instance_path / (service + '.db')}"
 
+    def database_setting(self, service: str) -> str:
+        """The variable that names the service's database, for error messages."""
+        own = f"HMS_{service.upper()}_DATABASE_URL"
+        if self.config.get(own):
+            return own
+        shared = str(self.config.get("HMS_DATABASE_URL") or "")
+        return "HMS_DATABASE_URL" if shared and not shared.startswith("sqlite") else "HMS_INSTANCE_PATH"
+
     def store(self, service: str, metadata: MetaData) -> ServiceStore:
         """Create the store of a hosted service."""
         cfg = self.config
-        store = ServiceStore(
-            service,
-            metadata,
-            self.database_url(service),
-            self.bus,
-            poll_interval=cfg["HMS_OUTBOX_POLL_S"],
-            max_deliver=cfg["HMS_BUS_MAX_DELIVER"],
-            backoff=cfg["HMS_BUS_BACKOFF_S"],
-            credentials=lambda: self.credentials(service),
-        )
+        try:
+            store = ServiceStore(
+                service,
+                metadata,
+                self.database_url(service),
+                self.bus,
+                poll_interval=cfg["HMS_OUTBOX_POLL_S"],
+                max_deliver=cfg["HMS_BUS_MAX_DELIVER"],
+                backoff=cfg["HMS_BUS_BACKOFF_S"],
+                credentials=lambda: self.credentials(service),
+            )
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"{self.database_setting(service)}: the driver {exc.name!r} is not installed"
+                " (PostgreSQL: pip install 'hms[postgres]')"
+            ) from None
+        except (ArgumentError, ValueError, OSError) as exc:
+            raise ConfigError(f"{self.database_setting(service)}: {first_line(exc)}") from None
         retention = timedelta(days=cfg["HMS_INBOX_RETENTION_DAYS"])
         store.housekeeping(lambda: log.info("%s: pruned %d inbox rows", service, store.prune_inbox(retention)))
         self.stores[service] = store
@@ -130,14 +155,31 @@ class Mesh:
             self._stoppers.append(stop)
 
     def upgrade(self) -> None:
-        """Run every hosted service's migrations."""
-        for store in self.stores.values():
-            store.upgrade()
+        """Run every hosted service's migrations; a database that cannot be reached names its variable."""
+        for name, store in self.stores.items():
+            try:
+                store.upgrade()
+            except (OperationalError, InterfaceError) as exc:
+                raise self._unusable(name, exc) from None
+
+    def _unusable(self, service: str, exc: DBAPIError) -> ConfigError:
+        where = self.stores[service].engine.url.render_as_string(hide_password=True)
+        return ConfigError(f"{self.database_setting(service)}: cannot use {where}: {first_line(exc.orig)}")
 
     def start(self) -> None:
         """Start the background work: outbox relays and the services' workers."""
         if self.started:
             return
+        for name, store in self.stores.items():
+            try:
+                current = store.is_current()
+            except (OperationalError, InterfaceError) as exc:
+                raise self._unusable(name, exc) from None
+            if not current:
+                setting = self.database_setting(name)
+                raise ConfigError(f"{setting}: the {name} database is not migrated: run `hms db upgrade`")
+        if self.config["HMS_BUS_URL"].startswith("memory://"):
+            self._lock = hold_instance(self.instance_path)
         self.started = True
         self.open()
         for store in self.stores.values():
@@ -160,7 +202,36 @@ class Mesh:
         self.bus.close()
         for store in self.stores.values():
             store.engine.dispose()
+        if self._lock is not None:
+            self._lock.close()  # releases the instance folder
+            self._lock = None
         self.started = False
+
+
+def hold_instance(instance: Path) -> IO[str]:
+    """Lock the instance folder for this process: the in-process bus reaches no other process."""
+    instance.mkdir(parents=True, exist_ok=True)
+    f = open(instance / "hms.lock", "a+")  # noqa: SIM115 (held open until the mesh closes)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(
+            f"HMS_BUS_URL: memory:// runs the whole mesh in one process, and process {holder} already runs it"
+            f" on {instance}: run one gunicorn worker (-w 1) or one `hms up`, or share a bus (nats://…)"
+        ) from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def first_line(exc: BaseException | None) -> str:
+    """An error's own words, without a driver's extra lines ('FATAL:' prefixes and hints dropped)."""
+    text = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
+    return text.rsplit("FATAL:", 1)[-1].strip()
 
 
 def mesh_of(app: Any) -> Mesh:

@@ -118,8 +118,9 @@ class NatsBus(Engine):
         self._awaiting_ack: dict[str, tuple[Event, Future[None]]] = {}
         self._ack_seq = itertools.count()
         self._closed = False
+        self._connected = False
         try:
-            self._call(self._connect(name), timeout=connect_timeout + 5)
+            self._call(self._connect(name, connect_timeout), timeout=connect_timeout + 10)
         except Exception:
             self._stop_loop()
             raise
@@ -128,28 +129,40 @@ class NatsBus(Engine):
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    async def _connect(self, name: str) -> None:
+    async def _connect(self, name: str, timeout: float) -> None:
         async def on_error(exc: Exception) -> None:
-            log.warning("nats: %s", exc)
+            if self._connected:  # before the first connection, the one error below says it all
+                log.warning("nats: %s", exc)
 
         async def on_disconnect() -> None:
-            if not self._closed:
+            if self._connected and not self._closed:
                 log.warning("nats: disconnected from %s", self.url)
 
         async def on_reconnect() -> None:
             log.warning("nats: reconnected to %s", self.url)
 
-        self.nc = await nats.connect(
-            self.url,
-            name=name,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-        )
+        self.nc = nats.NATS()
+        servers = [s.strip() for s in self.url.split(",") if s.strip()]
+        try:
+            await asyncio.wait_for(
+                self.nc.connect(
+                    servers,
+                    name=name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=min(5.0, timeout),
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                ),
+                timeout,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            await self.nc.close()
+            reason = f" ({exc})" if str(exc) else ""
+            raise BusError(f"HMS_BUS_URL: no NATS server answered at {self.url} within {timeout:g} s{reason}") from None
+        self._connected = True
         self.js = self.nc.jetstream()
         # Publish acknowledgements come back on one inbox: many publishes in flight without a task,
         # a future and a timer each (what js.publish costs per message).
@@ -168,6 +181,9 @@ class NatsBus(Engine):
                 await self.js.update_stream(config)
         except nats.js.errors.NotFoundError:
             await self.js.add_stream(config)
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            await self.nc.close()
+            raise BusError(f"HMS_BUS_URL: the NATS server at {self.url} has no JetStream (start it with -js)") from None
 
     def is_event(self, pattern: str) -> bool:
         """Whether `pattern` reaches JetStream (durable, retried) rather than core NATS."""

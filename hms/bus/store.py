@@ -203,7 +203,8 @@ def make_engine(url: str, service: str) -> Engine:
 
         return engine
     if u.get_backend_name() == "postgresql":
-        return create_engine(u, pool_pre_ping=True).execution_options(schema_translate_map={None: service})
+        engine = create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        return engine.execution_options(schema_translate_map={None: service})
     raise ValueError(f"database URL for {service}: unsupported backend {u.get_backend_name()!r}")
 
 
@@ -547,6 +548,17 @@ class ServiceStore:
 
         with self.engine.begin() as conn:
             command.upgrade(self._alembic(conn), revision)
+
+    def is_current(self) -> bool:
+        """Whether the database has every migration of this service (what `hms db upgrade` does)."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        with self.engine.connect() as conn:
+            schema = None if conn.dialect.name == "sqlite" else self.name
+            applied = MigrationContext.configure(conn, opts={"version_table_schema": schema}).get_current_heads()
+            heads = ScriptDirectory.from_config(self._alembic(conn)).get_heads()
+        return set(applied) == set(heads)
 
     def revision(self, message: str) -> None:
         """Write a new migration from the difference between the models and the database."""

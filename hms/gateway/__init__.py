@@ -68,7 +68,7 @@ def observe(app: Flask) -> None:
     @app.get("/metrics")
     def metrics() -> Response:
         """Prometheus exposition of this process."""
-        return Response(generate_latest(t.registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(t.registry), content_type=CONTENT_TYPE_LATEST)
 
 
 def init_app(app: Flask) -> None:

@@ -12,7 +12,8 @@ from tests.conftest import DIEGO, eventually
 
 def scrape(client: FlaskClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     r = client.get("/metrics")
-    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/plain") and r.headers["Content-Type"].count("charset") == 1
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(r.text)

@@ -36,6 +36,7 @@ class Transfer:
     amount: Decimal
     routing_number: str
     account_number: str
+    originator: str = ""  # whose transfer it is: one statement may hold several deployments' transfers
 
 
 class BankProvider(Protocol):
@@ -45,7 +46,7 @@ class BankProvider(Protocol):
 
     def lookup(self, idempotency_key: str) -> str | None: ...
 
-    def transfers_by_claim(self) -> dict[str, int]: ...
+    def transfers_by_claim(self, originator: str) -> dict[str, int]: ...
 
 
 class SandboxBank:
@@ -74,6 +75,7 @@ class SandboxBank:
         line = (
             json.dumps(
                 {
+                    "originator": t.originator,
                     "idempotencyKey": t.idempotency_key,
                     "claimId": t.claim_id,
                     "amount": str(t.amount),
@@ -101,9 +103,11 @@ class SandboxBank:
                 return str(entry["reference"])
         return None
 
-    def transfers_by_claim(self) -> dict[str, int]:
-        """How many transfers the statement holds for each claim (more than one is a double payment)."""
-        return dict(Counter(entry["claimId"] for entry in read_statement(self.statement)))
+    def transfers_by_claim(self, originator: str) -> dict[str, int]:
+        """How many of the originator's transfers the statement holds for each claim (more than one is a
+        double payment). Lines written before statements named their originator count for everyone."""
+        entries = read_statement(self.statement)
+        return dict(Counter(e["claimId"] for e in entries if e.get("originator", originator) == originator))
 
 
 def read_statement(path: Path) -> list[dict[str, str]]:

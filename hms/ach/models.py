@@ -57,4 +57,13 @@ class Payment(Base):
     __table_args__ = (Index("ix_payments_due", "state", "next_attempt_at"),)
 
 
+class Setting(Base):
+    """A value the service keeps for good, such as the originator id its bank statements carry."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
 outbox, inbox, dead_letters = messaging_tables(Base.metadata)

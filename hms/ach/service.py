@@ -20,7 +20,7 @@ from hms.bus.tracing import trace_id
 from hms.contracts.vocabulary import aba_checksum_ok
 
 from .bank import BankDeclined, BankProvider, BankUnavailable, Transfer
-from .models import Account, Payment
+from .models import Account, Payment, Setting
 
 log = logging.getLogger("hms.ach")
 
@@ -44,6 +44,7 @@ class Payments:
         self.retry_base, self.retry_max, self.lease, self.poll = retry_base, retry_max, lease, poll
         self.account_wait = account_wait
         self.instance = uuid.uuid4().hex
+        self._originator: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,7 +78,7 @@ class Payments:
         The last page also lists transfers on the bank's statement that match no payment at all.
         """
         after, limit = event.data.get("after") or "", event.data["limit"]
-        transfers = self.bank.transfers_by_claim()
+        transfers = self.bank.transfers_by_claim(self.originator())
         with self.store.session() as s:
             rows = s.execute(
                 select(Payment.claim_id, Payment.id, Payment.state)
@@ -92,6 +93,15 @@ class Payments:
         if last:
             page["unmatchedTransfers"] = sorted(c for c in transfers if c not in known)
         return page
+
+    def originator(self) -> str:
+        """This deployment's id on the bank's statement, made once and kept in the ach database."""
+        if self._originator is None:
+            with self.store.session() as s:
+                new = {"key": "originator", "value": uuid.uuid4().hex}
+                s.execute(self.store.insert_new(Setting.__table__).values(new))
+                self._originator = s.get_one(Setting, "originator").value
+        return self._originator
 
     # -- events -----------------------------------------------------------------------------
     def on_claim_approved(self, s: Session, event: Event) -> None:
@@ -173,6 +183,7 @@ class Payments:
 
     def pay(self, payment_id: str) -> str:
         """Pay one pending payment: claim it, call the bank with its key, record the outcome."""
+        originator = self.originator()  # before the transaction: it may write the id the first time
         with self.store.session() as s:
             claimed = s.execute(
                 update(Payment)
@@ -187,7 +198,12 @@ class Payments:
                 self._fail(s, p, "NO_ACCOUNT")
                 return "failed"
             transfer = account and Transfer(
-                p.idempotency_key, p.claim_id, p.amount, account.routing_number, account.account_number
+                p.idempotency_key,
+                p.claim_id,
+                p.amount,
+                account.routing_number,
+                account.account_number,
+                originator,
             )
         if not transfer:
             # The gateway registers the account right after the approval; registering makes this due again.

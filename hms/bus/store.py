@@ -250,7 +250,7 @@ class ServiceStore:
         self._retry: dict[str, float] = {}
         self._lock = threading.Lock()
         self._insert_outbox = self.outbox.insert()
-        self._insert_inbox = self._insert_new(self.inbox)
+        self._insert_inbox = self.insert_new(self.inbox)
         self._delete_sent = delete(self.outbox).where(self.outbox.c.event_id == bindparam("eid"))
         self._group_commit = GroupCommit(self.session, batched=self.engine.dialect.name == "sqlite")
         event.listen(self.Session, "after_commit", self._after_commit)
@@ -345,7 +345,7 @@ class ServiceStore:
         """The subjects this store's consumers listen to, in declaration order."""
         return list(dict.fromkeys(sub["subject"] for sub in self._subscriptions))
 
-    def _insert_new(self, table: Table) -> Any:
+    def insert_new(self, table: Table) -> Any:
         """An INSERT that skips a row whose key is already there; it returns a row only when it inserted one."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)

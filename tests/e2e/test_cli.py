@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -87,9 +89,6 @@ def test_db_upgrade_is_repeatable(app: Flask) -> None:
 def test_reconcile_agrees_after_the_flow_and_finds_planted_gaps(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    import json
-    from pathlib import Path
-
     runner = app.test_cli_runner()
     paid = client.post("/claims", json=DIEGO, headers=token("diego")).json
     client.post("/claims", json={**DIEGO, "separationReason": "quit"}, headers=token("rosa"))
@@ -106,3 +105,39 @@ def test_reconcile_agrees_after_the_flow_and_finds_planted_gaps(
     assert bad.exit_code == 1
     assert f"GAP {paid['id']}: paid 2 times at the bank" in bad.output
     assert "GAP not-approved: the bank paid a claim for which ach has no payment" in bad.output
+
+
+def test_reconcile_counts_only_its_own_transfers_on_a_shared_statement(
+    app: Flask, client: FlaskClient, token: Any, settings: dict[str, Any], tmp_path: Any
+) -> None:
+    from hms import create_app
+    from hms.bus.mesh import mesh_of
+
+    # A second deployment (SQLite, its own instance folder) whose bank statement is the same file.
+    other = create_app(
+        {
+            **settings,
+            "HMS_DATABASE_URL": "",
+            "HMS_INSTANCE_PATH": str(tmp_path / "other"),
+            "HMS_ACH_SANDBOX_STATEMENT": app.config["HMS_ACH_SANDBOX_STATEMENT"],
+        }
+    )
+    mesh_of(other).upgrade()
+    mesh_of(other).start()
+    try:
+        other_client, other_token = other.test_client(), other.extensions["hms.auth"].issue
+        for sub in ("ana", "ben"):
+            headers = {"Authorization": "Bearer " + other_token(sub, "citizen")}
+            assert other_client.post("/claims", json=DIEGO, headers=headers).status_code == 201
+        assert client.post("/claims", json=DIEGO, headers=token("diego")).status_code == 201
+        statement = Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])
+        eventually(lambda: len(statement.read_text().splitlines()) == 3)
+        for deployment, claims in ((app, 1), (other, 2)):
+            runner = deployment.test_cli_runner()
+            eventually(lambda r=runner: r.invoke(args=["audit", "reconcile", "--strict"]).exit_code == 0)
+            ok = runner.invoke(args=["audit", "reconcile", "--strict"])
+            assert f"claims {claims}, approved {claims}, payments {claims}, gaps 0, in flight 0" in ok.output
+        originators = {json.loads(line)["originator"] for line in statement.read_text().splitlines()}
+        assert len(originators) == 2
+    finally:
+        mesh_of(other).close()

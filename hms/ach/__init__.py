@@ -59,6 +59,7 @@ def init_app(app: Flask) -> Payments:
     )
     mesh.serve("ach.accounts.register", payments.register_account, "ach")
     mesh.serve("ach.payments.ledger", payments.ledger, "ach")
+    mesh.serve("ach.payments.get", payments.get, "ach")
     store.consume("claim.approved", payments.on_claim_approved)
     mesh.on_start(payments.start, payments.stop)
     mesh.register(

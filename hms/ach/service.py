@@ -94,6 +94,26 @@ class Payments:
             page["unmatchedTransfers"] = sorted(c for c in transfers if c not in known)
         return page
 
+    def get(self, event: Event) -> dict[str, Any]:
+        """ach.payments.get: one claim's payment as staff see it (the account masked); 404 when there is none."""
+        with self.store.session() as s:
+            p = s.scalars(select(Payment).where(Payment.claim_id == event.data["claimId"])).first()
+            if p is None:
+                raise ReplyError(404, "Not found", "no payment for this claim", "claimId")
+            account = s.get(Account, p.citizen)
+            return {
+                "claimId": p.claim_id,
+                "paymentId": p.id,
+                "state": p.state,
+                "amount": float(p.amount),
+                "attempts": p.attempts,
+                "lastError": p.last_error,
+                "bankReference": p.bank_reference,
+                "sentAt": iso(p.sent_at) if p.sent_at else None,
+                "account": account.masked if account else None,
+                "accountType": account.account_type if account else None,
+            }
+
     def originator(self) -> str:
         """This deployment's id on the bank's statement, made once and kept in the ach database."""
         if self._originator is None:

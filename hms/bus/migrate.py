@@ -30,6 +30,9 @@ def run_migrations(context: Any) -> None:
     ):
         # Only when missing: a service role that owns its schema has no right to create schemas.
         connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    if schema:
+        # Alembic writes some DDL (ALTER TABLE … ADD COLUMN) with bare table names: they must land in the schema.
+        connection.exec_driver_sql(f'SET LOCAL search_path TO "{schema}"')
     context.configure(
         connection=connection,
         target_metadata=attrs["metadata"],

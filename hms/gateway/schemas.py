@@ -72,6 +72,7 @@ class TimelineOut(Schema):
 class ReasonOut(Schema):
     code = fields.String()
     message = fields.String()
+    claimId = fields.String(metadata={"description": "DUPLICATE_CLAIM: the claim already open"})
 
 
 class ClaimOut(Schema):
@@ -81,6 +82,7 @@ class ClaimOut(Schema):
     amount = fields.Float(allow_none=True)
     reasons = fields.List(fields.String())
     reasonDetails = fields.List(fields.Nested(ReasonOut))
+    duplicateOf = fields.String(allow_none=True, metadata={"description": "the open claim this one duplicates"})
     ruleVersion = fields.String()
     employer = fields.String()
     claimant = fields.Nested(ClaimantOut)

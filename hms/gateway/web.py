@@ -12,6 +12,7 @@ from marshmallow import ValidationError
 from hms.bus import BusError, ReplyError
 from hms.bus.mesh import mesh_of
 from hms.bus.registry import discover
+from hms.contracts.vocabulary import CLAIM_STATUSES
 
 from .api import ask, submit_claim
 from .charts import histogram_svg, percentiles_svg
@@ -22,6 +23,21 @@ from .security import Identity, caller
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/hms")
 CSRF_COOKIE = "hms_csrf"
 HOME = {"citizen": "web.citizen", "caseworker": "web.caseworker", "auditor": "web.audit", "admin": "web.caseworker"}
+STAFF = ("caseworker", "admin", "auditor")
+# One voice for form errors: what to do, in the words of the form, whatever the validator said.
+FIELD_HELP = {
+    "name": "Enter your full name.",
+    "email": "Enter your e-mail address, like name@example.org.",
+    "ssnLast4": "Enter the last 4 digits of your Social Security number.",
+    "employer": "Enter the name of your last employer.",
+    "separationReason": "Choose why your job ended.",
+    "weeksWorked": "Enter the number of weeks you worked, a whole number from 0 to 520.",
+    "baseWages": "Enter your wages in dollars, a number from 0 to 10,000,000.",
+    "routingNumber": "Enter the 9-digit routing number printed at the bottom left of a check.",
+    "accountNumber": "Enter your account number: 4 to 17 digits, no spaces.",
+    "accountType": "Choose checking or savings.",
+}
+BAD_ROUTING = "That routing number does not exist (its check digit is wrong): check the 9 digits on your check."
 REASONS = {
     "laid_off": "Laid off",
     "reduced_hours": "Hours reduced",
@@ -102,7 +118,8 @@ def file_claim() -> ResponseReturnValue:
     except ValidationError as exc:
         errors: dict[str, str] = {}
         for e in flatten(exc.messages):
-            errors.setdefault(e["field"].split(".")[-1], e["message"])
+            name = e["field"].split(".")[-1]
+            errors.setdefault(name, BAD_ROUTING if "checksum" in e["message"] else FIELD_HELP.get(name, e["message"]))
         claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
         response = page("citizen.html", person=person, claims=claims, reasons=REASONS, form=f, errors=errors)
         response.status_code = 422
@@ -114,14 +131,35 @@ def file_claim() -> ResponseReturnValue:
 @bp.get("/my/claims/<claim_id>")
 def claim(claim_id: str) -> ResponseReturnValue:
     """One of the citizen's claims: status, plain-language reasons, timeline (updated live)."""
-    person = who("citizen", "caseworker", "auditor")
+    person = who("citizen", *STAFF)
+    if person.role != "citizen":
+        return redirect(url_for("web.case", claim_id=claim_id))
+    return page("claim.html", person=person, claim=get_claim(claim_id, person.sub), reasons=REASONS)
+
+
+def get_claim(claim_id: str, citizen: str | None) -> dict[str, Any]:
+    """A claim from svc (a citizen's own only, when `citizen` is given); 404 when there is none."""
     try:
-        found = ask(
-            "svc.claims.get", {"claimId": claim_id[:64], "citizen": person.sub if person.role == "citizen" else None}
-        )
+        return ask("svc.claims.get", {"claimId": claim_id[:64], "citizen": citizen})  # type: ignore[no-any-return]
     except ReplyError as exc:
         abort(exc.status)
-    return page("claim.html", person=person, claim=found, reasons=REASONS)
+
+
+@bp.get("/caseworker/claims/<claim_id>")
+def case(claim_id: str) -> ResponseReturnValue:
+    """The whole case for staff: claimant, job, decision and reasons, timeline, payment and bank reference."""
+    person = who(*STAFF)
+    found = get_claim(claim_id, None)
+    payment: dict[str, Any] | None = None
+    unavailable = None
+    try:
+        payment = ask("ach.payments.get", {"claimId": found["id"]})
+    except ReplyError as exc:
+        if exc.status != 404:
+            unavailable = exc.detail
+    except BusError as exc:  # ach not running or not answering: the rest of the case still shows
+        unavailable = str(exc)
+    return page("case.html", person=person, claim=found, payment=payment, unavailable=unavailable, reasons=REASONS)
 
 
 @bp.get("/caseworker")
@@ -129,11 +167,16 @@ def caseworker() -> ResponseReturnValue:
     """Claims, the mesh registry with breaker states, and dead letters to replay."""
     person = who("caseworker", "admin")
     page_no = max(1, request.args.get("page", 1, type=int) or 1)
-    claims = ask("svc.claims.list", {"citizen": None, "page": page_no, "pageSize": 25})
+    status = request.args.get("status") or None
+    if status not in (None, *CLAIM_STATUSES):
+        status = None
+    claims = ask("svc.claims.list", {"citizen": None, "page": page_no, "pageSize": 25, "status": status})
     return page(
         "caseworker.html",
         person=person,
         claims=claims,
+        status=status,
+        statuses=CLAIM_STATUSES,
         services=discover(mesh_of(current_app).bus),
         dead=dead_letters(),
         message=request.args.get("message"),
@@ -164,6 +207,19 @@ def replay(ref: str) -> ResponseReturnValue:
     except (LookupError, BusError, Exception) as exc:  # the handler's own error is what the caseworker needs
         message = f"Replay of {ref} failed again: {type(exc).__name__}: {exc}"
     return redirect(url_for("web.caseworker", message=message), code=303)
+
+
+@bp.app_template_filter("ref")
+def reference(claim_id: str) -> str:
+    """A claim's reference number as people read it out: 12 hex digits of its id in groups of four."""
+    digits = claim_id.replace("-", "").upper()[:12]
+    return "-".join(digits[i : i + 4] for i in range(0, len(digits), 4))
+
+
+@bp.get("/favicon.ico")
+def favicon() -> ResponseReturnValue:
+    """The agency's icon (browsers ask for it on every page)."""
+    return bp.send_static_file("favicon.svg")
 
 
 @bp.get("/audit")

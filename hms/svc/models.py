@@ -36,6 +36,7 @@ class Claim(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     payment_id: Mapped[str | None] = mapped_column(String(36))
     failure_reason: Mapped[str | None] = mapped_column(String(64))
+    duplicate_of: Mapped[str | None] = mapped_column(String(36))  # the open claim a DUPLICATE_CLAIM denial names
 
     __table_args__ = (Index("ix_claims_citizen_status", "citizen", "status"),)
 

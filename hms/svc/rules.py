@@ -83,6 +83,10 @@ class RuleSet:
         """The reason codes of every broken rule (empty means eligible)."""
         return [r.code for r in self.rules if r.is_broken(app)]
 
+    def names_open_claim(self, code: str) -> bool:
+        """Whether `code` is the one-open-claim rule's (its denial points at the claim already open)."""
+        return any(isinstance(r, OneOpenClaim) and r.code == code for r in self.rules)
+
     def explain(self, code: str) -> str:
         """The plain-language sentence for a reason code."""
         return next((r.explain for r in self.rules if r.code == code), code)

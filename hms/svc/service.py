@@ -86,13 +86,18 @@ class ClaimService:
     def _decide(self, s: Session, req: dict[str, Any]) -> dict[str, Any]:
         now = utcnow()
         citizen = req["citizen"]
-        has_open = s.scalar(select(func.count()).where(Claim.citizen == citizen, Claim.status.in_(OPEN_STATUSES))) or 0
+        open_claim = s.scalar(
+            select(Claim.id)
+            .where(Claim.citizen == citizen, Claim.status.in_(OPEN_STATUSES))
+            .order_by(Claim.submitted_at)
+            .limit(1)
+        )
         reasons = self.rules.evaluate(
             Application(
                 separation_reason=req["separationReason"],
                 weeks_worked=req["weeksWorked"],
                 base_wages=Decimal(str(req["baseWages"])),
-                has_open_claim=has_open > 0,
+                has_open_claim=open_claim is not None,
             )
         )
         approved = not reasons
@@ -110,6 +115,7 @@ class ClaimService:
             amount=self.rules.amount if approved else None,
             reasons=reasons,
             rule_version=self.rules.version,
+            duplicate_of=open_claim if any(self.rules.names_open_claim(c) for c in reasons) else None,
             submitted_at=now,
             decided_at=now,
         )
@@ -223,6 +229,13 @@ class ClaimService:
         return claim
 
     # -- views ------------------------------------------------------------------------------
+    def _reason(self, claim: Claim, code: str) -> dict[str, Any]:
+        """A denial reason in plain words; the one-open-claim reason names the claim that is open."""
+        reason: dict[str, Any] = {"code": code, "message": self.rules.explain(code)}
+        if claim.duplicate_of and self.rules.names_open_claim(code):
+            reason["claimId"] = claim.duplicate_of
+        return reason
+
     def view(self, s: Session, claim: Claim, *, timeline: bool = True) -> dict[str, Any]:
         """The claim as the API shows it."""
         out: dict[str, Any] = {
@@ -231,7 +244,8 @@ class ClaimService:
             "status": claim.status,
             "amount": money(claim.amount),
             "reasons": list(claim.reasons or []),
-            "reasonDetails": [{"code": c, "message": self.rules.explain(c)} for c in claim.reasons or []],
+            "reasonDetails": [self._reason(claim, c) for c in claim.reasons or []],
+            "duplicateOf": claim.duplicate_of,
             "ruleVersion": claim.rule_version,
             "employer": claim.employer,
             "claimant": {

@@ -50,8 +50,32 @@ def server(app: Flask) -> Iterator[str]:
     httpd.shutdown()
 
 
+class Watched:
+    """A browser context whose pages report console errors, script errors and failed requests."""
+
+    def __init__(self, context: Any) -> None:
+        self.context, self.problems, self.allowed = context, [], []
+        context.on("page", self.watch)
+
+    def watch(self, page: Any) -> None:
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console error: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"script error: {e}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} ({r.failure})"))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and self.problems.append(f"{r.status} for {r.request.resource_type} {r.url}"),
+        )
+
+    def new_page(self) -> Any:
+        return self.context.new_page()
+
+    def unexpected(self) -> list[str]:
+        return [p for p in self.problems if not any(a in p for a in self.allowed)]
+
+
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser() -> Iterator[Watched]:
+    """Chromium; every page a test opens must load without a console error or a failed request."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_path()
@@ -68,12 +92,15 @@ def browser() -> Iterator[Any]:
                 "--disable-sync",
             ],
         )
-        yield b
+        watched = Watched(b.new_context(accept_downloads=True))
+        yield watched
+        watched.context.close()
         b.close()
+    assert not watched.unexpected(), watched.unexpected()
 
 
 def sign_in(browser: Any, server: str, identity: str) -> Any:
-    page = browser.new_page(accept_downloads=True)
+    page = browser.new_page()
     page.goto(server + "/signin")
     page.get_by_label(identity).check()
     page.get_by_role("button", name="Sign in").click()
@@ -127,12 +154,19 @@ def test_a_denied_claim_shows_its_reasons_in_plain_words(browser: Any, server: s
 
 
 def test_a_bad_form_is_shown_again_with_the_field_named(browser: Any, server: str) -> None:
+    browser.allowed.append("422")  # the form comes back as 422 Unprocessable Content, on purpose
     page = sign_in(browser, server, "Diego Ramos, citizen")
-    fill_claim(page, **{"Bank routing number": "011000016"})
+    fill_claim(page, **{"Bank routing number": "011000016", "Full name": "", "Account number": "12 34"})
     page.get_by_role("button", name="File claim").click()
     field = page.get_by_label("Bank routing number")
     assert field.get_attribute("aria-invalid") == "true"
-    assert "ABA" in page.locator("#routingNumber-error").inner_text()
+    assert page.locator("#routingNumber-error").inner_text() == (
+        "That routing number does not exist (its check digit is wrong): check the 9 digits on your check."
+    )
+    # One voice: each message says what to do, in the form's words, not the validator's.
+    assert page.locator("#name-error").inner_text() == "Enter your full name."
+    assert page.locator("#accountNumber-error").inner_text() == "Enter your account number: 4 to 17 digits, no spaces."
+    assert "Please correct 3 fields below." in page.locator(".error-summary").inner_text()
     assert field.input_value() == "011000016"  # nothing typed is lost
 
 
@@ -171,10 +205,51 @@ def test_an_auditor_downloads_the_csv(browser: Any, server: str, client: Any, to
     page = sign_in(browser, server, "Ann, auditor")
     assert page.locator("#count").inner_text() == "1"
     assert page.locator("figure svg").count() == 2  # histogram and by-day chart, drawn by the server
+    by_day = page.locator("figure svg").nth(1)
+    assert by_day.locator("circle").count() == 2  # one day: a p50 and a p99 dot, not two giant bars
+    labels = by_day.locator("text").all_text_contents()
+    assert "0 s" in labels and sum(t.endswith(" s") for t in labels) >= 7  # y axis values and the two values
     with page.expect_download() as info:
         page.get_by_role("link", name="Download CSV").click()
     csv = Path(info.value.path()).read_text().splitlines()
     assert csv[0] == "day,count,p50_s,p90_s,p99_s,max_s" and csv[-1].startswith("all,1,")
+
+
+def test_a_caseworker_sees_the_whole_case(browser: Any, server: str, client: Any, token: Any) -> None:
+    claim = client.post("/claims", json=_diego(), headers=token("diego")).json
+    eventually(lambda: client.get(f"/claims/{claim['id']}", headers=token("diego")).json["status"] == "paid")
+    page = sign_in(browser, server, "Casey, caseworker")
+    reference = claim["id"].replace("-", "").upper()[:12]
+    reference = "-".join(reference[i : i + 4] for i in (0, 4, 8))
+    page.get_by_role("link", name=reference).click()
+    assert page.locator("h1").inner_text() == f"Claim {reference}"
+    claimant, job = page.locator("#claimant").inner_text(), page.locator("#job").inner_text()
+    assert "Diego Ramos" in claimant and "diego@example.org" in claimant and "***-**-1234" in claimant
+    assert "Acme Corp" in job and "Laid off" in job and "40" in job and "$31200.00" in job
+    payment = page.locator("#payment").text_content()
+    assert "sent" in payment and "****6789 (checking)" in payment and "SBX-" in payment
+    assert page.locator("#timeline li").count() == 3
+    assert "Your claim" not in page.content()  # staff wording, not the citizen's
+    page.get_by_role("navigation", name="Staff").get_by_role("link", name="Dead letters").click()
+    assert page.url.endswith("/caseworker#dead-letters")
+
+
+def test_a_duplicate_claim_links_the_claim_it_duplicates(browser: Any, server: str, client: Any, token: Any) -> None:
+    first = client.post("/claims", json=_diego(), headers=token("diego")).json  # filed with curl first
+    page = sign_in(browser, server, "Diego Ramos, citizen")
+    fill_claim(page)
+    page.get_by_label("Why did the job end?").select_option("laid_off")
+    page.get_by_role("button", name="File claim").click()
+    assert page.locator("#status").text_content() == "denied"
+    reason = page.locator('#reasons li[data-code="DUPLICATE_CLAIM"]')
+    assert "already have an approved or paid claim" in reason.inner_text()
+    reason.get_by_role("link").click()
+    assert first["id"] in page.url and page.locator("#status").text_content() in ("approved", "paid")
+
+
+def test_every_page_has_an_icon(client: Any) -> None:
+    with client.get("/favicon.ico") as r:
+        assert r.status_code == 200 and r.mimetype == "image/svg+xml" and b"<svg" in r.data
 
 
 def test_no_sign_in_page_outside_demo_mode(app: Flask, client: Any) -> None:

@@ -77,11 +77,33 @@ def test_a_quit_claim_with_5_weeks_is_denied_and_the_citizen_notified(
     assert read_statement(Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])) == []
 
 
-def test_a_second_claim_is_denied_as_duplicate(client: FlaskClient, token: Any) -> None:
+def test_a_second_claim_is_denied_as_duplicate_and_names_the_first(client: FlaskClient, token: Any) -> None:
     diego = token("diego")
-    assert client.post("/claims", json=DIEGO, headers=diego).json["status"] == "approved"
+    first = client.post("/claims", json=DIEGO, headers=diego).json
+    assert first["status"] == "approved" and first["duplicateOf"] is None
     second = client.post("/claims", json=DIEGO, headers=diego).json
     assert (second["status"], second["reasons"]) == ("denied", ["DUPLICATE_CLAIM"])
+    assert second["duplicateOf"] == first["id"]
+    assert second["reasonDetails"] == [
+        {"code": "DUPLICATE_CLAIM", "message": "You already have an approved or paid claim.", "claimId": first["id"]}
+    ]
+    assert client.get(f"/claims/{second['id']}", headers=diego).json["duplicateOf"] == first["id"]
+
+
+def test_a_paid_claim_blocks_a_new_one(client: FlaskClient, token: Any) -> None:
+    diego = token("diego")
+    first = client.post("/claims", json=DIEGO, headers=diego).json
+    eventually(lambda: client.get(f"/claims/{first['id']}", headers=diego).json["status"] == "paid")
+    second = client.post("/claims", json=DIEGO, headers=diego).json
+    assert (second["status"], second["reasons"], second["duplicateOf"]) == ("denied", ["DUPLICATE_CLAIM"], first["id"])
+
+
+def test_a_denied_claim_does_not_block_a_later_one(client: FlaskClient, token: Any) -> None:
+    diego = token("diego")
+    denied = client.post("/claims", json={**DIEGO, "separationReason": "quit"}, headers=diego).json
+    assert (denied["status"], denied["reasons"], denied["duplicateOf"]) == ("denied", ["INELIGIBLE_SEPARATION"], None)
+    later = client.post("/claims", json=DIEGO, headers=diego).json
+    assert (later["status"], later["reasons"]) == ("approved", [])
 
 
 def test_the_http_request_returns_before_the_payment_is_made(

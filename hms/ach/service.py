@@ -57,13 +57,19 @@ class Payments:
             raise ReplyError(
                 422, "Invalid routing number", "routingNumber fails the ABA checksum", "directDeposit.routingNumber"
             )
+        details = {
+            "routing_number": req["routingNumber"],
+            "account_number": req["accountNumber"],
+            "account_type": req["accountType"],
+            "registered_at": utcnow(),
+        }
         with self.store.session() as s:
-            account = s.get(Account, req["citizen"])
-            if account is None:
-                account = Account(citizen=req["citizen"], id=str(uuid.uuid4()))
-                s.add(account)
-            account.routing_number, account.account_number = req["routingNumber"], req["accountNumber"]
-            account.account_type, account.registered_at = req["accountType"], utcnow()
+            # Insert-or-skip, then update: two registrations for one citizen at once (retries of one claim)
+            # must not collide on the key.
+            new = {"citizen": req["citizen"], "id": str(uuid.uuid4()), **details}
+            s.execute(self.store.insert_new(Account.__table__).values(new))
+            s.execute(update(Account).where(Account.citizen == req["citizen"]).values(details))
+            account = s.get_one(Account, req["citizen"])
             s.execute(
                 update(Payment)
                 .where(Payment.citizen == req["citizen"], Payment.state == "pending")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 DEFAULT_RULES = Path(__file__).with_name("rules.json")
 
@@ -31,26 +32,21 @@ class Rule:
 
     code: str
     explain: str
-    kinds: ClassVar[dict[str, type[Rule]]] = {}
-
-    def __init_subclass__(cls, kind: str = "", **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        Rule.kinds[kind] = cls
 
     def is_broken(self, app: Application) -> bool:
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class SeparationReason(Rule, kind="separation_reason"):
-    eligible: tuple[str, ...] = ()
+class SeparationReason(Rule):
+    eligible: frozenset[str] = frozenset()
 
     def is_broken(self, app: Application) -> bool:
         return app.separation_reason not in self.eligible
 
 
 @dataclass(frozen=True)
-class MinWeeksWorked(Rule, kind="min_weeks_worked"):
+class MinWeeksWorked(Rule):
     min: int = 0
 
     def is_broken(self, app: Application) -> bool:
@@ -58,7 +54,7 @@ class MinWeeksWorked(Rule, kind="min_weeks_worked"):
 
 
 @dataclass(frozen=True)
-class MinBaseWages(Rule, kind="min_base_wages"):
+class MinBaseWages(Rule):
     min: Decimal = Decimal(0)
 
     def is_broken(self, app: Application) -> bool:
@@ -66,9 +62,18 @@ class MinBaseWages(Rule, kind="min_base_wages"):
 
 
 @dataclass(frozen=True)
-class OneOpenClaim(Rule, kind="one_open_claim"):
+class OneOpenClaim(Rule):
     def is_broken(self, app: Application) -> bool:
         return app.has_open_claim
+
+
+# The `kind` of a rules-file entry, and how its parameters are read from JSON.
+KINDS: dict[str, tuple[type[Rule], dict[str, Callable[[Any], Any]]]] = {
+    "separation_reason": (SeparationReason, {"eligible": frozenset}),
+    "min_weeks_worked": (MinWeeksWorked, {}),
+    "min_base_wages": (MinBaseWages, {"min": lambda v: Decimal(str(v))}),
+    "one_open_claim": (OneOpenClaim, {}),
+}
 
 
 @dataclass(frozen=True)
@@ -105,18 +110,12 @@ class RuleSet:
             raise RulesFileError(f"{path}: amount must be at least 1")
         rules = []
         for i, entry in enumerate(entries):
-            kind = Rule.kinds.get(entry.get("kind", ""))
-            if kind is None or kind is Rule:
-                raise RulesFileError(
-                    f"{path}: rules[{i}].kind {entry.get('kind')!r} is not one of {sorted(k for k in Rule.kinds if k)}"
-                )
-            params = {k: v for k, v in entry.items() if k != "kind"}
-            if "eligible" in params:
-                params["eligible"] = tuple(params["eligible"])
-            if kind is MinBaseWages and "min" in params:
-                params["min"] = Decimal(str(params["min"]))
+            if entry.get("kind") not in KINDS:
+                raise RulesFileError(f"{path}: rules[{i}].kind {entry.get('kind')!r} is not one of {sorted(KINDS)}")
+            kind, readers = KINDS[entry["kind"]]
             try:
+                params = {k: readers.get(k, lambda v: v)(v) for k, v in entry.items() if k != "kind"}
                 rules.append(kind(**params))
-            except TypeError as exc:
-                raise RulesFileError(f"{path}: rules[{i}]: {exc}") from None
+            except (TypeError, ValueError, InvalidOperation) as exc:
+                raise RulesFileError(f"{path}: rules[{i}]: {type(exc).__name__}: {exc}") from None
         return cls(version, amount, tuple(rules))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hms.svc.rules import Application, RuleSet, RulesFileError
+from hms.svc.rules import Application, MinBaseWages, RuleSet, RulesFileError, SeparationReason
 
 
 def application(**kw: object) -> Application:
@@ -90,3 +90,67 @@ def test_a_bad_rules_file_names_the_problem(tmp_path: Path, doc: dict, message: 
     f.write_text(json.dumps(doc))
     with pytest.raises(RulesFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
         RuleSet.load(f)
+
+
+def test_an_unknown_code_is_explained_by_itself(rules: RuleSet) -> None:
+    assert rules.explain("NOT_A_RULE") == "NOT_A_RULE"
+
+
+def test_each_code_has_its_own_sentence(rules: RuleSet) -> None:
+    assert [rules.explain(r.code) for r in rules.rules] == [
+        "You left your job for a reason that does not qualify (quitting or misconduct).",
+        "You worked fewer than 20 weeks in the base period.",
+        "Your base-period wages were below $2,500.",
+        "You already have an approved or paid claim.",
+    ]
+
+
+def test_only_the_one_open_claim_rule_names_the_open_claim(rules: RuleSet) -> None:
+    assert [r.code for r in rules.rules if rules.names_open_claim(r.code)] == ["DUPLICATE_CLAIM"]
+    assert not rules.names_open_claim("NOT_A_RULE")
+
+
+@pytest.mark.parametrize(("amount", "ok"), [(1, True), (0.99, False), (0, False)])
+def test_the_benefit_amount_is_at_least_one(tmp_path: Path, amount: float, ok: bool) -> None:
+    f = tmp_path / "rules.json"
+    f.write_text(json.dumps({"version": "1", "amount": amount, "rules": []}))
+    if ok:
+        assert RuleSet.load(f).amount == Decimal(str(amount))
+    else:
+        with pytest.raises(RulesFileError, match="amount must be at least 1"):
+            RuleSet.load(f)
+
+
+def test_a_bad_file_says_what_kind_of_error(tmp_path: Path) -> None:
+    f = tmp_path / "rules.json"
+    f.write_text("{not json")
+    with pytest.raises(RulesFileError, match=r"rules.json: JSONDecodeError: "):
+        RuleSet.load(f)
+    f.write_text(json.dumps({"version": "1", "amount": 600, "rules": [{"code": "X", "explain": ""}]}))
+    with pytest.raises(RulesFileError, match=r"rules\[0\]\.kind None is not one of \['min_base_wages', "):
+        RuleSet.load(f)
+    f.write_text(
+        json.dumps(
+            {
+                "version": "1",
+                "amount": 600,
+                "rules": [{"code": "X", "kind": "min_base_wages", "explain": "", "min": "lots"}],
+            }
+        )
+    )
+    with pytest.raises(RulesFileError, match=r"rules\[0\]: InvalidOperation"):
+        RuleSet.load(f)
+
+
+def test_thresholds_are_read_exactly(tmp_path: Path) -> None:
+    f = tmp_path / "rules.json"
+    entries = [
+        {"code": "W", "kind": "min_base_wages", "min": 2500.1, "explain": "w"},
+        {"code": "S", "kind": "separation_reason", "eligible": ["laid_off"], "explain": "s"},
+    ]
+    f.write_text(json.dumps({"version": "1", "amount": 600, "rules": entries}))
+    rules = RuleSet.load(f)
+    assert rules.rules[0] == MinBaseWages("W", "w", Decimal("2500.1"))  # exact, not a binary float
+    assert rules.rules[1] == SeparationReason("S", "s", frozenset({"laid_off"}))
+    assert rules.evaluate(application(base_wages=Decimal("2500.1"))) == []
+    assert rules.evaluate(application(base_wages=Decimal("2500.09"), separation_reason="quit")) == ["W", "S"]

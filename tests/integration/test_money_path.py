@@ -1,0 +1,274 @@
+"""The money path's edges, each written to fail on a mutant that would pay twice or strand a citizen.
+
+Found by mutation testing (docs/mutation.md): each test names the change to the code it catches.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pybreaker
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from hms.ach.bank import read_statement
+from hms.ach.models import Payment
+from hms.ach.service import Payments
+from hms.bus.mesh import Mesh
+from hms.bus.store import utcnow
+from hms.svc.rules import RuleSet
+from tests.conftest import DIEGO, eventually
+from tests.integration.test_payments import crash_mid_send, payment_for, stop_worker_and_submit
+
+
+def transfers(app: Flask) -> list[str]:
+    return [t["claimId"] for t in read_statement(Path(app.config["HMS_ACH_SANDBOX_STATEMENT"]))]
+
+
+def seconds_until_next_attempt(mesh: Mesh, claim_id: str) -> float:
+    return (payment_for(mesh, claim_id).next_attempt_at - utcnow()).total_seconds()
+
+
+# -- one transfer per payment -------------------------------------------------------------------
+def test_paying_a_payment_twice_calls_the_bank_once(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    """Catches: the `state == "pending"` condition dropped from pay()'s compare-and-set."""
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    pid = payment_for(mesh, claim_id).id
+    assert payments.pay(pid) == "sent"
+    assert payments.pay(pid) == "taken"
+    assert payment_for(mesh, claim_id).state == "sent"
+    assert transfers(app) == [claim_id]
+
+
+def test_two_workers_on_one_payment_make_one_transfer(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    payments: Payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    pid = payment_for(mesh, claim_id).id
+    other = Payments(payments.store, payments.bank, payments.breaker)  # a second process's worker
+    payments.bank.latency_ms = 200  # both are at the bank at once if both got past the compare-and-set
+    start = threading.Barrier(2)
+
+    def pay(worker: Payments) -> str:
+        start.wait()
+        return worker.pay(pid)
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(pay, (payments, other)))
+    assert outcomes == ["sent", "taken"]
+    assert transfers(app) == [claim_id]
+
+
+# -- recovery of a send cut short ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "meanwhile",
+    [
+        pytest.param({"state": "sent"}, id="recorded-sent"),  # the first worker finished after all
+        pytest.param({"claimed_by": "another-worker"}, id="claimed-by-another-worker"),
+        pytest.param({"claimed_at": "now"}, id="claimed-again-by-the-same-worker"),
+    ],
+)
+def test_a_recovery_resets_only_the_send_it_saw(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh, meanwhile: dict[str, str]
+) -> None:
+    """Between recovery's look and its reset, the payment changed in one way: the reset must not happen.
+
+    Catches, one each: `state == "sending"`, `claimed_by == …` or `claimed_at == …` dropped from the reset."""
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    crash_mid_send(mesh, claim_id)
+    pid = payment_for(mesh, claim_id).id
+    lookup = payments.bank.lookup
+    changes = {k: utcnow() if v == "now" else v for k, v in meanwhile.items()}
+
+    def and_meanwhile(key: str) -> str | None:
+        found = lookup(key)
+        with mesh.stores["ach"].session() as s:
+            p = s.get(Payment, pid)
+            for name, value in changes.items():
+                setattr(p, name, value)
+        return found
+
+    payments.bank.lookup = and_meanwhile
+    try:
+        payments._recover(pid)
+    finally:
+        payments.bank.lookup = lookup
+    p = payment_for(mesh, claim_id)
+    assert p.state == changes.get("state", "sending")
+    assert (p.claimed_by, p.claimed_at) != (None, None)
+    assert p.claimed_by == changes.get("claimed_by", "dead-worker")
+
+
+def test_a_stale_send_the_bank_never_saw_is_put_back_and_paid_once(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    crash_mid_send(mesh, claim_id)
+    payments._recover(payment_for(mesh, claim_id).id)
+    p = payment_for(mesh, claim_id)
+    assert (p.state, p.claimed_by) == ("pending", None) and abs(seconds_until_next_attempt(mesh, claim_id)) < 2
+    payments.run_once()
+    assert payment_for(mesh, claim_id).state == "sent" and transfers(app) == [claim_id]
+
+
+def test_a_send_inside_its_lease_is_not_recovered(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    with mesh.stores["ach"].session() as s:
+        p = s.get(Payment, payment_for(mesh, claim_id).id)
+        p.state, p.claimed_at, p.claimed_by = "sending", utcnow() - timedelta(seconds=payments.lease - 5), "busy"
+    payments.run_once()
+    assert (payment_for(mesh, claim_id).state, payment_for(mesh, claim_id).claimed_by) == ("sending", "busy")
+    assert transfers(app) == []
+
+
+# -- the retry schedule -------------------------------------------------------------------------
+def test_the_backoff_doubles_from_the_base_up_to_the_cap(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh, tmp_path: Path
+) -> None:
+    payments = app.extensions["hms.ach"]
+    payments.retry_base, payments.retry_max = 1.0, 10.0
+    payments.breaker = pybreaker.CircuitBreaker(fail_max=1000, exclude=payments.breaker.excluded_exceptions)
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    pid = payment_for(mesh, claim_id).id
+    (tmp_path / "down").touch()
+    payments.bank.outage_file = tmp_path / "down"
+    for attempt, expected in enumerate([1, 2, 4, 8, 10, 10], start=1):
+        assert payments.pay(pid) == "retry"
+        p = payment_for(mesh, claim_id)
+        assert (p.state, p.attempts, p.claimed_by) == ("pending", attempt, None)
+        assert p.last_error == "sandbox bank is down (outage file present)"
+        wait = seconds_until_next_attempt(mesh, claim_id)
+        assert 0.8 * expected - 0.5 <= wait <= 1.2 * expected, (attempt, wait)  # ±20 % jitter, never in the past
+    assert transfers(app) == []
+
+
+def test_an_open_breaker_waits_half_its_reset_without_counting_an_attempt(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    payments = app.extensions["hms.ach"]
+    payments.breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=20)
+    payments.breaker.open()
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    assert payments.pay(payment_for(mesh, claim_id).id) == "waiting"
+    p = payment_for(mesh, claim_id)
+    assert (p.state, p.attempts) == ("pending", 0)
+    assert p.last_error.startswith("circuit breaker open")
+    assert 0.8 * 10 - 0.5 <= seconds_until_next_attempt(mesh, claim_id) <= 1.2 * 10
+
+
+# -- no account registered yet ------------------------------------------------------------------
+def submit_without_account(mesh: Mesh, citizen: str) -> str:
+    """A claim approved by svc whose bank details never reached ach (the gateway registers them after)."""
+    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
+    claim = mesh.bus.request("svc.claims.submit", {**body, "citizen": citizen}, 5, headers=mesh.credentials("gateway"))
+    assert claim["status"] == "approved"
+    eventually(lambda: payment_for_or_none(mesh, claim["id"]))
+    return str(claim["id"])
+
+
+def payment_for_or_none(mesh: Mesh, claim_id: str) -> Payment | None:
+    from tests.integration.test_payments import payment_for_or_none as find
+
+    return find(mesh, claim_id)
+
+
+def test_a_payment_waits_for_its_account_and_goes_once_it_is_registered(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    payments = app.extensions["hms.ach"]
+    payments.stop()
+    claim_id = submit_without_account(mesh, "noor")
+    pid = payment_for(mesh, claim_id).id
+    assert payments.pay(pid) == "waiting"
+    p = payment_for(mesh, claim_id)
+    assert (p.state, p.attempts, p.last_error) == ("pending", 0, "no direct-deposit account registered yet")
+    age = (utcnow() - p.created_at).total_seconds()
+    assert 0 < seconds_until_next_attempt(mesh, claim_id) <= 1.2 * max(0.02, age / 2) + 0.1  # soon, not later
+    mesh.bus.request(
+        "ach.accounts.register", {"citizen": "noor", **DIEGO["directDeposit"]}, 5, headers=mesh.credentials("gateway")
+    )
+    assert seconds_until_next_attempt(mesh, claim_id) <= 0  # registering makes it due at once
+    assert payments.pay(pid) == "sent" and transfers(app) == [claim_id]
+
+
+def test_a_payment_with_no_account_after_the_wait_fails_as_no_account(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    payments = app.extensions["hms.ach"]
+    payments.stop()
+    claim_id = submit_without_account(mesh, "omar")
+    with mesh.stores["ach"].session() as s:  # the payment was recorded longer ago than the wait
+        s.get(Payment, payment_for(mesh, claim_id).id).created_at = utcnow() - timedelta(
+            seconds=payments.account_wait + 1
+        )
+    assert payments.pay(payment_for(mesh, claim_id).id) == "failed"
+    assert (payment_for(mesh, claim_id).state, payment_for(mesh, claim_id).last_error) == ("failed", "NO_ACCOUNT")
+    claim = eventually(
+        lambda: (c := client.get(f"/claims/{claim_id}", headers=token("omar")).json)["status"] == "payment_failed" and c
+    )
+    assert claim["failureReason"] == "NO_ACCOUNT" and transfers(app) == []
+
+
+# -- the decision -------------------------------------------------------------------------------
+def test_racing_first_uses_of_an_idempotency_key_all_get_the_same_claim(app: Flask, token: Any) -> None:
+    headers = {**token("diego"), "Idempotency-Key": "race-1"}
+
+    def submit(_: int) -> tuple[int, str]:
+        r = app.test_client().post("/claims", json=DIEGO, headers=headers)
+        return r.status_code, r.json["id"]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(submit, range(6)))
+    assert {status for status, _ in results} == {201}
+    assert len({claim_id for _, claim_id in results}) == 1
+    listed = app.test_client().get("/claims", headers=token("diego")).json
+    assert listed["total"] == 1
+
+
+def test_every_denial_reason_is_explained_with_its_own_sentence(client: FlaskClient, token: Any) -> None:
+    rules = {r.code: r.explain for r in RuleSet.load().rules}
+    approved = client.post("/claims", json=DIEGO, headers=token("ivy")).json
+    assert approved["status"] == "approved"
+    worst = {**DIEGO, "separationReason": "quit", "weeksWorked": 3, "baseWages": 100}
+    denied = client.post("/claims", json=worst, headers=token("ivy")).json
+    assert [r["code"] for r in denied["reasonDetails"]] == [
+        "INELIGIBLE_SEPARATION",
+        "INSUFFICIENT_WEEKS",
+        "INSUFFICIENT_WAGES",
+        "DUPLICATE_CLAIM",
+    ]
+    for reason in denied["reasonDetails"]:
+        assert reason["message"] == rules[reason["code"]]
+    assert "You worked fewer than 20 weeks in the base period." in [r["message"] for r in denied["reasonDetails"]]
+
+
+# -- ledgers, to their last page ----------------------------------------------------------------
+def test_ledgers_page_to_the_end_and_only_the_last_page_lists_unmatched_transfers(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    ids = sorted(str(client.post("/claims", json=DIEGO, headers=token(f"p{i}")).json["id"]) for i in range(3))
+    eventually(lambda: len(transfers(app)) == 3)
+    gateway = mesh.credentials("gateway")
+
+    def page(subject: str, after: str | None, limit: int) -> Any:
+        return mesh.bus.request(subject, {"after": after, "limit": limit}, 5, headers=gateway)
+
+    for subject in ("svc.claims.ledger", "ach.payments.ledger"):
+        first = page(subject, None, 2)
+        assert [i["claimId"] for i in first["items"]] == ids[:2] and first["next"] == ids[1]
+        assert "unmatchedTransfers" not in first
+        last = page(subject, first["next"], 2)
+        assert [i["claimId"] for i in last["items"]] == ids[2:] and last["next"] is None
+    full = page("ach.payments.ledger", None, 3)  # exactly full: the last page is the next, empty one
+    assert len(full["items"]) == 3 and full["next"] == ids[2]
+    end = page("ach.payments.ledger", full["next"], 3)
+    assert end == {"items": [], "next": None, "unmatchedTransfers": []}
+    assert [i["bankTransfers"] for i in full["items"]] == [1, 1, 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,8 +27,14 @@ DIEGO = {
 }
 
 
-def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+# How long `eventually` waits by default; mutation runs (.ci/mutation.py) shorten it, so that a mutant which stops
+# the flow fails its test in seconds rather than at the full timeout.
+PATIENCE = float(os.environ.get("HMS_TEST_PATIENCE_S", "10"))
+
+
+def eventually(check: Callable[[], Any], timeout: float | None = None, interval: float = 0.02) -> Any:
     """Poll `check` until it returns something truthy; fail with its last value at the timeout."""
+    timeout = PATIENCE if timeout is None else timeout
     deadline = time.monotonic() + timeout
     value = None
     while time.monotonic() < deadline:

@@ -111,6 +111,8 @@ def test_a_stale_send_the_bank_never_saw_is_put_back_and_paid_once(
     payments = app.extensions["hms.ach"]
     claim_id = stop_worker_and_submit(app, client, token, mesh)
     crash_mid_send(mesh, claim_id)
+    with mesh.stores["ach"].session() as s:  # whatever it said before, a put-back send is due at once
+        s.get(Payment, payment_for(mesh, claim_id).id).next_attempt_at = utcnow() + timedelta(hours=1)
     payments._recover(payment_for(mesh, claim_id).id)
     p = payment_for(mesh, claim_id)
     assert (p.state, p.claimed_by) == ("pending", None) and abs(seconds_until_next_attempt(mesh, claim_id)) < 2
@@ -272,3 +274,277 @@ def test_ledgers_page_to_the_end_and_only_the_last_page_lists_unmatched_transfer
     end = page("ach.payments.ledger", full["next"], 3)
     assert end == {"items": [], "next": None, "unmatchedTransfers": []}
     assert [i["bankTransfers"] for i in full["items"]] == [1, 1, 1]
+
+
+def test_staff_see_a_claims_payment_with_the_account_masked(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    gateway = mesh.credentials("gateway")
+    pending = mesh.bus.request("ach.payments.get", {"claimId": claim_id}, 5, headers=gateway)
+    assert pending == {
+        "claimId": claim_id,
+        "paymentId": payment_for(mesh, claim_id).id,
+        "state": "pending",
+        "amount": 600.0,
+        "attempts": 0,
+        "lastError": None,
+        "bankReference": None,
+        "sentAt": None,
+        "account": "****6789",
+        "accountType": "checking",
+    }
+    app.extensions["hms.ach"].run_once()
+    sent = mesh.bus.request("ach.payments.get", {"claimId": claim_id}, 5, headers=gateway)
+    assert (sent["state"], sent["attempts"]) == ("sent", 1)
+    assert sent["bankReference"].startswith("SBX-") and sent["sentAt"].endswith("Z")
+    from hms.bus import ReplyError
+
+    with pytest.raises(ReplyError) as missing:
+        mesh.bus.request("ach.payments.get", {"claimId": "no-such-claim"}, 5, headers=gateway)
+    assert (missing.value.status, missing.value.field) == (404, "claimId")
+
+
+# -- the claim service's answers, exactly ---------------------------------------------------------
+def ask_svc(mesh: Mesh, subject: str, data: dict[str, Any]) -> Any:
+    return mesh.bus.request(subject, data, 5, headers=mesh.credentials("gateway"))
+
+
+def submit(mesh: Mesh, citizen: str, **changes: Any) -> dict[str, Any]:
+    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
+    return ask_svc(mesh, "svc.claims.submit", {**body, "citizen": citizen, **changes})  # type: ignore[no-any-return]
+
+
+def test_an_idempotency_key_replays_the_first_result_and_refuses_another_body(mesh: Mesh) -> None:
+    from hms.bus import ReplyError
+
+    first = submit(mesh, "kai", idempotencyKey="k1")  # no fingerprint: a caller that sends none
+    again = submit(mesh, "kai", idempotencyKey="k1")
+    assert again == {**first, "replayed": True} and "replayed" not in first
+    other = submit(mesh, "lea", idempotencyKey="k1")  # keys are per citizen
+    assert other["id"] != first["id"] and "replayed" not in other
+    with pytest.raises(ReplyError) as refused:
+        submit(mesh, "kai", idempotencyKey="k1", fingerprint="another-body")
+    e = refused.value
+    assert (e.status, e.title, e.field) == (422, "Idempotency-Key reused", "Idempotency-Key")
+    assert e.detail == "this Idempotency-Key was used with a different request body"
+
+
+def test_a_claim_is_found_by_its_owner_and_staff_only(mesh: Mesh) -> None:
+    from hms.bus import ReplyError
+
+    claim = submit(mesh, "kai")
+    assert ask_svc(mesh, "svc.claims.get", {"claimId": claim["id"], "citizen": "kai"})["id"] == claim["id"]
+    assert ask_svc(mesh, "svc.claims.get", {"claimId": claim["id"]})["citizen"] == "kai"  # staff: no citizen
+    for request in ({"claimId": claim["id"], "citizen": "someone-else"}, {"claimId": "no-such-claim"}):
+        with pytest.raises(ReplyError) as missing:
+            ask_svc(mesh, "svc.claims.get", request)
+        e = missing.value
+        assert (e.status, e.title, e.detail, e.field) == (404, "Not found", "no such claim", "id")
+
+
+def test_claims_list_newest_first_scoped_filtered_and_paged(mesh: Mesh) -> None:
+    kai = [submit(mesh, "kai"), submit(mesh, "kai", separationReason="quit")]  # approved, then duplicate+quit
+    lea = submit(mesh, "lea", weeksWorked=3)
+    everyone = ask_svc(mesh, "svc.claims.list", {"page": 1, "pageSize": 10})
+    assert [c["id"] for c in everyone["items"]] == [lea["id"], kai[1]["id"], kai[0]["id"]]
+    assert (everyone["page"], everyone["pageSize"], everyone["total"]) == (1, 10, 3)
+    assert "timeline" not in everyone["items"][0] and everyone["items"][0]["claimant"]["name"] == "Diego Ramos"
+    own = ask_svc(mesh, "svc.claims.list", {"citizen": "kai", "page": 1, "pageSize": 10})
+    assert [c["id"] for c in own["items"]] == [kai[1]["id"], kai[0]["id"]] and own["total"] == 2
+    denied = ask_svc(mesh, "svc.claims.list", {"status": "denied", "page": 1, "pageSize": 10})
+    assert [c["id"] for c in denied["items"]] == [lea["id"], kai[1]["id"]] and denied["total"] == 2
+    both = ask_svc(mesh, "svc.claims.list", {"citizen": "kai", "status": "denied", "page": 1, "pageSize": 10})
+    assert [c["id"] for c in both["items"]] == [kai[1]["id"]]
+    second = ask_svc(mesh, "svc.claims.list", {"page": 2, "pageSize": 2})
+    assert [c["id"] for c in second["items"]] == [kai[0]["id"]] and second["total"] == 3 and second["page"] == 2
+
+
+def test_payment_outcomes_land_on_the_claim_once(app: Flask, mesh: Mesh, client: FlaskClient, token: Any) -> None:
+    paid = client.post("/claims", json=DIEGO, headers=token("kai")).json
+    body = {**DIEGO, "directDeposit": {**DIEGO["directDeposit"], "accountNumber": "999900001234"}}
+    failed = client.post("/claims", json=body, headers=token("lea")).json
+    done = eventually(
+        lambda: (
+            (p := ask_svc(mesh, "svc.claims.get", {"claimId": paid["id"]}))["status"] == "paid"
+            and (f := ask_svc(mesh, "svc.claims.get", {"claimId": failed["id"]}))["status"] == "payment_failed"
+            and (p, f)
+        )
+    )
+    p, f = done
+    payment_id = payment_for(mesh, paid["id"]).id
+    assert p["paymentId"] == payment_id and p["failureReason"] is None
+    assert p["timeline"][-1] == {"status": "paid", "at": p["timeline"][-1]["at"], "detail": payment_id}
+    assert [t["status"] for t in p["timeline"]] == ["submitted", "approved", "paid"]
+    assert f["failureReason"] == "ACCOUNT_CLOSED" and f["paymentId"] is None
+    assert f["timeline"][-1]["status"] == "payment_failed" and f["timeline"][-1]["detail"] == "ACCOUNT_CLOSED"
+    # The same outcome again (a redelivery under a new event id) changes nothing.
+    again = {"claimId": paid["id"], "paymentId": payment_id, "citizen": "kai", "amount": 600, "sentAt": p["decidedAt"]}
+    mesh.bus.publish("payment.sent", again, headers=mesh.credentials("ach")).result(5)
+    eventually(lambda: mesh.stores["svc"].outbox_backlog() == 0)
+    assert ask_svc(mesh, "svc.claims.get", {"claimId": paid["id"]})["timeline"] == p["timeline"]
+    assert mesh.stores["svc"].list_dead_letters() == []
+
+
+def test_a_payment_outcome_for_a_claim_that_was_not_approved_is_a_dead_letter(mesh: Mesh) -> None:
+    denied = submit(mesh, "kai", separationReason="quit")
+    sent = {"claimId": denied["id"], "paymentId": "p-x", "citizen": "kai", "amount": 600, "sentAt": denied["decidedAt"]}
+    mesh.bus.publish("payment.sent", sent, headers=mesh.credentials("ach")).result(5)
+    unknown = {**sent, "claimId": "no-such-claim"}
+    mesh.bus.publish(
+        "payment.failed",
+        {k: unknown[k] for k in ("claimId", "citizen")} | {"reason": "X", "attempts": 1},
+        headers=mesh.credentials("ach"),
+    ).result(5)
+    dead = eventually(lambda: len(d := mesh.stores["svc"].list_dead_letters()) == 2 and d, timeout=20)
+    errors = sorted(d["error"] for d in dead)
+    assert f"payment.sent: claim {denied['id']} is denied, not approved" in errors[1]
+    assert "payment.failed: unknown claim no-such-claim" in errors[0]
+    assert ask_svc(mesh, "svc.claims.get", {"claimId": denied["id"]})["status"] == "denied"
+
+
+# -- the payments service's records, exactly --------------------------------------------------------
+def test_a_send_is_claimed_by_this_worker_while_at_the_bank_and_recorded_as_the_bank_said(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    pid = payment_for(mesh, claim_id).id
+    transfer, seen = payments.bank.transfer, []
+
+    def watching(t: Any) -> str:
+        seen.append((payment_for(mesh, claim_id), t))
+        return transfer(t)
+
+    payments.bank.transfer = watching
+    try:
+        assert payments.pay(pid) == "sent"
+    finally:
+        payments.bank.transfer = transfer
+    [(during, t)] = seen
+    assert (during.state, during.claimed_by, during.attempts) == ("sending", payments.instance, 1)
+    assert abs((utcnow() - during.claimed_at).total_seconds()) < 5
+    assert (t.idempotency_key, t.claim_id, t.amount) == (f"hms-claim-{claim_id}", claim_id, 600)
+    assert (t.routing_number, t.account_number, t.originator) == ("011000015", "000123456789", payments.originator())
+    [line] = read_statement(Path(app.config["HMS_ACH_SANDBOX_STATEMENT"]))
+    p = payment_for(mesh, claim_id)
+    assert (p.state, p.bank_reference, p.last_error) == ("sent", line["reference"], None)
+    assert line["originator"] == payments.originator() and len(line["originator"]) == 32
+    assert (line["account"], line["routing"], line["amount"]) == ("****6789", "011000015", "600.00")
+
+
+def test_the_originator_is_made_once_and_kept(app: Flask, mesh: Mesh) -> None:
+    from hms.ach.models import Setting
+
+    payments = app.extensions["hms.ach"]
+    first = payments.originator()
+    payments._originator = None  # a new process of the same deployment reads it back
+    assert payments.originator() == first
+    with mesh.stores["ach"].session() as s:
+        assert s.get(Setting, "originator").value == first
+
+
+def test_recording_a_payment_sent_twice_keeps_the_first_record(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    pid = payment_for(mesh, claim_id).id
+    payments.pay(pid)
+    before = payment_for(mesh, claim_id)
+    published = []
+    emit = mesh.stores["ach"].emit
+    mesh.stores["ach"].emit = lambda s, subject, data, **kw: published.append(subject) or emit(s, subject, data, **kw)
+    try:
+        payments._sent(pid, "SOME-OTHER-REFERENCE")
+    finally:
+        mesh.stores["ach"].emit = emit
+    after = payment_for(mesh, claim_id)
+    assert (after.bank_reference, after.sent_at) == (before.bank_reference, before.sent_at) and published == []
+
+
+def test_a_retry_never_touches_a_payment_no_longer_sending(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    pid = payment_for(mesh, claim_id).id
+    payments.pay(pid)
+    payments._retry(pid, "late news from a slow thread", counted=True)
+    p = payment_for(mesh, claim_id)
+    assert (p.state, p.last_error, p.attempts) == ("sent", None, 1)
+
+
+def test_a_long_bank_error_is_kept_to_300_characters(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    from hms.ach.bank import BankUnavailable
+
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+
+    def unavailable(t: Any) -> str:
+        raise BankUnavailable("E" * 400)
+
+    payments.bank.transfer = unavailable
+    assert payments.pay(payment_for(mesh, claim_id).id) == "retry"
+    assert payment_for(mesh, claim_id).last_error == "E" * 300
+
+
+def test_the_account_wait_grows_with_the_payments_age(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    payments = app.extensions["hms.ach"]
+    payments.stop()
+    claim_id = submit_without_account(mesh, "noor")
+    with mesh.stores["ach"].session() as s:
+        s.get(Payment, payment_for(mesh, claim_id).id).created_at = utcnow() - timedelta(seconds=10)
+    assert payments.pay(payment_for(mesh, claim_id).id) == "waiting"
+    assert 0.8 * 5 - 0.5 <= seconds_until_next_attempt(mesh, claim_id) <= 1.2 * 5  # half its age, jittered
+
+
+def test_a_recovered_send_keeps_the_banks_reference(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    from hms.ach.bank import Transfer
+
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    p = payment_for(mesh, claim_id)
+    reference = payments.bank.transfer(
+        Transfer(p.idempotency_key, claim_id, p.amount, "011000015", "000123456789", payments.originator())
+    )
+    crash_mid_send(mesh, claim_id)
+    payments._recover(p.id)
+    assert (payment_for(mesh, claim_id).state, payment_for(mesh, claim_id).bank_reference) == ("sent", reference)
+
+
+def test_ach_ledger_counts_transfers_and_lists_strays_on_its_last_page(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    import json
+
+    payments = app.extensions["hms.ach"]
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    gateway = mesh.credentials("gateway")
+    pid = payment_for(mesh, claim_id).id
+    before = mesh.bus.request("ach.payments.ledger", {"limit": 10}, 5, headers=gateway)
+    assert before == {
+        "items": [{"claimId": claim_id, "paymentId": pid, "state": "pending", "bankTransfers": 0}],
+        "next": None,
+        "unmatchedTransfers": [],
+    }
+    payments.pay(pid)
+    statement = Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])
+    line = json.loads(statement.read_text())
+    with statement.open("a") as f:  # a transfer of ours for a claim ach never had
+        f.write(json.dumps({**line, "claimId": "stray"}) + "\n")
+    after = mesh.bus.request("ach.payments.ledger", {"limit": 10}, 5, headers=gateway)
+    assert after["items"] == [{"claimId": claim_id, "paymentId": pid, "state": "sent", "bankTransfers": 1}]
+    assert after["unmatchedTransfers"] == ["stray"]
+
+
+def test_staff_see_no_account_when_none_was_registered(app: Flask, mesh: Mesh) -> None:
+    from hms.bus import ReplyError
+
+    app.extensions["hms.ach"].stop()
+    claim_id = submit_without_account(mesh, "noor")
+    found = mesh.bus.request("ach.payments.get", {"claimId": claim_id}, 5, headers=mesh.credentials("gateway"))
+    assert (found["account"], found["accountType"], found["state"]) == (None, None, "pending")
+    with pytest.raises(ReplyError) as missing:
+        mesh.bus.request("ach.payments.get", {"claimId": "none"}, 5, headers=mesh.credentials("gateway"))
+    assert (missing.value.title, missing.value.detail) == ("Not found", "no payment for this claim")

@@ -548,3 +548,105 @@ def test_staff_see_no_account_when_none_was_registered(app: Flask, mesh: Mesh) -
     with pytest.raises(ReplyError) as missing:
         mesh.bus.request("ach.payments.get", {"claimId": "none"}, 5, headers=mesh.credentials("gateway"))
     assert (missing.value.title, missing.value.detail) == ("Not found", "no payment for this claim")
+
+
+def test_a_recovery_puts_back_only_its_own_payment(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    """Two sends cut short with the same stamp (same dead worker, same instant): recovering one of them must not
+    put back the other, which the bank may hold. Catches: `Payment.id == …` dropped from the reset."""
+    payments = app.extensions["hms.ach"]
+    payments.stop()
+    a, b = (approved_and_recorded(client, token, mesh, sub) for sub in ("ana", "ben"))
+    stamp = utcnow() - timedelta(minutes=5)
+    ids = [payment_for(mesh, claim_id).id for claim_id in (a, b)]
+    with mesh.stores["ach"].session() as s:
+        for pid in ids:
+            p = s.get(Payment, pid)
+            p.state, p.attempts, p.claimed_at, p.claimed_by = "sending", 1, stamp, "dead-worker"
+    payments._recover(payment_for(mesh, a).id)
+    assert payment_for(mesh, a).state == "pending"
+    assert (payment_for(mesh, b).state, payment_for(mesh, b).claimed_by) == ("sending", "dead-worker")
+
+
+def approved_and_recorded(client: FlaskClient, token: Any, mesh: Mesh, sub: str) -> str:
+    claim_id = str(client.post("/claims", json=DIEGO, headers=token(sub)).json["id"])
+    eventually(lambda: payment_for_or_none(mesh, claim_id))
+    return claim_id
+
+
+def test_idempotency_records_are_pruned_only_when_old(app: Flask, mesh: Mesh) -> None:
+    from hms.svc.models import IdempotencyRecord
+
+    claims = app.extensions["hms.svc"]
+    first = submit(mesh, "kai", idempotencyKey="k-old")
+    submit(mesh, "lea", idempotencyKey="k-new")
+    assert claims.prune_idempotency(timedelta(days=1)) == 0
+    with mesh.stores["svc"].session() as s:
+        s.get(IdempotencyRecord, ("kai", "k-old")).created_at = utcnow() - timedelta(days=2)
+    assert claims.prune_idempotency(timedelta(days=1)) == 1
+    with mesh.stores["svc"].session() as s:
+        assert s.get(IdempotencyRecord, ("kai", "k-old")) is None and s.get(IdempotencyRecord, ("lea", "k-new"))
+    assert submit(mesh, "kai", idempotencyKey="k-old")["id"] != first["id"]  # a new submit now
+
+
+def test_an_empty_list_and_a_page_of_one(mesh: Mesh) -> None:
+    from hms.svc.models import Claim
+
+    empty = ask_svc(mesh, "svc.claims.list", {"page": 1, "pageSize": 10})
+    assert (empty["items"], empty["total"]) == ([], 0)
+    ids = [submit(mesh, "kai")["id"], submit(mesh, "lea")["id"]]
+    with mesh.stores["svc"].session() as s:  # filed at the same instant: the id breaks the tie
+        same = utcnow()
+        for claim_id in ids:
+            s.get(Claim, claim_id).submitted_at = same
+    one = ask_svc(mesh, "svc.claims.list", {"page": 1, "pageSize": 1})
+    assert [c["id"] for c in one["items"]] == [min(ids)] and one["total"] == 2
+    two = ask_svc(mesh, "svc.claims.list", {"page": 2, "pageSize": 1})
+    assert [c["id"] for c in two["items"]] == [max(ids)]
+
+
+def test_the_claims_ledger_reports_status_and_a_full_last_page(mesh: Mesh) -> None:
+    made = [submit(mesh, "kai"), submit(mesh, "lea", separationReason="quit"), submit(mesh, "max")]
+    status = {c["id"]: c["status"] for c in made}
+    full = ask_svc(mesh, "svc.claims.ledger", {"after": None, "limit": 3})
+    assert full["items"] == [{"claimId": i, "status": status[i]} for i in sorted(status)]
+    assert full["next"] == sorted(status)[2]
+    assert ask_svc(mesh, "svc.claims.ledger", {"after": full["next"], "limit": 3}) == {"items": [], "next": None}
+
+
+def test_only_the_duplicate_reason_names_the_open_claim(mesh: Mesh) -> None:
+    first = submit(mesh, "kai")
+    second = submit(mesh, "kai", separationReason="quit")
+    assert [r.get("claimId") for r in second["reasonDetails"]] == [None, first["id"]]
+    assert [r["code"] for r in second["reasonDetails"]] == ["INELIGIBLE_SEPARATION", "DUPLICATE_CLAIM"]
+
+
+def test_a_failed_payment_reported_twice_changes_nothing(
+    app: Flask, mesh: Mesh, client: FlaskClient, token: Any
+) -> None:
+    body = {**DIEGO, "directDeposit": {**DIEGO["directDeposit"], "accountNumber": "999900001234"}}
+    failed = client.post("/claims", json=body, headers=token("lea")).json
+    f = eventually(
+        lambda: (c := ask_svc(mesh, "svc.claims.get", {"claimId": failed["id"]}))["status"] == "payment_failed" and c
+    )
+    again = {"claimId": failed["id"], "citizen": "lea", "reason": "ACCOUNT_CLOSED", "attempts": 1}
+    mesh.bus.publish("payment.failed", again, headers=mesh.credentials("ach")).result(5)
+    eventually(lambda: mesh.stores["svc"].outbox_backlog() == 0)
+    assert ask_svc(mesh, "svc.claims.get", {"claimId": failed["id"]})["timeline"] == f["timeline"]
+    assert mesh.stores["svc"].list_dead_letters() == []
+
+
+def test_a_failed_payment_carries_the_claims_trace(mesh: Mesh, client: FlaskClient, token: Any) -> None:
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    seen: list[tuple[str, str | None]] = []
+    publish = mesh.bus.publish
+
+    def recording(subject: str, data: dict[str, Any], **kw: Any) -> Any:
+        seen.append((subject, kw.get("traceparent")))
+        return publish(subject, data, **kw)
+
+    mesh.bus.publish = recording  # type: ignore[method-assign]
+    body = {**DIEGO, "directDeposit": {**DIEGO["directDeposit"], "accountNumber": "999900001234"}}
+    headers = {**token("lea"), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+    assert client.post("/claims", json=body, headers=headers).status_code == 201
+    parent = eventually(lambda: next((t for s, t in seen if s == "payment.failed"), None))
+    assert parent.split("-")[1] == trace

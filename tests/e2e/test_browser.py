@@ -74,8 +74,10 @@ class Watched:
 
 
 @pytest.fixture
-def browser() -> Iterator[Watched]:
-    """Chromium; every page a test opens must load without a console error or a failed request."""
+def browser(server: str) -> Iterator[Watched]:
+    """Chromium; every page a test opens must load without a console error or a failed request.
+
+    It asks for the server so that it closes first: a page still loading must not meet a server gone away."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_path()
@@ -225,7 +227,7 @@ def test_a_caseworker_sees_the_whole_case(browser: Any, server: str, client: Any
     assert page.locator("h1").inner_text() == f"Claim {reference}"
     claimant, job = page.locator("#claimant").inner_text(), page.locator("#job").inner_text()
     assert "Diego Ramos" in claimant and "diego@example.org" in claimant and "***-**-1234" in claimant
-    assert "Acme Corp" in job and "Laid off" in job and "40" in job and "$31200.00" in job
+    assert "Acme Corp" in job and "Laid off" in job and "40" in job and "$31,200.00" in job
     payment = page.locator("#payment").text_content()
     assert "sent" in payment and "****6789 (checking)" in payment and "SBX-" in payment
     assert page.locator("#timeline li").count() == 3

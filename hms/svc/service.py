@@ -9,7 +9,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hms.bus import Event, ReplyError, iso
@@ -46,32 +45,27 @@ class ClaimService:
         """svc.claims.submit: record the claim, decide it, publish both; idempotent per key."""
         req = event.data
         key = req.get("idempotencyKey")
-        for _ in range(2):  # a concurrent first use of the same key loses the race once, then finds the record
-            try:
-                with self.store.session() as s:
-                    # One decision at a time per citizen: the one-open-claim rule reads what it then writes.
-                    self.store.lock(s, f"citizen:{req['citizen']}")
-                    if key:
-                        found = s.get(IdempotencyRecord, (req["citizen"], key))
-                        if found is not None:
-                            return self._replay(found, req)
-                    view = self._decide(s, req)
-                    if key:
-                        s.add(
-                            IdempotencyRecord(
-                                citizen=req["citizen"],
-                                key=key,
-                                fingerprint=req.get("fingerprint") or "",
-                                claim_id=view["id"],
-                                response=view,
-                                created_at=utcnow(),
-                            )
-                        )
-                    return view
-            except IntegrityError:
-                if not key:
-                    raise
-        raise ReplyError(409, "Conflict", "the same Idempotency-Key is being used concurrently", "Idempotency-Key")
+        with self.store.session() as s:
+            # One decision at a time per citizen: the one-open-claim rule reads what it then writes, and a
+            # concurrent first use of the citizen's Idempotency-Key waits here, then finds the first one's record.
+            self.store.lock(s, f"citizen:{req['citizen']}")
+            if key:
+                found = s.get(IdempotencyRecord, (req["citizen"], key))
+                if found is not None:
+                    return self._replay(found, req)
+            view = self._decide(s, req)
+            if key:
+                s.add(
+                    IdempotencyRecord(
+                        citizen=req["citizen"],
+                        key=key,
+                        fingerprint=req.get("fingerprint") or "",
+                        claim_id=view["id"],
+                        response=view,
+                        created_at=utcnow(),
+                    )
+                )
+            return view
 
     def _replay(self, found: IdempotencyRecord, req: dict[str, Any]) -> dict[str, Any]:
         if found.fingerprint != (req.get("fingerprint") or ""):

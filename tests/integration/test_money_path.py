@@ -423,6 +423,7 @@ def test_a_send_is_claimed_by_this_worker_while_at_the_bank_and_recorded_as_the_
         payments.bank.transfer = transfer
     [(during, t)] = seen
     assert (during.state, during.claimed_by, during.attempts) == ("sending", payments.instance, 1)
+    assert during.claimed_by and during.claimed_by != other_worker_instance(payments)
     assert abs((utcnow() - during.claimed_at).total_seconds()) < 5
     assert (t.idempotency_key, t.claim_id, t.amount) == (f"hms-claim-{claim_id}", claim_id, 600)
     assert (t.routing_number, t.account_number, t.originator) == ("011000015", "000123456789", payments.originator())
@@ -793,3 +794,30 @@ def test_a_denial_carries_the_claims_trace(mesh: Mesh, client: FlaskClient, toke
     parents = eventually(lambda: [t for s, t in seen if s in ("claim.submitted", "claim.denied")] or None)
     eventually(lambda: len([t for s, t in seen if s in ("claim.submitted", "claim.denied")]) == 2)
     assert all(t.split("-")[1] == trace for s, t in seen if s in ("claim.submitted", "claim.denied")), parents
+
+
+def test_the_worker_pays_only_what_is_due_oldest_first(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    """Catches: the due condition dropped (backoff ignored), the due order dropped, a wrong count returned."""
+    payments = app.extensions["hms.ach"]
+    payments.stop()
+    ids = {sub: payment_for(mesh, approved_and_recorded(client, token, mesh, sub)).id for sub in ("ann", "bob", "cy")}
+    now = utcnow()
+    with mesh.stores["ach"].session() as s:
+        s.get(Payment, ids["ann"]).next_attempt_at = now + timedelta(hours=1)  # backing off
+        s.get(Payment, ids["bob"]).next_attempt_at = now - timedelta(seconds=5)
+        s.get(Payment, ids["cy"]).next_attempt_at = now - timedelta(seconds=50)  # due the longest
+    assert payments.run_once(limit=1) == 1
+
+    def state(sub: str) -> str:
+        with mesh.stores["ach"].session() as s:
+            return s.get(Payment, ids[sub]).state
+
+    assert [state(s) for s in ("ann", "bob", "cy")] == ["pending", "pending", "sent"]
+    assert payments.run_once() == 1
+    assert [state(s) for s in ("ann", "bob", "cy")] == ["pending", "sent", "sent"]
+    assert payments.run_once() == 0 and len(transfers(app)) == 2
+
+
+def other_worker_instance(payments: Payments) -> str:
+    """The claim stamp another worker of the same service would write."""
+    return Payments(payments.store, payments.bank, payments.breaker).instance

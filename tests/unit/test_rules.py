@@ -129,6 +129,9 @@ def test_a_bad_file_says_what_kind_of_error(tmp_path: Path) -> None:
     f.write_text(json.dumps({"version": "1", "amount": 600, "rules": [{"code": "X", "explain": ""}]}))
     with pytest.raises(RulesFileError, match=r"rules\[0\]\.kind None is not one of \['min_base_wages', "):
         RuleSet.load(f)
+    f.write_text(json.dumps({"version": "1", "amount": 600, "rules": [{"code": "X", "kind": "nope", "explain": ""}]}))
+    with pytest.raises(RulesFileError, match=r"rules\[0\]\.kind 'nope' is not one of"):
+        RuleSet.load(f)
     f.write_text(
         json.dumps(
             {

@@ -3,6 +3,7 @@
     python .ci/mutation.py             mutate every money-path file, report, fail below the bar
     python .ci/mutation.py --changed   only files changed since the run recorded in docs/mutation-baseline.txt
     python .ci/mutation.py --record    after a full run: record each file's hash and score as the baseline
+    python .ci/mutation.py --no-run    score the results already in mutants/ (after `mutmut run NAMES` by hand)
 
 The money-path files are `only_mutate` in setup.cfg's [mutmut] section. A mutant counts as caught when a test
 failed on it (killed), or the type checker refused it; survivors, mutants no test reaches and timeouts count
@@ -75,6 +76,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changed", action="store_true", help="only files changed since the recorded run")
     parser.add_argument("--record", action="store_true", help="record hashes and scores as the new baseline")
+    parser.add_argument("--no-run", action="store_true", help="score the results already in mutants/")
     args = parser.parse_args()
     files = money_path()
     if args.changed:
@@ -83,15 +85,16 @@ def main() -> int:
         if not files:
             print("mutation: no money-path file changed since the recorded run; nothing to mutate")
             return 0
-    patterns = [f.removesuffix(".py").replace("/", ".") + ".*" for f in files]
-    print(f"mutation: mutmut run {' '.join(patterns)}", flush=True)
-    env = {**os.environ, "HMS_TEST_PATIENCE_S": "3"}  # a flow that works finishes in well under a second here
-    run = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", *patterns], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if run.returncode != 0:
-        print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
-        return run.returncode
+    if not args.no_run:
+        patterns = [f.removesuffix(".py").replace("/", ".") + ".*" for f in files]
+        print(f"mutation: mutmut run {' '.join(patterns)}", flush=True)
+        env = {**os.environ, "HMS_TEST_PATIENCE_S": "3"}  # a flow that works finishes in well under a second here
+        run = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", *patterns], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        if run.returncode != 0:
+            print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
+            return run.returncode
     failed = False
     lines = []
     for f in files:

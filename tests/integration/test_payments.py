@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ def test_one_payment_per_claim_even_if_approved_twice(app: Flask, client: FlaskC
     ).result(5)
     with mesh.stores["ach"].session() as s:
         assert [q.id for q in s.scalars(select(Payment).where(Payment.claim_id == claim_id))] == [p.id]
+    # Handled as a duplicate, not by the unique constraint failing over and over into a dead letter.
+    time.sleep(0.5)  # the test backoff (0.01 s, 0.05 s) would have dead-lettered it by now
+    assert mesh.stores["ach"].list_dead_letters() == []
 
 
 def test_while_the_bank_is_down_payments_wait_behind_an_open_breaker_then_go(

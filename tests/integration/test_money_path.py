@@ -23,7 +23,7 @@ from hms.bus.mesh import Mesh
 from hms.bus.store import utcnow
 from hms.svc.rules import RuleSet
 from tests.conftest import DIEGO, eventually
-from tests.integration.test_payments import crash_mid_send, payment_for, stop_worker_and_submit
+from tests.integration.test_payments import crash_mid_send, payment_for, payment_for_or_none, stop_worker_and_submit
 
 
 def transfers(app: Flask) -> list[str]:
@@ -174,12 +174,6 @@ def submit_without_account(mesh: Mesh, citizen: str) -> str:
     assert claim["status"] == "approved"
     eventually(lambda: payment_for_or_none(mesh, claim["id"]))
     return str(claim["id"])
-
-
-def payment_for_or_none(mesh: Mesh, claim_id: str) -> Payment | None:
-    from tests.integration.test_payments import payment_for_or_none as find
-
-    return find(mesh, claim_id)
 
 
 def test_a_payment_waits_for_its_account_and_goes_once_it_is_registered(
@@ -636,8 +630,8 @@ def test_a_failed_payment_reported_twice_changes_nothing(
     assert mesh.stores["svc"].list_dead_letters() == []
 
 
-def test_a_failed_payment_carries_the_claims_trace(mesh: Mesh, client: FlaskClient, token: Any) -> None:
-    trace = "0af7651916cd43dd8448eb211c80319c"
+def published_traces(mesh: Mesh) -> list[tuple[str, str | None]]:
+    """From now on, the subject and traceparent of every event the mesh publishes."""
     seen: list[tuple[str, str | None]] = []
     publish = mesh.bus.publish
 
@@ -646,6 +640,12 @@ def test_a_failed_payment_carries_the_claims_trace(mesh: Mesh, client: FlaskClie
         return publish(subject, data, **kw)
 
     mesh.bus.publish = recording  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_failed_payment_carries_the_claims_trace(mesh: Mesh, client: FlaskClient, token: Any) -> None:
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    seen = published_traces(mesh)
     body = {**DIEGO, "directDeposit": {**DIEGO["directDeposit"], "accountNumber": "999900001234"}}
     headers = {**token("lea"), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
     assert client.post("/claims", json=body, headers=headers).status_code == 201
@@ -781,14 +781,7 @@ def test_the_claim_view_says_everything_svc_decided(mesh: Mesh) -> None:
 
 def test_a_denial_carries_the_claims_trace(mesh: Mesh, client: FlaskClient, token: Any) -> None:
     trace = "1af7651916cd43dd8448eb211c80319d"
-    seen: list[tuple[str, str | None]] = []
-    publish = mesh.bus.publish
-
-    def recording(subject: str, data: dict[str, Any], **kw: Any) -> Any:
-        seen.append((subject, kw.get("traceparent")))
-        return publish(subject, data, **kw)
-
-    mesh.bus.publish = recording  # type: ignore[method-assign]
+    seen = published_traces(mesh)
     headers = {**token("lea"), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
     assert client.post("/claims", json={**DIEGO, "separationReason": "quit"}, headers=headers).status_code == 201
     parents = eventually(lambda: [t for s, t in seen if s in ("claim.submitted", "claim.denied")] or None)

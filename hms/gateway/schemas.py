@@ -12,6 +12,16 @@ from hms.contracts.vocabulary import (
 )
 
 
+class Whole(validate.Regexp):
+    """A pattern the whole value must match: Python's `$` also matches before a final newline, so
+    "000123456789\n" would pass here and be refused by ach after the claim was approved."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class Strict(Schema):
     """Unknown fields are refused (no client sets amount or status)."""
 
@@ -26,17 +36,15 @@ def _aba(value: str) -> None:
 
 class ClaimantIn(Strict):
     name = fields.String(required=True, validate=validate.Length(1, 200))
-    ssnLast4 = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{4}$", error="must be exactly 4 digits"))
+    ssnLast4 = fields.String(required=True, validate=Whole(r"^[0-9]{4}$", error="must be exactly 4 digits"))
     email = fields.Email(required=True, validate=validate.Length(3, 254))
 
 
 class DirectDepositIn(Strict):
     routingNumber = fields.String(
-        required=True, validate=[validate.Regexp(r"^[0-9]{9}$", error="must be exactly 9 digits"), _aba]
+        required=True, validate=[Whole(r"^[0-9]{9}$", error="must be exactly 9 digits"), _aba]
     )
-    accountNumber = fields.String(
-        required=True, validate=validate.Regexp(r"^[0-9]{4,17}$", error="must be 4 to 17 digits")
-    )
+    accountNumber = fields.String(required=True, validate=Whole(r"^[0-9]{4,17}$", error="must be 4 to 17 digits"))
     accountType = fields.String(required=True, validate=validate.OneOf(ACCOUNT_TYPES))
 
 
@@ -53,7 +61,7 @@ class SubmitHeaders(Schema):
     idempotency_key = fields.String(
         data_key="Idempotency-Key",
         load_default=None,
-        validate=validate.Regexp(r"^[\x21-\x7e]{1,255}$", error="must be 1 to 255 visible ASCII characters"),
+        validate=Whole(r"^[\x21-\x7e]{1,255}$", error="must be 1 to 255 visible ASCII characters"),
     )
 
 

@@ -307,3 +307,26 @@ def test_concurrent_submits_by_one_citizen_approve_exactly_one(app: Flask, token
         t.join(30)
     assert sorted(r["status"] for r in results) == ["approved"] + ["denied"] * 5
     assert all(r["reasons"] == ["DUPLICATE_CLAIM"] for r in results if r["status"] == "denied")
+
+
+@pytest.mark.parametrize(
+    ("where", "field", "value"),
+    [
+        ("directDeposit", "accountNumber", "000123456789\n"),
+        ("directDeposit", "routingNumber", "011000015\n"),
+        ("claimant", "ssnLast4", "1234\n"),
+    ],
+)
+def test_a_trailing_newline_is_refused_before_anything_is_decided(
+    client: FlaskClient, token: Any, where: str, field: str, value: str
+) -> None:
+    body = {**DIEGO, where: {**DIEGO[where], field: value}}
+    r = client.post("/claims", json=body, headers=token("nia"))
+    assert r.status_code == 422 and r.json["field"] == f"{where}.{field}", r.json
+    assert client.get("/claims", headers=token("nia")).json["total"] == 0  # nothing approved, nothing stranded
+    assert client.post("/claims", json=DIEGO, headers=token("nia")).json["status"] == "approved"  # corrected: decided
+
+
+def test_the_api_spec_keeps_the_digit_patterns(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").json["components"]["schemas"]
+    assert spec["DirectDepositIn"]["properties"]["accountNumber"]["pattern"] == "^[0-9]{4,17}$"

@@ -53,13 +53,12 @@ def equivalents() -> set[str]:
     return set(re.findall(r"^\| `(hms\.[^`]+__mutmut_\d+)` \|", text, flags=re.MULTILINE))
 
 
-def statuses(path: str) -> Counter[str]:
-    """How many of the file's mutants ended in each mutmut status ("equivalent" for the listed ones)."""
+def statuses(path: str, listed: set[str]) -> Counter[str]:
+    """How many of the file's mutants ended in each mutmut status ("equivalent" for the `listed` ones)."""
     from mutmut.stats import status_by_exit_code
 
     meta = ROOT / "mutants" / (path + ".meta")
     codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
-    listed = equivalents()
     return Counter(
         "equivalent" if name in listed and status_by_exit_code[code] != "killed" else status_by_exit_code[code]
         for name, code in codes.items()
@@ -97,8 +96,9 @@ def main() -> int:
             return run.returncode
     failed = False
     lines = []
+    listed = equivalents()
     for f in files:
-        counts = statuses(f)
+        counts = statuses(f, listed)
         s = score(counts)
         failed |= s < BAR
         detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

@@ -74,7 +74,7 @@ def percentiles_svg(days: list[dict[str, Any]]) -> str:
         parts.append(f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">No payouts yet</text>')
     step = max(1, math.ceil(n / 8))  # at most about eight dates on the x axis
     for i, d in enumerate(days):
-        if i % step == 0 or i == n - 1 and n <= 8:
+        if i % step == 0:
             parts.append(
                 f'<text x="{x(i):.1f}" y="{H - bottom + 18}" text-anchor="middle">{escape(d["day"][5:])}</text>'
             )

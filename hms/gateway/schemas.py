@@ -29,9 +29,12 @@ class Strict(Schema):
         unknown = RAISE
 
 
+BAD_CHECKSUM = "fails the ABA routing-number checksum"
+
+
 def _aba(value: str) -> None:
     if not aba_checksum_ok(value):
-        raise ValidationError("fails the ABA routing-number checksum")
+        raise ValidationError(BAD_CHECKSUM)
 
 
 class ClaimantIn(Strict):

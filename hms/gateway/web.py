@@ -17,7 +17,7 @@ from hms.contracts.vocabulary import CLAIM_STATUSES
 from .api import ask, submit_claim
 from .charts import histogram_svg, percentiles_svg
 from .problems import Problem, flatten
-from .schemas import ClaimIn
+from .schemas import BAD_CHECKSUM, ClaimIn
 from .security import Identity, caller
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/hms")
@@ -119,7 +119,7 @@ def file_claim() -> ResponseReturnValue:
         errors: dict[str, str] = {}
         for e in flatten(exc.messages):
             name = e["field"].split(".")[-1]
-            errors.setdefault(name, BAD_ROUTING if "checksum" in e["message"] else FIELD_HELP.get(name, e["message"]))
+            errors.setdefault(name, BAD_ROUTING if e["message"] == BAD_CHECKSUM else FIELD_HELP.get(name, e["message"]))
         claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
         response = page("citizen.html", person=person, claims=claims, reasons=REASONS, form=f, errors=errors)
         response.status_code = 422

@@ -26,6 +26,12 @@ from tests.conftest import DIEGO, eventually
 from tests.integration.test_payments import crash_mid_send, payment_for, payment_for_or_none, stop_worker_and_submit
 
 
+def held_payment(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> tuple[Payments, str, str]:
+    """The payments service with its worker stopped, and Diego's approved claim and its pending payment."""
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    return app.extensions["hms.ach"], claim_id, payment_for(mesh, claim_id).id
+
+
 def transfers(app: Flask) -> list[str]:
     return [t["claimId"] for t in read_statement(Path(app.config["HMS_ACH_SANDBOX_STATEMENT"]))]
 
@@ -37,9 +43,7 @@ def seconds_until_next_attempt(mesh: Mesh, claim_id: str) -> float:
 # -- one transfer per payment -------------------------------------------------------------------
 def test_paying_a_payment_twice_calls_the_bank_once(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
     """Catches: the `state == "pending"` condition dropped from pay()'s compare-and-set."""
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
-    pid = payment_for(mesh, claim_id).id
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     assert payments.pay(pid) == "sent"
     assert payments.pay(pid) == "taken"
     assert payment_for(mesh, claim_id).state == "sent"
@@ -79,10 +83,8 @@ def test_a_recovery_resets_only_the_send_it_saw(
     """Between recovery's look and its reset, the payment changed in one way: the reset must not happen.
 
     Catches, one each: `state == "sending"`, `claimed_by == …` or `claimed_at == …` dropped from the reset."""
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     crash_mid_send(mesh, claim_id)
-    pid = payment_for(mesh, claim_id).id
     lookup = payments.bank.lookup
     changes = {k: utcnow() if v == "now" else v for k, v in meanwhile.items()}
 
@@ -108,12 +110,11 @@ def test_a_recovery_resets_only_the_send_it_saw(
 def test_a_stale_send_the_bank_never_saw_is_put_back_and_paid_once(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     crash_mid_send(mesh, claim_id)
     with mesh.stores["ach"].session() as s:  # whatever it said before, a put-back send is due at once
-        s.get(Payment, payment_for(mesh, claim_id).id).next_attempt_at = utcnow() + timedelta(hours=1)
-    payments._recover(payment_for(mesh, claim_id).id)
+        s.get(Payment, pid).next_attempt_at = utcnow() + timedelta(hours=1)
+    payments._recover(pid)
     p = payment_for(mesh, claim_id)
     assert (p.state, p.claimed_by) == ("pending", None) and abs(seconds_until_next_attempt(mesh, claim_id)) < 2
     payments.run_once()
@@ -121,10 +122,9 @@ def test_a_stale_send_the_bank_never_saw_is_put_back_and_paid_once(
 
 
 def test_a_send_inside_its_lease_is_not_recovered(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     with mesh.stores["ach"].session() as s:
-        p = s.get(Payment, payment_for(mesh, claim_id).id)
+        p = s.get(Payment, pid)
         p.state, p.claimed_at, p.claimed_by = "sending", utcnow() - timedelta(seconds=payments.lease - 5), "busy"
     payments.run_once()
     assert (payment_for(mesh, claim_id).state, payment_for(mesh, claim_id).claimed_by) == ("sending", "busy")
@@ -401,9 +401,7 @@ def test_a_payment_outcome_for_a_claim_that_was_not_approved_is_a_dead_letter(me
 def test_a_send_is_claimed_by_this_worker_while_at_the_bank_and_recorded_as_the_bank_said(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
-    pid = payment_for(mesh, claim_id).id
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     transfer, seen = payments.bank.transfer, []
 
     def watching(t: Any) -> str:
@@ -442,9 +440,7 @@ def test_the_originator_is_made_once_and_kept(app: Flask, mesh: Mesh) -> None:
 def test_recording_a_payment_sent_twice_keeps_the_first_record(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
-    pid = payment_for(mesh, claim_id).id
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     payments.pay(pid)
     before = payment_for(mesh, claim_id)
     published = []
@@ -461,9 +457,7 @@ def test_recording_a_payment_sent_twice_keeps_the_first_record(
 def test_a_retry_never_touches_a_payment_no_longer_sending(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
-    pid = payment_for(mesh, claim_id).id
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     payments.pay(pid)
     payments._retry(pid, "late news from a slow thread", counted=True)
     p = payment_for(mesh, claim_id)
@@ -473,14 +467,13 @@ def test_a_retry_never_touches_a_payment_no_longer_sending(
 def test_a_long_bank_error_is_kept_to_300_characters(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
     from hms.ach.bank import BankUnavailable
 
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
 
     def unavailable(t: Any) -> str:
         raise BankUnavailable("E" * 400)
 
     payments.bank.transfer = unavailable
-    assert payments.pay(payment_for(mesh, claim_id).id) == "retry"
+    assert payments.pay(pid) == "retry"
     assert payment_for(mesh, claim_id).last_error == "E" * 300
 
 
@@ -497,8 +490,7 @@ def test_the_account_wait_grows_with_the_payments_age(app: Flask, client: FlaskC
 def test_a_recovered_send_keeps_the_banks_reference(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
     from hms.ach.bank import Transfer
 
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     p = payment_for(mesh, claim_id)
     reference = payments.bank.transfer(
         Transfer(p.idempotency_key, claim_id, p.amount, "011000015", "000123456789", payments.originator())
@@ -513,10 +505,8 @@ def test_ach_ledger_counts_transfers_and_lists_strays_on_its_last_page(
 ) -> None:
     import json
 
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     gateway = mesh.credentials("gateway")
-    pid = payment_for(mesh, claim_id).id
     before = mesh.bus.request("ach.payments.ledger", {"limit": 10}, 5, headers=gateway)
     assert before == {
         "items": [{"claimId": claim_id, "paymentId": pid, "state": "pending", "bankTransfers": 0}],
@@ -666,11 +656,10 @@ def test_a_bank_call_past_half_the_lease_is_logged(
 ) -> None:
     import logging
 
-    payments = app.extensions["hms.ach"]
-    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    payments, claim_id, pid = held_payment(app, client, token, mesh)
     payments.lease, payments.bank.latency_ms = lease, latency_ms
     caplog.set_level(logging.ERROR, logger="hms.ach")
-    assert payments.pay(payment_for(mesh, claim_id).id) == "sent"
+    assert payments.pay(pid) == "sent"
     assert any("near the" in r.getMessage() and "send lease" in r.getMessage() for r in caplog.records) == warned
 
 
@@ -784,9 +773,8 @@ def test_a_denial_carries_the_claims_trace(mesh: Mesh, client: FlaskClient, toke
     seen = published_traces(mesh)
     headers = {**token("lea"), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
     assert client.post("/claims", json={**DIEGO, "separationReason": "quit"}, headers=headers).status_code == 201
-    parents = eventually(lambda: [t for s, t in seen if s in ("claim.submitted", "claim.denied")] or None)
-    eventually(lambda: len([t for s, t in seen if s in ("claim.submitted", "claim.denied")]) == 2)
-    assert all(t.split("-")[1] == trace for s, t in seen if s in ("claim.submitted", "claim.denied")), parents
+    parents = eventually(lambda: len(p := [t for s, t in seen if s in ("claim.submitted", "claim.denied")]) == 2 and p)
+    assert all(t.split("-")[1] == trace for t in parents), parents
 
 
 def test_the_worker_pays_only_what_is_due_oldest_first(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:

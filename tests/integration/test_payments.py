@@ -111,7 +111,12 @@ def test_while_the_bank_is_down_payments_wait_behind_an_open_breaker_then_go(
     eventually(lambda: payments.breaker.current_state == "open")
     eventually(lambda: all(payment_for_or_none(mesh, c) for c in claims))
     admin = token("root", "admin")
-    ach = next(s for s in client.get("/mesh/services", headers=admin).json["services"] if s["name"] == "ach")
+    # Discovery gathers the answers that come within its window; a busy ach may miss one round (seen in CI).
+    def ach_listed() -> dict[str, Any] | None:
+        services = client.get("/mesh/services", headers=admin).json["services"]
+        return next((s for s in services if s["name"] == "ach"), None)
+
+    ach = eventually(ach_listed)
     assert ach["breakers"] == {"bank": "open"}
     assert all(payment_for(mesh, c).state in ("pending", "sending") for c in claims)
     outage.unlink()

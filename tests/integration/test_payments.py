@@ -111,6 +111,7 @@ def test_while_the_bank_is_down_payments_wait_behind_an_open_breaker_then_go(
     eventually(lambda: payments.breaker.current_state == "open")
     eventually(lambda: all(payment_for_or_none(mesh, c) for c in claims))
     admin = token("root", "admin")
+
     # Discovery gathers the answers that come within its window; a busy ach may miss one round (seen in CI).
     def ach_listed() -> dict[str, Any] | None:
         services = client.get("/mesh/services", headers=admin).json["services"]

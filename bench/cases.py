@@ -18,7 +18,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, text
 
 from hms.bus import Contracts, Event
 from hms.bus.memory import MemoryBus
-from hms.bus.store import ServiceStore, make_engine, messaging_tables
+from hms.runtime import ServiceStore, messaging_tables
+from hms.runtime.database import make_engine
 from tests.conftest import DIEGO, eventually
 
 SUBMITTED = {"claimId": "c-1", "citizen": "diego", "submittedAt": "2026-11-27T10:00:00Z"}
@@ -33,7 +34,7 @@ def wait_until(check: Callable[[], Any], timeout: float = 120) -> None:
 def running_mesh(settings: dict[str, Any], *, start: bool = True) -> tuple[Any, Any]:
     """An app on a fresh instance folder, its databases migrated and (with `start`) its background work running."""
     from hms import create_app
-    from hms.bus.mesh import mesh_of
+    from hms.runtime import mesh_of
 
     app = create_app({"HMS_INSTANCE_PATH": tempfile.mkdtemp(), **settings})
     mesh = mesh_of(app)
@@ -108,9 +109,9 @@ def durable_vs_sqlite(n: int) -> tuple[float, float]:
 
     def record(s: Any, e: Event) -> None:
         s.execute(effects.insert().values(event_id=e.id))
-        ServiceStore.after_commit(s, lambda: committed.__setitem__(0, committed[0] + 1))
+        s.after_commit(lambda: committed.__setitem__(0, committed[0] + 1))
 
-    consumer.consume("claim.submitted", record)
+    consumer.consume("claim.submitted", record, name="record")
     consumer.start()
     producer.start()
 
@@ -121,7 +122,7 @@ def durable_vs_sqlite(n: int) -> tuple[float, float]:
     def ours() -> None:
         for _ in range(n):
             with producer.session() as s:
-                producer.emit(s, "claim.submitted", SUBMITTED)
+                s.emit("claim.submitted", SUBMITTED)
         wait_until(lambda: committed[0] >= n)
         assert count() == n, "every event handled exactly once"
 
@@ -235,7 +236,7 @@ def relay_vs_sequential(n: int, url: str) -> tuple[float, float]:
     md.create_all(st.engine)
     with st.session() as s:
         for _ in range(n):
-            st.emit(s, "claim.submitted", SUBMITTED)
+            s.emit("claim.submitted", SUBMITTED)
 
     def ours() -> None:
         while st.outbox_backlog():
@@ -360,7 +361,13 @@ def claims_per_second_with_stored(stored: int, n: int) -> float:
         )
         for _ in range(n)
     ]
-    result = rate(n, lambda: [service.submit(r) for r in requests])
+
+    def submit_all() -> None:
+        for r in requests:
+            with mesh.stores["svc"].session() as s:
+                service.submit(s, r)
+
+    result = rate(n, submit_all)
     mesh.close()
     return result
 
@@ -398,7 +405,8 @@ def report_seconds(payouts: int) -> float:
             c.execute(insert(Payout), batch)
     metrics = app.extensions["hms.metrics"]
     started = time.perf_counter()
-    report = metrics.report(Event.create("metrics.payouts.report", {}))
+    with mesh.stores["metrics"].session() as s:
+        report = metrics.report(s, Event.create("metrics.payouts.report", {}))
     elapsed = time.perf_counter() - started
     assert report["count"] == payouts
     mesh.close()

@@ -17,8 +17,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """
     from hms import ach, auth, cli, gateway, logs, metrics, notifier, svc
     from hms.auth import keys as _  # noqa: F401  (auth.keys, the identity provider)
-    from hms.bus.mesh import EXTENSION, Mesh
     from hms.config import load
+    from hms.runtime.host import Mesh, install
 
     app = Flask("hms")
     settings = load(config, app.instance_path)
@@ -26,7 +26,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.instance_path = settings["HMS_INSTANCE_PATH"]
     logs.configure(str(settings.get("HMS_LOG_LEVEL", "INFO")))
     mesh = Mesh(app.config)
-    app.extensions[EXTENSION] = mesh
+    install(app, mesh)
     if mesh.guard is not None:
         # Every process mints its services' tokens with the mesh's signing key (HMS_JWT_PRIVATE_KEY_FILE).
         idp = auth.keys.IdentityProvider(
@@ -37,9 +37,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         )
         policy, ttl = mesh.guard.policy, settings["HMS_SERVICE_TOKEN_TTL_S"]
         mesh.guard.issue = lambda service: idp.issue_service_token(service, policy.services[service], ttl)
-    for name, module in (("auth", auth), ("svc", svc), ("ach", ach), ("metrics", metrics), ("notifier", notifier)):
-        if mesh.hosts(name):
-            module.init_app(app)
+    if mesh.hosts("auth"):
+        auth.init_app(app)
+    for service in (svc.service, ach.service, metrics.service, notifier.service):
+        if mesh.hosts(service.name):
+            app.extensions[f"hms.{service.name}"] = mesh.host(service)
     if mesh.hosts("gateway"):
         gateway.init_app(app)
     cli.init_app(app)

@@ -11,9 +11,9 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, ScriptInfo, with_appcontext
 
-from hms.bus.mesh import mesh_of
 from hms.config import ConfigError
 from hms.contracts import HERE as CONTRACTS
+from hms.runtime import mesh_of
 
 RELEASED = CONTRACTS / "lock" / "released.json"
 
@@ -193,8 +193,10 @@ def contracts_lock() -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Register `up`, `worker`, `db` and `contracts` on the app's CLI."""
-    for command in (db, up, worker, contracts_cli):
+    """Register `up`, `worker`, `db`, `contracts` and `demo` on the app's CLI."""
+    from .demo import demo
+
+    for command in (db, up, worker, contracts_cli, demo):
         app.cli.add_command(command)
 
 

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from hms import create_app
-from hms.bus.mesh import Mesh, mesh_of
+from hms.runtime import Mesh, mesh_of
 from tests.natsd import NatsServer
 from tests.pg import fresh_postgres_database
 

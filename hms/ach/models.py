@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Index, Integer, MetaData, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from hms.bus.store import UtcDateTime, messaging_tables
+from hms.runtime.database import EnumText, UtcDateTime
+
+
+class PaymentState(enum.StrEnum):
+    """Where a payment is: pending → sending → sent, or failed."""
+
+    PENDING = "pending"  # due at next_attempt_at
+    SENDING = "sending"  # claimed by a worker (claimed_by), at the bank now or cut short by a crash
+    SENT = "sent"
+    FAILED = "failed"
 
 
 class Base(DeclarativeBase):
@@ -43,7 +53,7 @@ class Payment(Base):
     citizen: Mapped[str] = mapped_column(String(128))
     amount: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     idempotency_key: Mapped[str] = mapped_column(String(80), unique=True)
-    state: Mapped[str] = mapped_column(String(10))
+    state: Mapped[PaymentState] = mapped_column(EnumText(PaymentState, 10))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -64,6 +74,3 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
-
-
-outbox, inbox, dead_letters = messaging_tables(Base.metadata)

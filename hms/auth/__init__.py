@@ -9,9 +9,9 @@ from flask import Blueprint, Flask, abort, current_app, jsonify, make_response, 
 from flask.cli import AppGroup
 from flask.typing import ResponseReturnValue
 
-from hms.bus.mesh import mesh_of
 from hms.bus.registry import ServiceInfo
 from hms.contracts.vocabulary import ROLES
+from hms.runtime import mesh_of
 
 from .keys import IdentityProvider
 

@@ -1,4 +1,8 @@
-"""The event bus: one interface, an in-process engine (blinker) and a NATS engine."""
+"""The event bus: one interface and envelope, an in-process engine (blinker) and a NATS engine, one delivery policy.
+
+Also what travels with messages on it: service tokens and the mesh policy (guard), discovery ($SRV),
+tracing and telemetry. What hosts services on the bus (databases, outbox, inbox) is `hms.runtime`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 from hms.contracts import ContractError, Contracts
 
 from .base import (
+    DEFAULT_BACKOFF,
     Bus,
     BusError,
     BusTimeout,
@@ -22,6 +27,8 @@ from .base import (
 from .subjects import SubjectError, check_subject, matches
 
 __all__ = [
+    "DEFAULT_BACKOFF",
+    "BUS_EXTENSION",
     "Bus",
     "BusError",
     "BusTimeout",
@@ -35,11 +42,20 @@ __all__ = [
     "SubscribeOptions",
     "Subscription",
     "check_subject",
+    "bus_of",
     "connect",
     "matches",
     "iso",
     "now_iso",
 ]
+
+
+BUS_EXTENSION = "hms.bus"
+
+
+def bus_of(app: Any) -> Bus:
+    """The bus a Flask app's gateway talks through (its requests carry the gateway's service token)."""
+    return app.extensions[BUS_EXTENSION]  # type: ignore[no-any-return]
 
 
 def connect(url: str, contracts: Contracts | None = None, **nats_options: Any) -> Bus:

@@ -155,3 +155,21 @@ class GuardedBus(BusWrapper):
                 return handler(event)
 
         return self.inner.subscribe(subject, guarded, queue, **options)
+
+
+class Signed(BusWrapper):
+    """A bus whose publishes and requests carry one sender's service token (the gateway's)."""
+
+    def __init__(self, inner: Bus, credentials: Callable[[], dict[str, str]]) -> None:
+        super().__init__(inner)
+        self.credentials = credentials
+
+    def publish(
+        self, subject: str, data: dict[str, Any], *, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Future[None]:
+        return self.inner.publish(subject, data, headers={**self.credentials(), **(headers or {})}, **kw)
+
+    def request(
+        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+    ) -> Any:
+        return self.inner.request(subject, data, timeout, headers={**self.credentials(), **(headers or {})})

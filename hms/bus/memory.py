@@ -17,7 +17,7 @@ from typing import Any
 
 import blinker
 
-from hms.contracts import ContractError, Contracts
+from hms.contracts import Contracts
 
 from .base import (
     DEFAULT_BACKOFF,
@@ -28,12 +28,12 @@ from .base import (
     Event,
     Handler,
     NoResponders,
-    Refused,
     ReplyError,
     SubscribeOptions,
     Subscription,
     respond,
 )
+from .delivery import ACKED, Verdict, decide
 from .subjects import matches
 
 log = logging.getLogger("hms.bus")
@@ -294,27 +294,18 @@ class MemoryBus(Engine):
         options = member.options
         try:
             self._validate(event)  # as on NATS, consumers check too: a producer on another version may be wrong
-        except ContractError as exc:
-            # A bad event is never handed to a handler and never retried: straight to dead letters.
-            self._dead_letter(options, event, str(exc), settlement)
-            return
-        try:
             member.handler(event)
-        except Refused as exc:  # outside the policy: retrying cannot help
-            self._dead_letter(options, event, f"Refused: {exc}", settlement)
-            return
+            outcome = ACKED
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            if event.attempt >= options.max_deliver:
-                log.error("giving up on %s %s after %d attempts: %s", event.subject, event.id, event.attempt, error)
-                self._dead_letter(options, event, error, settlement)
-                return
-            log.warning("handler for %s %s failed (attempt %d): %s", event.subject, event.id, event.attempt, error)
+            outcome = decide(event, exc, options)
+        if outcome.verdict is Verdict.ACK:
+            if settlement is not None:
+                settlement.done()
+        elif outcome.verdict is Verdict.DEAD:
+            self._dead_letter(options, event, outcome.error, settlement)
+        else:
             retry = Event(**{**_fields(event), "attempt": event.attempt + 1})
-            self._later(options.delay(event.attempt), self._redeliver, group, member, retry, settlement)
-            return
-        if settlement is not None:
-            settlement.done()
+            self._later(outcome.delay, self._redeliver, group, member, retry, settlement)
 
     def _redeliver(self, group: _Group, member: _Member, event: Event, settlement: _Settlement | None) -> None:
         # Like a JetStream redelivery: any live member of the group may take it.

@@ -38,6 +38,7 @@ from .base import (
     Subscription,
     respond,
 )
+from .delivery import Verdict, decide
 from .subjects import matches
 
 log = logging.getLogger("hms.bus")
@@ -440,15 +441,13 @@ class NatsBus(Engine):
             return
         errors = await self._loop.run_in_executor(self._pool, _run_all, handler, [e for _, e in good])
         for (msg, event), error in zip(good, errors, strict=True):
-            attempt = event.attempt
-            if error is None:
+            outcome = decide(event, error, options)
+            if outcome.verdict is Verdict.ACK:
                 await msg.ack()
-            elif error.startswith("Refused:") or attempt >= options.max_deliver:
-                log.error("giving up on %s %s after %d attempts: %s", event.subject, event.id, attempt, error)
-                await self._give_up(msg, options, event, error)
+            elif outcome.verdict is Verdict.DEAD:
+                await self._give_up(msg, options, event, outcome.error)
             else:
-                log.warning("handler for %s %s failed (attempt %d): %s", event.subject, event.id, attempt, error)
-                await msg.nak(delay=options.delay(attempt))
+                await msg.nak(delay=outcome.delay)
 
     async def _give_up(self, msg: Msg, options: SubscribeOptions, event: Event, error: str) -> None:
         if options.dead_letter is None:
@@ -513,14 +512,14 @@ class NatsBus(Engine):
             self._loop.close()
 
 
-def _run_all(handler: Handler, events: list[Event]) -> list[str | None]:
-    """Run a handler on each event in a worker thread; returns each one's error as text, or None."""
-    errors: list[str | None] = []
+def _run_all(handler: Handler, events: list[Event]) -> list[Exception | None]:
+    """Run a handler on each event in a worker thread; returns what each one raised, or None."""
+    errors: list[Exception | None] = []
     for event in events:
         try:
             handler(event)
         except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
+            errors.append(exc)
         else:
             errors.append(None)
     return errors

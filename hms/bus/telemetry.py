@@ -88,7 +88,7 @@ class InstrumentedBus(BusWrapper):
 
     def __init__(self, inner: Bus, telemetry: Telemetry) -> None:
         super().__init__(inner)
-        self.t = telemetry
+        self.t = self.telemetry = telemetry
 
     def publish(self, subject: str, data: dict[str, Any], **kw: Any) -> Future[None]:
         future = self.inner.publish(subject, data, **kw)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import enum
+
 ROLES = ("citizen", "caseworker", "auditor", "admin")
 USER_TOKEN_TYPE = "at+jwt"  # RFC 9068 access tokens; service tokens carry a type of their own
 SERVICE_TOKEN_TYPE = "hms-svc+jwt"  # HMS-SYS-AUTH tokens, only ever accepted on the bus
 MESH_AUDIENCE = "hms-mesh"
 SEPARATION_REASONS = ("laid_off", "reduced_hours", "fired_other", "quit", "fired_misconduct")
-CLAIM_STATUSES = ("submitted", "approved", "denied", "paid", "payment_failed")
+
+
+class ClaimStatus(enum.StrEnum):
+    """Where a claim is, as the API shows it and its timeline records it."""
+
+    SUBMITTED = "submitted"  # a timeline entry only: every claim is decided as it is submitted
+    APPROVED = "approved"
+    DENIED = "denied"
+    PAID = "paid"
+    PAYMENT_FAILED = "payment_failed"
+
+
+CLAIM_STATUSES = tuple(s.value for s in ClaimStatus)
 ACCOUNT_TYPES = ("checking", "savings")
 
 

@@ -10,8 +10,7 @@ from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hms.bus import telemetry
-from hms.bus.mesh import mesh_of
+from hms.bus import bus_of, telemetry
 from hms.bus.tracing import bound, child_of, trace_id
 from hms.contracts.asyncapi import asyncapi
 
@@ -42,23 +41,12 @@ class ProblemApi(Api):  # type: ignore[misc]
 
 
 def observe(app: Flask) -> None:
-    """Serve Prometheus metrics at /metrics: bus counters plus what is computed at scrape time."""
-    mesh = mesh_of(app)
-    t = mesh.telemetry
-    t.add_collector(lambda: telemetry.outbox_gauge({n: st.outbox_backlog for n, st in mesh.stores.items()}))
-    t.add_collector(
-        lambda: telemetry.breaker_gauge(
-            {
-                (name, breaker): state
-                for name, reg in mesh.registrations.items()
-                for breaker, state in reg.info.breakers().items()
-            }
-        )
-    )
-    if mesh.hosts("metrics"):
-        t.add_collector(
-            lambda: telemetry.payout_histogram(api.request_as_gateway(mesh, "metrics.payouts.report", {}, 10))
-        )
+    """Serve this process's Prometheus metrics at /metrics: what its bus counts, the outbox backlog and breakers
+    of the services it hosts, and the payout times where it hosts metrics."""
+    bus = bus_of(app)
+    t: telemetry.Telemetry = bus.telemetry  # type: ignore[attr-defined]
+    if "metrics" in app.config["HMS_SERVICES"]:
+        t.add_collector(lambda: telemetry.payout_histogram(bus.request("metrics.payouts.report", {}, 10)))
 
     @app.get("/asyncapi.json")
     def asyncapi_json() -> Any:

@@ -8,11 +8,11 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from hms.bus import BusError
-from hms.bus.mesh import mesh_of
+from hms.bus import BusError, ReplyError, bus_of
 from hms.bus.registry import discover
 
-from .api import report_csv, request_as_gateway
+from . import operations
+from .api import report_csv
 from .reconcile import reconcile
 
 
@@ -45,7 +45,7 @@ def mesh_cli() -> None:
 @click.option("--timeout", default=1.0, type=click.FloatRange(0.05, 30), help="seconds to wait for answers")
 def status(timeout: float) -> None:
     """Show every running service instance as a table."""
-    services = discover(mesh_of(current_app).bus, timeout)
+    services = discover(bus_of(current_app), timeout)
     if not services:
         raise click.ClickException("no service answered on the bus")
     if current_app.config["HMS_BUS_URL"].startswith("memory://"):
@@ -130,7 +130,7 @@ def metrics_cli() -> None:
 @click.option("--days", type=click.IntRange(1, 3660), default=None, help="only the last N days")
 def payouts(as_csv: bool, days: int | None) -> None:
     """The payout-time report: count, p50, p90, p99, max (seconds), by day."""
-    report = request_as_gateway(mesh_of(current_app), "metrics.payouts.report", {"days": days} if days else {}, 30)
+    report = bus_of(current_app).request("metrics.payouts.report", {"days": days} if days else {}, 30)
     if as_csv:
         click.echo(report_csv(report), nl=False)
         return
@@ -152,21 +152,14 @@ def dead_letters(ctx: click.Context) -> None:
 
 @dead_letters.command("list")
 def list_dead_letters() -> None:
-    """List dead letters of the services hosted here, oldest first."""
-    rows = []
-    for name, store in mesh_of(current_app).stores.items():
-        for d in store.list_dead_letters():
-            rows.append(
-                [
-                    f"{name}:{d['id']}",
-                    d["subject"],
-                    d["event_id"],
-                    d["consumer"],
-                    d["attempts"],
-                    d["failed_at"].isoformat(timespec="seconds"),
-                    d["error"][:80],
-                ]
-            )
+    """List every service's dead letters, oldest first within each service."""
+    found, silent = operations.dead_letters(bus_of(current_app), current_app.config["HMS_REQUEST_TIMEOUT_S"])
+    for s in silent:
+        click.echo(f"warning: no dead letters from {s}", err=True)
+    rows = [
+        [d["ref"], d["subject"], d["eventId"], d["consumer"], d["attempts"], d["failedAt"], d["error"][:80]]
+        for d in found
+    ]
     if not rows:
         click.echo("no dead letters")
         return
@@ -178,28 +171,30 @@ def list_dead_letters() -> None:
 @click.option("--all", "replay_all", is_flag=True, help="replay every dead letter")
 def replay(dead_letter_id: str | None, replay_all: bool) -> None:
     """Hand dead letter ID (service:number), or --all of them, to its consumer again."""
-    stores = mesh_of(current_app).stores
+    bus, timeout = bus_of(current_app), current_app.config["HMS_REQUEST_TIMEOUT_S"]
     if bool(dead_letter_id) == replay_all:
         raise click.UsageError("give exactly one of ID or --all")
     if replay_all:
-        targets = [(name, d["id"]) for name, st in stores.items() for d in st.list_dead_letters()]
+        refs = [d["ref"] for d in operations.dead_letters(bus, timeout)[0]]
     else:
-        name, _, number = (dead_letter_id or "").partition(":")
-        if name not in stores or not number.isdigit():
-            raise click.BadParameter(
-                f"expected SERVICE:NUMBER with a service hosted here ({', '.join(stores)})", param_hint="ID"
-            )
-        targets = [(name, int(number))]
-    failed = 0
-    for name, number in targets:
         try:
-            stores[name].replay(number)
-            click.echo(f"replayed {name}:{number}")
-        except (LookupError, BusError, Exception) as exc:  # report each failure, go on with the rest
+            operations.parse_ref(dead_letter_id or "")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="ID") from None
+        refs = [dead_letter_id or ""]
+    failed = 0
+    for ref in refs:
+        try:
+            operations.replay(bus, ref, timeout)
+            click.echo(f"replayed {ref}")
+        except ReplyError as exc:  # report each failure, go on with the rest
             failed += 1
-            click.echo(f"failed {name}:{number}: {type(exc).__name__}: {exc}", err=True)
+            click.echo(f"failed {ref}: {exc.detail}", err=True)
+        except BusError as exc:
+            failed += 1
+            click.echo(f"failed {ref}: {exc}", err=True)
     if failed:
-        raise click.ClickException(f"{failed} of {len(targets)} replays failed")
+        raise click.ClickException(f"{failed} of {len(refs)} replays failed")
 
 
 @click.group("audit", cls=AppGroup)
@@ -211,8 +206,7 @@ def audit_cli() -> None:
 @click.option("--strict", is_flag=True, help="also fail while payments are still in flight")
 def reconcile_cmd(strict: bool) -> None:
     """Every approved claim has one payment or an explicit failure; every payment a payout record."""
-    mesh = mesh_of(current_app)
-    r = reconcile(mesh.bus, headers=mesh.credentials("gateway"))
+    r = reconcile(bus_of(current_app))
     for claim_id, problem in r.gaps:
         click.echo(f"GAP {claim_id}: {problem}")
     for claim_id in r.in_flight:
@@ -227,7 +221,5 @@ def reconcile_cmd(strict: bool) -> None:
 
 def init_app(app: Flask) -> None:
     """Register the admin command groups."""
-    from .demo import demo
-
-    for group in (mesh_cli, metrics_cli, bus_cli, audit_cli, demo):
+    for group in (mesh_cli, metrics_cli, bus_cli, audit_cli):
         app.cli.add_command(group)

@@ -9,11 +9,11 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 
-from hms.bus import BusError, ReplyError
-from hms.bus.mesh import mesh_of
+from hms.bus import BusError, ReplyError, bus_of
 from hms.bus.registry import discover
 from hms.contracts.vocabulary import CLAIM_STATUSES
 
+from . import operations
 from .api import ask, submit_claim
 from .charts import histogram_svg, percentiles_svg
 from .problems import Problem, flatten
@@ -171,25 +171,18 @@ def caseworker() -> ResponseReturnValue:
     if status not in (None, *CLAIM_STATUSES):
         status = None
     claims = ask("svc.claims.list", {"citizen": None, "page": page_no, "pageSize": 25, "status": status})
+    dead, silent = operations.dead_letters(bus_of(current_app), current_app.config["HMS_REQUEST_TIMEOUT_S"])
     return page(
         "caseworker.html",
         person=person,
         claims=claims,
         status=status,
         statuses=CLAIM_STATUSES,
-        services=discover(mesh_of(current_app).bus),
-        dead=dead_letters(),
+        services=discover(bus_of(current_app)),
+        dead=dead,
+        silent=silent,
         message=request.args.get("message"),
     )
-
-
-def dead_letters() -> list[dict[str, Any]]:
-    """Dead letters of the services hosted in this process, with their SERVICE:ID."""
-    return [
-        {**d, "ref": f"{name}:{d['id']}"}
-        for name, store in mesh_of(current_app).stores.items()
-        for d in store.list_dead_letters()
-    ]
 
 
 @bp.post("/caseworker/dead-letters/<ref>/replay")
@@ -197,15 +190,19 @@ def replay(ref: str) -> ResponseReturnValue:
     """Replay one dead letter and say how it went."""
     who("caseworker", "admin")
     csrf_ok()
-    name, _, number = ref.partition(":")
-    stores = mesh_of(current_app).stores
-    if name not in stores or not number.isdigit():
+    try:
+        operations.parse_ref(ref)
+    except ValueError:
         abort(404)
     try:
-        stores[name].replay(int(number))
+        operations.replay(bus_of(current_app), ref, current_app.config["HMS_REQUEST_TIMEOUT_S"])
         message = f"Replayed {ref}: handled."
-    except (LookupError, BusError, Exception) as exc:  # the handler's own error is what the caseworker needs
-        message = f"Replay of {ref} failed again: {type(exc).__name__}: {exc}"
+    except ReplyError as exc:
+        if exc.status == 404:
+            abort(404)
+        message = f"Replay of {ref} failed again: {exc.detail}"
+    except BusError as exc:
+        message = f"Replay of {ref} failed: {exc}"
     return redirect(url_for("web.caseworker", message=message), code=303)
 
 

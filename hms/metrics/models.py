@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Float, Index, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from hms.bus.store import UtcDateTime, messaging_tables
+from hms.runtime.database import UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -29,6 +29,3 @@ class Payout(Base):
 
     # The report reads percentiles straight off these indexes (see PayoutMetrics.report).
     __table_args__ = (Index("ix_payouts_seconds", "seconds"), Index("ix_payouts_day_seconds", "day", "seconds"))
-
-
-outbox, inbox, dead_letters = messaging_tables(Base.metadata)

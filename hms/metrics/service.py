@@ -1,8 +1,10 @@
-"""Payout time per claim and the auditors' report."""
+"""metrics, for auditors: its whole face. Payout time per claim, and the report."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,9 +12,11 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from hms.bus import Event
-from hms.bus.store import ServiceStore
+from hms.runtime import Service, Unit
 
-from .models import Payout
+from .models import Base, Payout
+
+service = Service("metrics", Base.metadata, version="0.1.0", description="Payout time per claim, for auditors")
 
 
 def parse_time(text: str) -> datetime:
@@ -23,25 +27,28 @@ def parse_time(text: str) -> datetime:
 BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400)
 
 
+@service.implementation
 class PayoutMetrics:
     """Records payout times from claim.submitted and payment.sent, and reports them."""
 
-    def __init__(self, store: ServiceStore) -> None:
-        self.store = store
+    def __init__(self, config: Mapping[str, Any], units: Callable[[], contextlib.AbstractContextManager[Unit]]):
+        self.units = units
 
-    def on_claim_submitted(self, s: Session, event: Event) -> None:
-        """claim.submitted: the clock starts at the claim's own submit time."""
+    @service.consumer("claim.submitted", name="on_claim_submitted")
+    def on_claim_submitted(self, s: Unit, event: Event) -> None:
+        """The clock starts at the claim's own submit time."""
         payout = self._payout(s, event)
         payout.submitted_at = parse_time(event.data["submittedAt"])
         self._complete(payout)
 
-    def on_payment_sent(self, s: Session, event: Event) -> None:
-        """payment.sent: the clock stops at the bank's acceptance time."""
+    @service.consumer("payment.sent", name="on_payment_sent")
+    def on_payment_sent(self, s: Unit, event: Event) -> None:
+        """The clock stops at the bank's acceptance time."""
         payout = self._payout(s, event)
         payout.sent_at, payout.payment_id = parse_time(event.data["sentAt"]), event.data["paymentId"]
         self._complete(payout)
 
-    def _payout(self, s: Session, event: Event) -> Payout:
+    def _payout(self, s: Unit, event: Event) -> Payout:
         payout = s.get(Payout, event.data["claimId"])
         if payout is None:
             payout = Payout(claim_id=event.data["claimId"], citizen=event.data["citizen"])
@@ -54,22 +61,23 @@ class PayoutMetrics:
             payout.seconds = max(0.0, (payout.sent_at - payout.submitted_at).total_seconds())
             payout.day = payout.sent_at.date().isoformat()
 
-    def ledger(self, event: Event) -> dict[str, Any]:
-        """metrics.payouts.ledger: a page of claims whose payout time is recorded."""
+    @service.request("metrics.payouts.ledger")
+    def ledger(self, s: Unit, event: Event) -> dict[str, Any]:
+        """A page of claims whose payout time is recorded."""
         after, limit = event.data.get("after") or "", event.data["limit"]
-        with self.store.session() as s:
-            ids = list(
-                s.scalars(
-                    select(Payout.claim_id)
-                    .where(Payout.claim_id > after, Payout.seconds.is_not(None))
-                    .order_by(Payout.claim_id)
-                    .limit(limit)
-                )
+        ids = list(
+            s.scalars(
+                select(Payout.claim_id)
+                .where(Payout.claim_id > after, Payout.seconds.is_not(None))
+                .order_by(Payout.claim_id)
+                .limit(limit)
             )
+        )
         return {"items": [{"claimId": i} for i in ids], "next": ids[-1] if len(ids) == limit else None}
 
-    def report(self, event: Event) -> dict[str, Any]:
-        """metrics.payouts.report: count, p50, p90, p99, max in seconds, overall and by day, with a histogram.
+    @service.request("metrics.payouts.report")
+    def report(self, s: Unit, event: Event) -> dict[str, Any]:
+        """Count, p50, p90, p99, max in seconds, overall and by day, with a histogram.
 
         Percentiles are read off the (day, seconds) and (seconds) indexes with LIMIT/OFFSET, so the report costs
         a few index walks, not a load of every payout into memory.
@@ -78,14 +86,13 @@ class PayoutMetrics:
         days = event.data.get("days")
         since = (datetime.now(UTC) - timedelta(days=days - 1)).date().isoformat() if days else None
         scope = [recorded, Payout.day >= since] if since else [recorded]
-        with self.store.session() as s:
-            per_day = s.execute(
-                select(Payout.day, func.count()).where(*scope).group_by(Payout.day).order_by(Payout.day)
-            ).all()
-            overall = self._summary(s, scope, sum(n for _, n in per_day))
-            by_day = [{"day": day, **self._summary(s, [recorded, Payout.day == day], n)} for day, n in per_day]
-            bounds = [func.sum(case((Payout.seconds <= b, 1), else_=0)) for b in BUCKETS]
-            row = s.execute(select(func.sum(Payout.seconds), *bounds).where(*scope)).one()
+        per_day = s.execute(
+            select(Payout.day, func.count()).where(*scope).group_by(Payout.day).order_by(Payout.day)
+        ).all()
+        overall = self._summary(s, scope, sum(n for _, n in per_day))
+        by_day = [{"day": day, **self._summary(s, [recorded, Payout.day == day], n)} for day, n in per_day]
+        bounds = [func.sum(case((Payout.seconds <= b, 1), else_=0)) for b in BUCKETS]
+        row = s.execute(select(func.sum(Payout.seconds), *bounds).where(*scope)).one()
         total, cumulative = overall["count"], [int(c or 0) for c in row[1:]]
         counts = [c - p for c, p in zip(cumulative, [0, *cumulative[:-1]], strict=True)]
         histogram = [{"le": b, "count": c} for b, c in zip(BUCKETS, counts, strict=True)]

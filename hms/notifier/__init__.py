@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-
-from flask import Flask
-from sqlalchemy.orm import Session
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from hms.bus import Event
-from hms.bus.mesh import mesh_of
-from hms.bus.registry import ServiceInfo
-from hms.bus.store import utcnow
+from hms.runtime import Service, Unit, utcnow
 
 from .models import Base, Notification
 
-VERSION = "0.1.0"
 log = logging.getLogger("hms.notifier")
+service = Service("notifier", Base.metadata, version="0.1.0", description="Citizen notifications")
 
 
-def notify(s: Session, event: Event) -> None:
-    """claim.denied or payment.sent: record the notification and send the e-mail (logged)."""
+@service.implementation
+class Notifier:
+    """Records each notification and sends the e-mail (logged here; the agency's mailer in production)."""
+
+    def __init__(self, config: Mapping[str, Any], units: Callable[[], contextlib.AbstractContextManager[Unit]]):
+        pass
+
+    @service.consumer("claim.denied", name="notify")
+    def on_claim_denied(self, s: Unit, event: Event) -> None:
+        notify(s, event)
+
+    @service.consumer("payment.sent", name="notify_paid")
+    def on_payment_sent(self, s: Unit, event: Event) -> None:
+        notify(s, event)
+
+
+def notify(s: Unit, event: Event) -> None:
+    """Record the notification and send the e-mail (logged)."""
     data = event.data
     s.add(
         Notification(
@@ -28,18 +42,3 @@ def notify(s: Session, event: Event) -> None:
     )
     # The e-mail address lives in svc; delivery goes by the citizen's id through the agency's mailer.
     log.info("Email sent to citizen %s", data["citizen"], extra={"claim_id": data["claimId"], "event_id": event.id})
-
-
-def init_app(app: Flask) -> None:
-    """Create the notifier: consumers of claim.denied and payment.sent."""
-    mesh = mesh_of(app)
-    store = mesh.store("notifier", Base.metadata)
-    store.consume("claim.denied", notify)
-    store.consume("payment.sent", notify)
-    mesh.register(
-        ServiceInfo(
-            name="notifier",
-            version=VERSION,
-            description="Citizen notifications",
-        )
-    )

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from hms.bus.store import UtcDateTime, messaging_tables
+from hms.runtime.database import UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -25,6 +25,3 @@ class Notification(Base):
     claim_id: Mapped[str] = mapped_column(String(36), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
-
-
-outbox, inbox, dead_letters = messaging_tables(Base.metadata)

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, MetaData, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from hms.bus.store import UtcDateTime, messaging_tables
+from hms.contracts.vocabulary import ClaimStatus
+from hms.runtime.database import EnumText, UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -28,7 +29,7 @@ class Claim(Base):
     separation_reason: Mapped[str] = mapped_column(String(32))
     weeks_worked: Mapped[int] = mapped_column(Integer)
     base_wages: Mapped[Decimal] = mapped_column(Numeric(12, 2))
-    status: Mapped[str] = mapped_column(String(20))
+    status: Mapped[ClaimStatus] = mapped_column(EnumText(ClaimStatus, 20))
     amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
     reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
     rule_version: Mapped[str] = mapped_column(String(64))
@@ -46,7 +47,7 @@ class TimelineEntry(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     claim_id: Mapped[str] = mapped_column(ForeignKey("claims.id"), index=True)
-    status: Mapped[str] = mapped_column(String(20))
+    status: Mapped[ClaimStatus] = mapped_column(EnumText(ClaimStatus, 20))
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     detail: Mapped[str | None] = mapped_column(String(200))
 
@@ -62,6 +63,3 @@ class IdempotencyRecord(Base):
     claim_id: Mapped[str] = mapped_column(String(36))
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
-
-
-outbox, inbox, dead_letters = messaging_tables(Base.metadata)

@@ -1,25 +1,35 @@
-"""The claim service: submit runs the rules, decisions go out through the outbox."""
+"""svc, the claim service: its whole face. Submit runs the rules; decisions go out through the outbox."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
 
 from hms.bus import Event, ReplyError, iso
-from hms.bus.store import ServiceStore, utcnow
 from hms.bus.tracing import trace_id
+from hms.contracts.vocabulary import ClaimStatus
+from hms.runtime import Service, Unit, utcnow
 
-from .models import Claim, IdempotencyRecord, TimelineEntry
+from .models import Base, Claim, IdempotencyRecord, TimelineEntry
 from .rules import Application, RuleSet
 
 log = logging.getLogger("hms.svc")
-OPEN_STATUSES = ("approved", "paid")
+OPEN_STATUSES = (ClaimStatus.APPROVED, ClaimStatus.PAID)
+
+service = Service(
+    "svc",
+    Base.metadata,
+    version="0.1.0",
+    description="Claims and eligibility rules",
+    publishes=["claim.submitted", "claim.approved", "claim.denied"],
+)
 
 
 def money(value: Decimal | None) -> float | None:
@@ -27,45 +37,55 @@ def money(value: Decimal | None) -> float | None:
     return float(value) if value is not None else None
 
 
+@service.implementation
 class ClaimService:
     """Claims, their decisions and their status, owned by `svc`."""
 
-    def __init__(self, store: ServiceStore, rules: RuleSet) -> None:
-        self.store, self.rules = store, rules
+    def __init__(self, config: Mapping[str, Any], units: Callable[[], contextlib.AbstractContextManager[Unit]]):
+        self.units, self.rules = units, RuleSet.load(config["HMS_RULES_FILE"] or None)
+        self.keep_keys = timedelta(days=config["HMS_IDEMPOTENCY_RETENTION_DAYS"])
+
+    @service.housekeeping
+    def prune(self) -> None:
+        """Forget Idempotency-Key results past their retention (HMS_IDEMPOTENCY_RETENTION_DAYS)."""
+        log.info("svc: pruned %d idempotency keys", self.prune_idempotency(self.keep_keys))
 
     def prune_idempotency(self, older_than: timedelta) -> int:
         """Forget Idempotency-Key results older than `older_than`; a later retry is a new submit."""
-        with self.store.session() as s:
-            return s.execute(
-                delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - older_than)
-            ).rowcount
+        with self.units() as s:
+            old = delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - older_than)
+            return int(s.execute(old).rowcount)
+
+    @service.health
+    def health(self) -> dict[str, Any]:
+        return {"ruleVersion": self.rules.version}
 
     # -- request/reply ----------------------------------------------------------------------
-    def submit(self, event: Event) -> dict[str, Any]:
-        """svc.claims.submit: record the claim, decide it, publish both; idempotent per key."""
+    @service.request("svc.claims.submit")
+    def submit(self, s: Unit, event: Event) -> dict[str, Any]:
+        """Record the claim, decide it, publish both; idempotent per key."""
         req = event.data
         key = req.get("idempotencyKey")
-        with self.store.session() as s:
-            # One decision at a time per citizen: the one-open-claim rule reads what it then writes, and a
-            # concurrent first use of the citizen's Idempotency-Key waits here, then finds the first one's record.
-            self.store.lock(s, f"citizen:{req['citizen']}")
-            if key:
-                found = s.get(IdempotencyRecord, (req["citizen"], key))
-                if found is not None:
-                    return self._replay(found, req)
-            view = self._decide(s, req)
-            if key:
-                s.add(
-                    IdempotencyRecord(
-                        citizen=req["citizen"],
-                        key=key,
-                        fingerprint=req.get("fingerprint") or "",
-                        claim_id=view["id"],
-                        response=view,
-                        created_at=utcnow(),
-                    )
+        # One decision at a time per citizen: the one-open-claim rule reads what it then writes, and a concurrent
+        # first use of the citizen's Idempotency-Key waits here, then finds the first one's record.
+        s.lock(f"citizen:{req['citizen']}")
+        if key:
+            found = s.get(IdempotencyRecord, (req["citizen"], key))
+            if found is not None:
+                return self._replay(found, req)
+        view = self._decide(s, req)
+        if key:
+            s.add(
+                IdempotencyRecord(
+                    citizen=req["citizen"],
+                    key=key,
+                    fingerprint=req.get("fingerprint") or "",
+                    claim_id=view["id"],
+                    response=view,
+                    created_at=utcnow(),
                 )
-            return view
+            )
+        return view
 
     def _replay(self, found: IdempotencyRecord, req: dict[str, Any]) -> dict[str, Any]:
         if found.fingerprint != (req.get("fingerprint") or ""):
@@ -77,12 +97,11 @@ class ClaimService:
             )
         return {**found.response, "replayed": True}
 
-    def _decide(self, s: Session, req: dict[str, Any]) -> dict[str, Any]:
-        now = utcnow()
-        citizen = req["citizen"]
+    def _decide(self, s: Unit, req: dict[str, Any]) -> dict[str, Any]:
+        """Run the rules on a new claim, record it with its timeline, and emit the decision."""
         open_claim = s.scalar(
             select(Claim.id)
-            .where(Claim.citizen == citizen, Claim.status.in_(OPEN_STATUSES))
+            .where(Claim.citizen == req["citizen"], Claim.status.in_(OPEN_STATUSES))
             .order_by(Claim.submitted_at)
             .limit(1)
         )
@@ -94,10 +113,24 @@ class ClaimService:
                 has_open_claim=open_claim is not None,
             )
         )
+        claim = self._record(s, req, reasons, open_claim)
+        self._announce(s, claim, req.get("traceparent"))
+        s.flush()
+        log.info(
+            "claim %s %s",
+            claim.id,
+            claim.status,
+            extra={"claim_id": claim.id, "trace_id": trace_id(req.get("traceparent"))},
+        )
+        return self.view(s, claim)
+
+    def _record(self, s: Unit, req: dict[str, Any], reasons: list[str], open_claim: str | None) -> Claim:
+        """The decided claim and its first two timeline entries."""
+        now = utcnow()
         approved = not reasons
         claim = Claim(
             id=str(uuid.uuid4()),
-            citizen=citizen,
+            citizen=req["citizen"],
             claimant_name=req["claimant"]["name"],
             claimant_ssn_last4=req["claimant"]["ssnLast4"],
             claimant_email=req["claimant"]["email"],
@@ -105,7 +138,7 @@ class ClaimService:
             separation_reason=req["separationReason"],
             weeks_worked=req["weeksWorked"],
             base_wages=Decimal(str(req["baseWages"])),
-            status="approved" if approved else "denied",
+            status=ClaimStatus.APPROVED if approved else ClaimStatus.DENIED,
             amount=self.rules.amount if approved else None,
             reasons=reasons,
             rule_version=self.rules.version,
@@ -116,57 +149,37 @@ class ClaimService:
         s.add(claim)
         s.add_all(
             [
-                TimelineEntry(claim_id=claim.id, status="submitted", at=now),
+                TimelineEntry(claim_id=claim.id, status=ClaimStatus.SUBMITTED, at=now),
                 TimelineEntry(
                     claim_id=claim.id, status=claim.status, at=now, detail=None if approved else ",".join(reasons)
                 ),
             ]
         )
-        trace = req.get("traceparent")
-        ts = iso(now)
-        self.store.emit(
-            s, "claim.submitted", {"claimId": claim.id, "citizen": citizen, "submittedAt": ts}, traceparent=trace
-        )
-        if approved:
-            self.store.emit(
-                s,
-                "claim.approved",
-                {
-                    "claimId": claim.id,
-                    "citizen": citizen,
-                    "amount": money(claim.amount),
-                    "approvedAt": ts,
-                    "ruleVersion": claim.rule_version,
-                },
-                traceparent=trace,
-            )
+        return claim
+
+    def _announce(self, s: Unit, claim: Claim, trace: str | None) -> None:
+        """claim.submitted, then claim.approved or claim.denied, in the claim's transaction."""
+        ts = iso(claim.decided_at or claim.submitted_at)
+        base = {"claimId": claim.id, "citizen": claim.citizen}
+        s.emit("claim.submitted", {**base, "submittedAt": ts}, traceparent=trace)
+        if claim.status == ClaimStatus.APPROVED:
+            decision = {"amount": money(claim.amount), "approvedAt": ts, "ruleVersion": claim.rule_version}
+            s.emit("claim.approved", {**base, **decision}, traceparent=trace)
         else:
-            self.store.emit(
-                s,
-                "claim.denied",
-                {
-                    "claimId": claim.id,
-                    "citizen": citizen,
-                    "reasons": reasons,
-                    "deniedAt": ts,
-                    "ruleVersion": claim.rule_version,
-                },
-                traceparent=trace,
-            )
-        s.flush()
-        log.info("claim %s %s", claim.id, claim.status, extra={"claim_id": claim.id, "trace_id": trace_id(trace)})
+            decision = {"reasons": claim.reasons, "deniedAt": ts, "ruleVersion": claim.rule_version}
+            s.emit("claim.denied", {**base, **decision}, traceparent=trace)
+
+    @service.request("svc.claims.get")
+    def get(self, s: Unit, event: Event) -> dict[str, Any]:
+        """One claim; a citizen's request sees only their own (else not found)."""
+        claim = s.get(Claim, event.data["claimId"])
+        if claim is None or (event.data.get("citizen") and claim.citizen != event.data["citizen"]):
+            raise ReplyError(404, "Not found", "no such claim", "id")
         return self.view(s, claim)
 
-    def get(self, event: Event) -> dict[str, Any]:
-        """svc.claims.get: one claim; a citizen's request sees only their own (else not found)."""
-        with self.store.session() as s:
-            claim = s.get(Claim, event.data["claimId"])
-            if claim is None or (event.data.get("citizen") and claim.citizen != event.data["citizen"]):
-                raise ReplyError(404, "Not found", "no such claim", "id")
-            return self.view(s, claim)
-
-    def list(self, event: Event) -> dict[str, Any]:
-        """svc.claims.list: a page of claims, newest first, scoped to a citizen when given."""
+    @service.request("svc.claims.list")
+    def list(self, s: Unit, event: Event) -> dict[str, Any]:
+        """A page of claims, newest first, scoped to a citizen when given."""
         req = event.data
         page, size = req["page"], req["pageSize"]
         q = select(Claim)
@@ -174,51 +187,51 @@ class ClaimService:
             q = q.where(Claim.citizen == req["citizen"])
         if req.get("status"):
             q = q.where(Claim.status == req["status"])
-        with self.store.session() as s:
-            total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-            rows = s.scalars(q.order_by(Claim.submitted_at.desc(), Claim.id).offset((page - 1) * size).limit(size))
-            return {
-                "items": [self.view(s, c, timeline=False) for c in rows],
-                "page": page,
-                "pageSize": size,
-                "total": total,
-            }
+        total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+        rows = s.scalars(q.order_by(Claim.submitted_at.desc(), Claim.id).offset((page - 1) * size).limit(size))
+        return {
+            "items": [self.view(s, c, timeline=False) for c in rows],
+            "page": page,
+            "pageSize": size,
+            "total": total,
+        }
 
-    def ledger(self, event: Event) -> dict[str, Any]:
-        """svc.claims.ledger: a page of (claim id, status), for reconciliation."""
+    @service.request("svc.claims.ledger")
+    def ledger(self, s: Unit, event: Event) -> dict[str, Any]:
+        """A page of (claim id, status), for reconciliation."""
         after, limit = event.data.get("after") or "", event.data["limit"]
-        with self.store.session() as s:
-            rows = s.execute(
-                select(Claim.id, Claim.status).where(Claim.id > after).order_by(Claim.id).limit(limit)
-            ).all()
+        rows = s.execute(select(Claim.id, Claim.status).where(Claim.id > after).order_by(Claim.id).limit(limit)).all()
         items = [{"claimId": cid, "status": status} for cid, status in rows]
         return {"items": items, "next": items[-1]["claimId"] if len(items) == limit else None}
 
     # -- events -----------------------------------------------------------------------------
-    def on_payment_sent(self, s: Session, event: Event) -> None:
-        """payment.sent: the claim is paid."""
-        claim = self._claim_for(s, event, "paid")
+    @service.consumer("payment.sent", name="on_payment_sent")
+    def on_payment_sent(self, s: Unit, event: Event) -> None:
+        """The claim is paid."""
+        claim = self._claim_for(s, event, ClaimStatus.PAID)
         if claim is None:
             return
-        claim.status, claim.payment_id = "paid", event.data["paymentId"]
-        s.add(TimelineEntry(claim_id=claim.id, status="paid", at=utcnow(), detail=event.data["paymentId"]))
+        claim.status, claim.payment_id = ClaimStatus.PAID, event.data["paymentId"]
+        s.add(TimelineEntry(claim_id=claim.id, status=ClaimStatus.PAID, at=utcnow(), detail=event.data["paymentId"]))
 
-    def on_payment_failed(self, s: Session, event: Event) -> None:
-        """payment.failed: the claim could not be paid."""
-        claim = self._claim_for(s, event, "payment_failed")
+    @service.consumer("payment.failed", name="on_payment_failed")
+    def on_payment_failed(self, s: Unit, event: Event) -> None:
+        """The claim could not be paid."""
+        claim = self._claim_for(s, event, ClaimStatus.PAYMENT_FAILED)
         if claim is None:
             return
-        claim.status, claim.failure_reason = "payment_failed", event.data["reason"]
-        s.add(TimelineEntry(claim_id=claim.id, status="payment_failed", at=utcnow(), detail=event.data["reason"]))
+        claim.status, claim.failure_reason = ClaimStatus.PAYMENT_FAILED, event.data["reason"]
+        entry = TimelineEntry(claim_id=claim.id, status=claim.status, at=utcnow(), detail=event.data["reason"])
+        s.add(entry)
 
-    def _claim_for(self, s: Session, event: Event, outcome: str) -> Claim | None:
+    def _claim_for(self, s: Unit, event: Event, outcome: ClaimStatus) -> Claim | None:
         """The approved claim an outcome applies to; None when it already has that outcome (a late duplicate)."""
         claim = s.get(Claim, event.data["claimId"])
         if claim is None:
             raise LookupError(f"{event.subject}: unknown claim {event.data['claimId']}")
         if claim.status == outcome:
             return None
-        if claim.status != "approved":
+        if claim.status != ClaimStatus.APPROVED:
             raise ValueError(f"{event.subject}: claim {claim.id} is {claim.status}, not approved")
         return claim
 
@@ -230,7 +243,7 @@ class ClaimService:
             reason["claimId"] = claim.duplicate_of
         return reason
 
-    def view(self, s: Session, claim: Claim, *, timeline: bool = True) -> dict[str, Any]:
+    def view(self, s: Unit, claim: Claim, *, timeline: bool = True) -> dict[str, Any]:
         """The claim as the API shows it."""
         out: dict[str, Any] = {
             "id": claim.id,

@@ -14,7 +14,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from hms.bus import Event
-from hms.bus.mesh import Mesh
+from hms.runtime import Mesh
 from tests.conftest import eventually
 
 ENV = "HMS_TEST_BROWSER"
@@ -191,7 +191,7 @@ def test_a_caseworker_replays_a_dead_letter(
         },
         source="/hms/ach",
     )
-    mesh.stores["svc"]._store_dead_letter("svc.on_payment_sent", event, "OperationalError: database is locked")
+    mesh.stores["svc"].dead.store("svc.on_payment_sent", event, "OperationalError: database is locked")
     page = sign_in(browser, server, "Casey, caseworker")
     assert page.get_by_role("cell", name="svc.on_payment_sent").count() == 1
     page.get_by_role("button", name="Replay dead letter svc:1").click()

@@ -10,7 +10,7 @@ import jwt
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hms.bus.mesh import Mesh
+from hms.runtime import Mesh
 from tests.conftest import DIEGO, eventually
 
 
@@ -63,8 +63,7 @@ def test_dead_letters_list_and_replay(app: Flask, mesh: Mesh) -> None:
     # payment.sent for a claim svc never heard of: svc cannot apply it and gives up.
     store = mesh.stores["ach"]
     with store.session() as s:
-        store.emit(
-            s,
+        s.emit(
             "payment.sent",
             {"claimId": "ghost", "paymentId": "p1", "citizen": "x", "amount": 600, "sentAt": "2026-11-27T10:00:00Z"},
         )
@@ -111,7 +110,7 @@ def test_reconcile_counts_only_its_own_transfers_on_a_shared_statement(
     app: Flask, client: FlaskClient, token: Any, settings: dict[str, Any], tmp_path: Any
 ) -> None:
     from hms import create_app
-    from hms.bus.mesh import mesh_of
+    from hms.runtime import mesh_of
 
     # A second deployment (SQLite, its own instance folder) whose bank statement is the same file.
     other = create_app(

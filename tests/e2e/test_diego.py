@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from hms.ach.bank import read_statement
-from hms.bus.mesh import Mesh
+from hms.runtime import Mesh
 from tests.conftest import DIEGO, eventually
 
 
@@ -248,7 +248,7 @@ def test_readyz_fails_when_a_database_is_gone(client: FlaskClient, mesh: Mesh) -
     finally:
         store.engine = working
     assert r.status_code == 503 and r.json["status"] == "unavailable"
-    assert r.json["checks"]["db.metrics"].startswith("failing") and r.json["checks"]["db.svc"] == "ok"
+    assert r.json["checks"]["metrics"].startswith("failing") and r.json["checks"]["svc"] == "ok"
 
 
 def test_a_late_duplicate_payment_event_past_inbox_retention_changes_nothing(

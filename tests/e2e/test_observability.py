@@ -40,8 +40,7 @@ def test_metrics_count_events_handlers_outbox_breakers_and_payout_time(client: F
 def test_failed_handlers_are_counted(client: FlaskClient, mesh: Any) -> None:
     store = mesh.stores["ach"]
     with store.session() as s:  # a payment.sent for a claim svc has never seen: svc's handler fails
-        store.emit(
-            s,
+        s.emit(
             "payment.sent",
             {"claimId": "ghost", "paymentId": "p", "citizen": "x", "amount": 600, "sentAt": "2026-11-27T10:00:00Z"},
         )

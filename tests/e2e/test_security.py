@@ -23,7 +23,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from hms.auth.keys import thumbprint
 from hms.bus import Event
-from hms.bus.mesh import Mesh
+from hms.runtime import Mesh
 from tests.conftest import DIEGO, eventually
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from hms.bus.mesh import Mesh
 from hms.logs import JsonFormatter
+from hms.runtime import Mesh
 from tests.conftest import DIEGO, eventually
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

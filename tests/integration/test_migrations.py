@@ -8,7 +8,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from hms import create_app
-from hms.bus.mesh import mesh_of
+from hms.runtime import mesh_of
 
 
 @pytest.mark.parametrize("service", ["svc", "ach", "metrics", "notifier"])

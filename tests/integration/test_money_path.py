@@ -18,18 +18,17 @@ from flask.testing import FlaskClient
 
 from hms.ach.bank import read_statement
 from hms.ach.models import Payment
-from hms.ach.service import Payments
-from hms.bus.mesh import Mesh
-from hms.bus.store import utcnow
+from hms.ach.payments import Payer
+from hms.runtime import Mesh, utcnow
 from hms.svc.rules import RuleSet
 from tests.conftest import DIEGO, eventually
 from tests.integration.test_payments import crash_mid_send, payment_for, payment_for_or_none, stop_worker_and_submit
 
 
-def held_payment(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> tuple[Payments, str, str]:
+def held_payment(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> tuple[Payer, str, str]:
     """The payments service with its worker stopped, and Diego's approved claim and its pending payment."""
     claim_id = stop_worker_and_submit(app, client, token, mesh)
-    return app.extensions["hms.ach"], claim_id, payment_for(mesh, claim_id).id
+    return app.extensions["hms.ach"].payer, claim_id, payment_for(mesh, claim_id).id
 
 
 def transfers(app: Flask) -> list[str]:
@@ -51,14 +50,14 @@ def test_paying_a_payment_twice_calls_the_bank_once(app: Flask, client: FlaskCli
 
 
 def test_two_workers_on_one_payment_make_one_transfer(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
-    payments: Payments = app.extensions["hms.ach"]
+    payments: Payer = app.extensions["hms.ach"].payer
     claim_id = stop_worker_and_submit(app, client, token, mesh)
     pid = payment_for(mesh, claim_id).id
-    other = Payments(payments.store, payments.bank, payments.breaker)  # a second process's worker
+    other = Payer(payments.units, payments.bank, payments.breaker)  # a second process's worker
     payments.bank.latency_ms = 200  # both are at the bank at once if both got past the compare-and-set
     start = threading.Barrier(2)
 
-    def pay(worker: Payments) -> str:
+    def pay(worker: Payer) -> str:
         start.wait()
         return worker.pay(pid)
 
@@ -135,7 +134,7 @@ def test_a_send_inside_its_lease_is_not_recovered(app: Flask, client: FlaskClien
 def test_the_backoff_doubles_from_the_base_up_to_the_cap(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh, tmp_path: Path
 ) -> None:
-    payments = app.extensions["hms.ach"]
+    payments = app.extensions["hms.ach"].payer
     payments.retry_base, payments.retry_max = 1.0, 10.0
     payments.breaker = pybreaker.CircuitBreaker(fail_max=1000, exclude=payments.breaker.excluded_exceptions)
     claim_id = stop_worker_and_submit(app, client, token, mesh)
@@ -155,7 +154,7 @@ def test_the_backoff_doubles_from_the_base_up_to_the_cap(
 def test_an_open_breaker_waits_half_its_reset_without_counting_an_attempt(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    payments = app.extensions["hms.ach"]
+    payments = app.extensions["hms.ach"].payer
     payments.breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=1000)
     payments.breaker.open()
     claim_id = stop_worker_and_submit(app, client, token, mesh)
@@ -179,8 +178,8 @@ def submit_without_account(mesh: Mesh, citizen: str) -> str:
 def test_a_payment_waits_for_its_account_and_goes_once_it_is_registered(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    payments = app.extensions["hms.ach"]
-    payments.stop()
+    payments = app.extensions["hms.ach"].payer
+    mesh.workers["ach.payments"].stop()
     claim_id = submit_without_account(mesh, "noor")
     pid = payment_for(mesh, claim_id).id
     assert payments.pay(pid) == "waiting"
@@ -198,8 +197,8 @@ def test_a_payment_waits_for_its_account_and_goes_once_it_is_registered(
 def test_a_payment_with_no_account_after_the_wait_fails_as_no_account(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    payments = app.extensions["hms.ach"]
-    payments.stop()
+    payments = app.extensions["hms.ach"].payer
+    mesh.workers["ach.payments"].stop()
     claim_id = submit_without_account(mesh, "omar")
     with mesh.stores["ach"].session() as s:  # the payment was recorded longer ago than the wait
         s.get(Payment, payment_for(mesh, claim_id).id).created_at = utcnow() - timedelta(
@@ -288,7 +287,7 @@ def test_staff_see_a_claims_payment_with_the_account_masked(
         "account": "****6789",
         "accountType": "checking",
     }
-    app.extensions["hms.ach"].run_once()
+    app.extensions["hms.ach"].payer.run_once()
     sent = mesh.bus.request("ach.payments.get", {"claimId": claim_id}, 5, headers=gateway)
     assert (sent["state"], sent["attempts"]) == ("sent", 1)
     assert sent["bankReference"].startswith("SBX-") and sent["sentAt"].endswith("Z")
@@ -429,7 +428,7 @@ def test_a_send_is_claimed_by_this_worker_while_at_the_bank_and_recorded_as_the_
 def test_the_originator_is_made_once_and_kept(app: Flask, mesh: Mesh) -> None:
     from hms.ach.models import Setting
 
-    payments = app.extensions["hms.ach"]
+    payments = app.extensions["hms.ach"].payer
     first = payments.originator()
     payments._originator = None  # a new process of the same deployment reads it back
     assert payments.originator() == first
@@ -444,12 +443,13 @@ def test_recording_a_payment_sent_twice_keeps_the_first_record(
     payments.pay(pid)
     before = payment_for(mesh, claim_id)
     published = []
-    emit = mesh.stores["ach"].emit
-    mesh.stores["ach"].emit = lambda s, subject, data, **kw: published.append(subject) or emit(s, subject, data, **kw)
+    outbox = mesh.stores["ach"].events
+    emit = outbox.emit
+    outbox.emit = lambda s, subject, data, **kw: published.append(subject) or emit(s, subject, data, **kw)
     try:
         payments._sent(pid, "SOME-OTHER-REFERENCE")
     finally:
-        mesh.stores["ach"].emit = emit
+        outbox.emit = emit
     after = payment_for(mesh, claim_id)
     assert (after.bank_reference, after.sent_at) == (before.bank_reference, before.sent_at) and published == []
 
@@ -478,8 +478,8 @@ def test_a_long_bank_error_is_kept_to_300_characters(app: Flask, client: FlaskCl
 
 
 def test_the_account_wait_grows_with_the_payments_age(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
-    payments = app.extensions["hms.ach"]
-    payments.stop()
+    payments = app.extensions["hms.ach"].payer
+    mesh.workers["ach.payments"].stop()
     claim_id = submit_without_account(mesh, "noor")
     with mesh.stores["ach"].session() as s:
         s.get(Payment, payment_for(mesh, claim_id).id).created_at = utcnow() - timedelta(seconds=10)
@@ -526,7 +526,7 @@ def test_ach_ledger_counts_transfers_and_lists_strays_on_its_last_page(
 def test_staff_see_no_account_when_none_was_registered(app: Flask, mesh: Mesh) -> None:
     from hms.bus import ReplyError
 
-    app.extensions["hms.ach"].stop()
+    mesh.workers["ach.payments"].stop()
     claim_id = submit_without_account(mesh, "noor")
     found = mesh.bus.request("ach.payments.get", {"claimId": claim_id}, 5, headers=mesh.credentials("gateway"))
     assert (found["account"], found["accountType"], found["state"]) == (None, None, "pending")
@@ -538,8 +538,8 @@ def test_staff_see_no_account_when_none_was_registered(app: Flask, mesh: Mesh) -
 def test_a_recovery_puts_back_only_its_own_payment(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
     """Two sends cut short with the same stamp (same dead worker, same instant): recovering one of them must not
     put back the other, which the bank may hold. Catches: `Payment.id == …` dropped from the reset."""
-    payments = app.extensions["hms.ach"]
-    payments.stop()
+    payments = app.extensions["hms.ach"].payer
+    mesh.workers["ach.payments"].stop()
     a, b = (approved_and_recorded(client, token, mesh, sub) for sub in ("ana", "ben"))
     stamp = utcnow() - timedelta(minutes=5)
     ids = [payment_for(mesh, claim_id).id for claim_id in (a, b)]
@@ -664,8 +664,8 @@ def test_a_bank_call_past_half_the_lease_is_logged(
 
 
 def test_a_declined_transfer_fails_the_payment(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
-    payments = app.extensions["hms.ach"]
-    payments.stop()
+    payments = app.extensions["hms.ach"].payer
+    mesh.workers["ach.payments"].stop()
     body = {**DIEGO, "directDeposit": {**DIEGO["directDeposit"], "accountNumber": "999900001234"}}
     claim_id = client.post("/claims", json=body, headers=token("zoe")).json["id"]
     eventually(lambda: payment_for_or_none(mesh, claim_id))
@@ -683,8 +683,8 @@ def register(mesh: Mesh, citizen: str, **changes: str) -> Any:
 def test_registering_an_account_touches_only_that_citizen(app: Flask, mesh: Mesh) -> None:
     from hms.ach.models import Account
 
-    payments = app.extensions["hms.ach"]
-    payments.stop()
+    payments = app.extensions["hms.ach"].payer
+    mesh.workers["ach.payments"].stop()
     waiting = {c: submit_without_account(mesh, c) for c in ("kai", "lea")}
     later = utcnow() + timedelta(hours=1)
     ids = {c: payment_for(mesh, claim_id).id for c, claim_id in waiting.items()}
@@ -779,8 +779,8 @@ def test_a_denial_carries_the_claims_trace(mesh: Mesh, client: FlaskClient, toke
 
 def test_the_worker_pays_only_what_is_due_oldest_first(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
     """Catches: the due condition dropped (backoff ignored), the due order dropped, a wrong count returned."""
-    payments = app.extensions["hms.ach"]
-    payments.stop()
+    payments = app.extensions["hms.ach"].payer
+    mesh.workers["ach.payments"].stop()
     ids = {sub: payment_for(mesh, approved_and_recorded(client, token, mesh, sub)).id for sub in ("ann", "bob", "cy")}
     now = utcnow()
     with mesh.stores["ach"].session() as s:
@@ -799,6 +799,6 @@ def test_the_worker_pays_only_what_is_due_oldest_first(app: Flask, client: Flask
     assert payments.run_once() == 0 and len(transfers(app)) == 2
 
 
-def other_worker_instance(payments: Payments) -> str:
+def other_worker_instance(payments: Payer) -> str:
     """The claim stamp another worker of the same service would write."""
-    return Payments(payments.store, payments.bank, payments.breaker).instance
+    return Payer(payments.units, payments.bank, payments.breaker).instance

@@ -13,8 +13,7 @@ from sqlalchemy import select
 
 from hms.ach.bank import read_statement
 from hms.ach.models import Payment
-from hms.bus.mesh import Mesh
-from hms.bus.store import utcnow
+from hms.runtime import Mesh, utcnow
 from tests.conftest import DIEGO, eventually
 
 
@@ -30,7 +29,7 @@ def payment_for(mesh: Mesh, claim_id: str) -> Payment:
 
 
 def stop_worker_and_submit(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> str:
-    app.extensions["hms.ach"].stop()
+    mesh.workers["ach.payments"].stop()
     claim_id = approved_claim(client, token)
     eventually(lambda: payment_for_or_none(mesh, claim_id))
     return claim_id
@@ -51,7 +50,7 @@ def crash_mid_send(mesh: Mesh, claim_id: str) -> None:
 def test_a_crash_after_the_bank_accepted_records_the_payment_without_paying_again(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    payments = app.extensions["hms.ach"]
+    payments = app.extensions["hms.ach"].payer
     claim_id = stop_worker_and_submit(app, client, token, mesh)
     p = payment_for(mesh, claim_id)
     from hms.ach.bank import Transfer
@@ -68,7 +67,7 @@ def test_a_crash_after_the_bank_accepted_records_the_payment_without_paying_agai
 def test_a_crash_before_the_bank_accepted_sends_again_under_the_same_key(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
-    payments = app.extensions["hms.ach"]
+    payments = app.extensions["hms.ach"].payer
     claim_id = stop_worker_and_submit(app, client, token, mesh)
     crash_mid_send(mesh, claim_id)
     payments.run_once()  # recovery: the bank has nothing for this key, so the payment is pending again
@@ -103,7 +102,7 @@ def test_one_payment_per_claim_even_if_approved_twice(app: Flask, client: FlaskC
 def test_while_the_bank_is_down_payments_wait_behind_an_open_breaker_then_go(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh, tmp_path: Path
 ) -> None:
-    payments = app.extensions["hms.ach"]
+    payments = app.extensions["hms.ach"].payer
     outage = tmp_path / "down"
     outage.touch()
     payments.bank.outage_file = outage
@@ -145,7 +144,7 @@ def test_a_recovery_never_undoes_a_send_another_worker_has_started(
 ) -> None:
     """Two workers saw the same stale send. The first put it back and paid it; while it was at the bank, the
     second, still acting on what it saw, must not put it back to pending again (that paid twice in CI)."""
-    payments = app.extensions["hms.ach"]
+    payments = app.extensions["hms.ach"].payer
     claim_id = stop_worker_and_submit(app, client, token, mesh)
     crash_mid_send(mesh, claim_id)
     pid = payment_for(mesh, claim_id).id

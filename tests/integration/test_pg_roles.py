@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from hms import create_app
-from hms.bus.mesh import mesh_of
+from hms.runtime import mesh_of
 from tests.pg import fresh_postgres_database, server_url
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from hms.bus import Contracts, Event
 from hms.bus.memory import MemoryBus
-from hms.bus.store import ServiceStore, messaging_tables
+from hms.runtime import ServiceStore, messaging_tables
 from tests.conftest import eventually
 
 SUBMITTED = {"claimId": "c1", "citizen": "diego", "submittedAt": "2026-11-27T10:00:00Z"}
@@ -61,12 +61,12 @@ def test_the_event_is_written_with_the_state_change_or_not_at_all(make_store: Ma
     store, effects = make_store()
     with pytest.raises(RuntimeError), store.session() as s:
         s.execute(effects.insert().values(event_id="x"))
-        store.emit(s, "claim.submitted", SUBMITTED)
+        s.emit("claim.submitted", SUBMITTED)
         raise RuntimeError("crash before commit")
     assert count(store, store.outbox) == 0 and count(store, effects) == 0
     with store.session() as s:
         s.execute(effects.insert().values(event_id="y"))
-        store.emit(s, "claim.submitted", SUBMITTED)
+        s.emit("claim.submitted", SUBMITTED)
     assert count(store, store.outbox) == 1
 
 
@@ -74,7 +74,7 @@ def test_emit_refuses_a_contract_violation_inside_the_transaction(make_store: Ma
     store, effects = make_store()
     with pytest.raises(ValueError, match="citizen"), store.session() as s:
         s.execute(effects.insert().values(event_id="x"))
-        store.emit(s, "claim.submitted", {"claimId": "c1", "submittedAt": "2026-11-27T10:00:00Z"})
+        s.emit("claim.submitted", {"claimId": "c1", "submittedAt": "2026-11-27T10:00:00Z"})
     assert count(store, effects) == 0
 
 
@@ -83,7 +83,7 @@ def test_the_relay_publishes_after_commit_and_empties_the_outbox(make_store: Mak
     got: list[Event] = []
     bus.subscribe("claim.submitted", got.append)
     with store.session() as s:
-        event_id = store.emit(s, "claim.submitted", SUBMITTED)
+        event_id = s.emit("claim.submitted", SUBMITTED)
     assert got == []  # nothing leaves before the relay runs
     store.start()
     eventually(lambda: got and count(store, store.outbox) == 0)
@@ -94,7 +94,7 @@ def test_the_relay_publishes_after_commit_and_empties_the_outbox(make_store: Mak
 def test_rows_left_by_a_crash_are_sent_on_the_next_start(make_store: Maker, bus: MemoryBus) -> None:
     store, _ = make_store()
     with store.session() as s:
-        ids = {store.emit(s, "claim.submitted", {**SUBMITTED, "claimId": f"c{i}"}) for i in range(5)}
+        ids = {s.emit("claim.submitted", {**SUBMITTED, "claimId": f"c{i}"}) for i in range(5)}
     store.engine.dispose()  # the process "dies" here, the rows stay committed
     again, _ = make_store()
     got: list[Event] = []
@@ -113,7 +113,7 @@ def test_a_consumer_has_one_effect_per_event_id_even_when_delivered_concurrently
     def record(s: Session, event: Event) -> None:
         s.execute(effects.insert().values(event_id=event.id))
 
-    consumer.consume("claim.submitted", record)
+    consumer.consume("claim.submitted", record, name="record")
     consumer.start()
     acks = []
     barrier = threading.Barrier(10)
@@ -144,7 +144,7 @@ def test_a_poison_event_is_dead_lettered_then_replayed(make_store: Maker, bus: M
             raise RuntimeError("downstream bug")
         s.execute(effects.insert().values(event_id=event.id))
 
-    store.consume("claim.submitted", fragile, max_deliver=3, backoff=[0.01])
+    store.consume("claim.submitted", fragile, name="fragile", max_deliver=3, backoff=[0.01])
     store.start()
     poison = bus.publish("claim.submitted", SUBMITTED, event_id="poison")
     bus.publish("claim.submitted", {**SUBMITTED, "claimId": "c2"}, event_id="fine").result(5)
@@ -164,7 +164,7 @@ def test_a_poison_event_is_dead_lettered_then_replayed(make_store: Maker, bus: M
 def test_inbox_retention_forgets_only_old_ids(make_store: Maker, bus: MemoryBus) -> None:
     from datetime import timedelta
 
-    from hms.bus.store import utcnow
+    from hms.runtime import utcnow
 
     store, _ = make_store()
     with store.session() as s:
@@ -189,17 +189,17 @@ def test_one_relay_per_service_when_several_processes_share_a_database(make_stor
     second.start()
     with first.session() as s:
         for i in range(20):
-            first.emit(s, "claim.submitted", {**SUBMITTED, "claimId": f"c{i}"})
+            s.emit("claim.submitted", {**SUBMITTED, "claimId": f"c{i}"})
     eventually(lambda: len({e.id for e in got}) == 20 and count(first, first.outbox) == 0)
     if first.engine.dialect.name == "postgresql":
         time.sleep(0.3)
         assert len(got) == 20  # the standby relay never published
-        assert (first._leader is None) != (second._leader is None)
-        leader = first if first._leader is not None else second
+        assert (first.relay.leadership._conn is None) != (second.relay.leadership._conn is None)
+        leader = first if first.relay.leadership._conn is not None else second
         standby = second if leader is first else first
         leader.stop()  # the leader's process goes away: the standby takes over
         with standby.session() as s:
-            standby.emit(s, "claim.submitted", {**SUBMITTED, "claimId": "after"})
+            s.emit("claim.submitted", {**SUBMITTED, "claimId": "after"})
         eventually(lambda: any(e.data["claimId"] == "after" for e in got))
     first.stop()
     second.stop()
@@ -223,13 +223,13 @@ def deliver_behind_one(
             if i in raising:
                 raise raising[i]
             s.execute(effects.insert().values(event_id=f"e{i}"))
-            ServiceStore.after_commit(s, lambda: committed.append(i))
+            s.after_commit(lambda: committed.append(i))
 
         return fn
 
     def deliver(i: int) -> None:
         try:
-            store._group_commit.run(work(i))
+            store.consumed._commits.run(work(i))
             outcome[i] = None
         except BaseException as exc:
             outcome[i] = exc
@@ -239,7 +239,7 @@ def deliver_behind_one(
     assert started.wait(5)
     for t in threads[1:]:
         t.start()
-    eventually(lambda: len(store._group_commit._waiting) == count - 1 or store.engine.dialect.name != "sqlite")
+    eventually(lambda: len(store.consumed._commits._waiting) == count - 1 or store.engine.dialect.name != "sqlite")
     gate.set()
     for t in threads:
         t.join(10)

@@ -12,7 +12,7 @@ from flask import Flask
 
 from hms.bus import Event, Refused, ReplyError
 from hms.bus.guard import AUTH_HEADER
-from hms.bus.mesh import Mesh
+from hms.runtime import Mesh
 from tests.conftest import eventually
 
 APPROVED = {

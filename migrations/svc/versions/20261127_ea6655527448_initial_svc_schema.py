@@ -1,7 +1,7 @@
 """initial svc schema
 
 Revision ID: ea6655527448
-Revises: 
+Revises: 5d0c7a1e9b34
 Create Date: 2026-11-27 21:49:55.632876
 
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = 'ea6655527448'
-down_revision: Union[str, Sequence[str], None] = None
+down_revision: Union[str, Sequence[str], None] = '5d0c7a1e9b34'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
@@ -46,19 +46,6 @@ def upgrade() -> None:
         batch_op.create_index('ix_claims_citizen_status', ['citizen', 'status'], unique=False)
         batch_op.create_index(batch_op.f('ix_claims_submitted_at'), ['submitted_at'], unique=False)
 
-    op.create_table('dead_letters',
-    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('event_id', sa.String(length=64), nullable=False),
-    sa.Column('consumer', sa.String(length=200), nullable=False),
-    sa.Column('subject', sa.String(length=200), nullable=False),
-    sa.Column('envelope', sa.JSON(), nullable=False),
-    sa.Column('error', sa.Text(), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('failed_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('replayed_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('event_id', 'consumer', name='uq_dead_letters_event_consumer')
-    )
     op.create_table('idempotency_keys',
     sa.Column('citizen', sa.String(length=128), nullable=False),
     sa.Column('key', sa.String(length=255), nullable=False),
@@ -67,26 +54,6 @@ def upgrade() -> None:
     sa.Column('response', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('citizen', 'key')
-    )
-    op.create_table('inbox',
-    sa.Column('event_id', sa.String(length=64), nullable=False),
-    sa.Column('consumer', sa.String(length=200), nullable=False),
-    sa.Column('subject', sa.String(length=200), nullable=False),
-    sa.Column('handled_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('event_id', 'consumer')
-    )
-    op.create_table('outbox',
-    sa.Column('seq', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('event_id', sa.String(length=64), nullable=False),
-    sa.Column('subject', sa.String(length=200), nullable=False),
-    sa.Column('data', sa.JSON(), nullable=False),
-    sa.Column('source', sa.String(length=200), nullable=False),
-    sa.Column('time', sa.String(length=40), nullable=False),
-    sa.Column('traceparent', sa.String(length=128), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('seq'),
-    sa.UniqueConstraint('event_id'),
-    sqlite_autoincrement=True,
     )
     op.create_table('timeline',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -110,10 +77,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_timeline_claim_id'))
 
     op.drop_table('timeline')
-    op.drop_table('outbox')
-    op.drop_table('inbox')
     op.drop_table('idempotency_keys')
-    op.drop_table('dead_letters')
     with op.batch_alter_table('claims', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_claims_submitted_at'))
         batch_op.drop_index('ix_claims_citizen_status')

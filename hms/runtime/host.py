@@ -1,4 +1,4 @@
-"""The mesh runtime of one process: its bus, the hosted services' stores, registrations and workers."""
+"""The mesh of one process: its bus, and the services it hosts brought to life from their declarations."""
 
 from __future__ import annotations
 
@@ -13,19 +13,22 @@ from typing import IO, Any
 from sqlalchemy import MetaData
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
+from hms.bus import BUS_EXTENSION, Bus, BusError, Event, ReplyError, Subscription, connect, iso
+from hms.bus.guard import Guard, GuardedBus, Policy, Signed
+from hms.bus.registry import Registration, ServiceInfo
+from hms.bus.telemetry import InstrumentedBus, Telemetry, breaker_gauge, outbox_gauge
+from hms.bus.tokens import KeySet
 from hms.config import ConfigError
 from hms.contracts import Contracts
 
-from . import connect
-from .base import Bus, BusError, Event, Subscription
-from .guard import Guard, GuardedBus, Policy
-from .registry import Registration, ServiceInfo
+from .service import Service
 from .store import ServiceStore
-from .telemetry import InstrumentedBus, Telemetry
-from .tokens import KeySet
+from .unit import Unit
+from .worker import BackgroundWorker
 
 log = logging.getLogger("hms.mesh")
 EXTENSION = "hms"
+OPS = ("deadletters.list", "deadletters.replay")  # what every service with consumers answers for operators
 
 
 class Mesh:
@@ -57,6 +60,8 @@ class Mesh:
             engine = GuardedBus(engine, self.guard)  # outermost: what a service does is checked first
         self.bus: Bus = engine
         self.stores: dict[str, ServiceStore] = {}
+        self.instances: dict[str, Any] = {}
+        self.workers: dict[str, BackgroundWorker] = {}
         self.registrations: dict[str, Registration] = {}
         self._infos: list[ServiceInfo] = []
         self._responders: list[tuple[str, Callable[[Event], Any], str]] = []
@@ -65,6 +70,18 @@ class Mesh:
         self._stoppers: list[Callable[[], None]] = []
         self.started = False
         self._lock: IO[str] | None = None  # the instance folder, held while memory:// runs here
+        # What the gateway gets: the bus, its requests signed as the gateway; nothing of the runtime.
+        self.client: Bus = Signed(self.bus, lambda: self.credentials("gateway"))
+        self.telemetry.add_collector(lambda: outbox_gauge({n: st.outbox_backlog for n, st in self.stores.items()}))
+        self.telemetry.add_collector(
+            lambda: breaker_gauge(
+                {
+                    (name, breaker): state
+                    for name, reg in self.registrations.items()
+                    for breaker, state in reg.info.breakers().items()
+                }
+            )
+        )
 
     def hosts(self, service: str) -> bool:
         """Whether this process runs `service` (HMS_SERVICES)."""
@@ -101,6 +118,7 @@ class Mesh:
                 max_deliver=cfg["HMS_BUS_MAX_DELIVER"],
                 backoff=cfg["HMS_BUS_BACKOFF_S"],
                 credentials=lambda: self.credentials(service),
+                wake=lambda worker: self.workers[f"{service}.{worker}"].wake(),
             )
         except ModuleNotFoundError as exc:
             raise ConfigError(
@@ -113,6 +131,57 @@ class Mesh:
         store.housekeeping(lambda: log.info("%s: pruned %d inbox rows", service, store.prune_inbox(retention)))
         self.stores[service] = store
         return store
+
+    def host(self, service: Service) -> Any:
+        """Bring a declared service to life in this process: its store, its implementation, and everything it
+        declared (consumers, request handlers, workers, chores, discovery); returns the implementation."""
+        if service.implementation_class is None:
+            raise TypeError(f"service {service.name} declares no @implementation class")
+        store = self.store(service.name, service.metadata)
+        impl = service.implementation_class(self.config, store.session)
+        for subject, method in service.requests.items():
+            self.serve(subject, _in_unit(store, getattr(impl, method)), service.name)
+        for c in service.consumers:
+            store.consume(c.subject, getattr(impl, c.method), name=c.name)
+        for w in service.workers:
+            worker = BackgroundWorker(f"{service.name}.{w.name}", getattr(impl, w.method), float(self.config[w.poll]))
+            self.workers[worker.name] = worker
+            self.on_start(worker.start, worker.stop)
+        for chore in service.chores:
+            store.housekeeping(getattr(impl, chore))
+        if service.consumers:
+            self._serve_dead_letters(service.name, store)
+        health = getattr(impl, service.health_method) if service.health_method else dict
+        self.register(
+            ServiceInfo(
+                name=service.name,
+                version=service.version,
+                description=service.description,
+                publishes=list(service.publishes),
+                health=lambda: {"status": "ok", "outbox": store.outbox_backlog(), **health()},
+                breakers=getattr(impl, service.breakers_method) if service.breakers_method else dict,
+            )
+        )
+        self.instances[service.name] = impl
+        return impl
+
+    def _serve_dead_letters(self, name: str, store: ServiceStore) -> None:
+        """`<service>.deadletters.list` and `.replay`: operators reach a service's dead letters over the bus."""
+
+        def listing(event: Event) -> dict[str, Any]:
+            return {"items": [_dead_letter_view(d) for d in store.list_dead_letters()]}
+
+        def replay(event: Event) -> dict[str, Any]:
+            try:
+                store.replay(event.data["id"])
+            except LookupError as exc:
+                raise ReplyError(404, "Not found", str(exc), "id") from None
+            except Exception as exc:  # the handler's own error is what the operator needs
+                raise ReplyError(409, "Replay failed", f"{type(exc).__name__}: {exc}") from None
+            return {"id": event.data["id"], "replayed": True}
+
+        self.serve(f"{name}.deadletters.list", listing, name)
+        self.serve(f"{name}.deadletters.replay", replay, name)
 
     def credentials(self, service: str) -> dict[str, str]:
         """The headers that identify `service` as the sender of a message (empty without HMS-SYS-AUTH)."""
@@ -236,4 +305,33 @@ def first_line(exc: BaseException | None) -> str:
 
 def mesh_of(app: Any) -> Mesh:
     """The mesh of a Flask app."""
-    return app.extensions[EXTENSION]
+    return app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def install(app: Any, mesh: Mesh) -> None:
+    """Keep the mesh in the app, and the gateway's signed bus where the gateway finds it (hms.bus.bus_of)."""
+    app.extensions[EXTENSION] = mesh
+    app.extensions[BUS_EXTENSION] = mesh.client
+
+
+def _in_unit(store: ServiceStore, handler: Callable[[Unit, Event], Any]) -> Callable[[Event], Any]:
+    """A request handler `handler(uow, event)` as the bus calls it: in a unit of work of its own."""
+
+    def answer(event: Event) -> Any:
+        with store.session() as uow:
+            return handler(uow, event)
+
+    answer.__name__ = handler.__name__
+    return answer
+
+
+def _dead_letter_view(d: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": d["id"],
+        "eventId": d["event_id"],
+        "consumer": d["consumer"],
+        "subject": d["subject"],
+        "error": d["error"],
+        "attempts": d["attempts"],
+        "failedAt": iso(d["failed_at"]),
+    }

@@ -15,7 +15,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .cli import payout_table
+from hms.gateway.cli import payout_table
 
 NAMES = ["Diego Ramos", "Rosa Lind", "Amara Okafor", "Li Wei", "Sam Patel", "Noor Haddad", "Ivan Petrov"]
 

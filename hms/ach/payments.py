@@ -1,0 +1,252 @@
+"""Where ACH pays: each payment moves pending → sending → sent (or failed), through the bank behind a breaker.
+
+Phase 1, recording the payment, is the claim.approved consumer (service.py). Here: phase 2 claims the payment
+(compare-and-set to `sending`) and calls the bank with the payment's idempotency key; phase 3 records the
+outcome and emits payment.sent or payment.failed in the same transaction. A send cut short by a crash is
+recovered by asking the bank by key — never by sending blindly again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+import pybreaker
+from sqlalchemy import select, update
+
+from hms.bus import iso
+from hms.bus.tracing import trace_id
+from hms.runtime import Unit, utcnow
+
+from .bank import BankDeclined, BankProvider, BankUnavailable, Transfer
+from .models import Account, Payment, PaymentState, Setting
+
+log = logging.getLogger("hms.ach")
+NEVER = threading.Event()
+
+
+class Attempt(enum.StrEnum):
+    """How one call of `Payer.pay` ended."""
+
+    TAKEN = "taken"  # not pending any more: another worker has it, or it is done
+    WAITING = "waiting"  # no account yet, or the breaker is open: due again later, not counted as an attempt
+    RETRY = "retry"  # the bank was unavailable: due again after backoff
+    SENT = "sent"
+    FAILED = "failed"
+
+
+# a stop signal that is never given (a step called directly)
+
+
+class Payer:
+    """Moves due payments forward; one per process, several processes may share the database."""
+
+    def __init__(
+        self,
+        units: Callable[[], contextlib.AbstractContextManager[Unit]],
+        bank: BankProvider,
+        breaker: pybreaker.CircuitBreaker,
+        *,
+        retry_base: float = 1.0,
+        retry_max: float = 60.0,
+        lease: float = 30.0,
+        account_wait: float = 3600.0,
+    ) -> None:
+        self.units, self.bank, self.breaker = units, bank, breaker
+        self.retry_base, self.retry_max, self.lease = retry_base, retry_max, lease
+        self.account_wait = account_wait
+        self.instance = uuid.uuid4().hex
+        self._originator: str | None = None
+
+    def originator(self, s: Unit | None = None) -> str:
+        """This deployment's id on the bank's statement, made once and kept in the ach database."""
+        if self._originator is None:
+            with contextlib.nullcontext(s) if s is not None else self.units() as u:
+                new = {"key": "originator", "value": uuid.uuid4().hex}
+                u.execute(u.insert_new(Setting.__table__).values(new))
+                self._originator = u.get_one(Setting, "originator").value
+        return self._originator
+
+    def run_once(self, stop: threading.Event = NEVER, limit: int = 100) -> int:
+        """Recover stale sends, then pay every due payment until `stop`; returns how many were tried."""
+        now = utcnow()
+        with self.units() as s:
+            # A send older than the lease was cut short (crash, kill): its worker is gone.
+            stale = list(
+                s.scalars(
+                    select(Payment.id)
+                    .where(
+                        Payment.state == PaymentState.SENDING, Payment.claimed_at < now - timedelta(seconds=self.lease)
+                    )
+                    .limit(limit)
+                )
+            )
+            due = list(
+                s.scalars(
+                    select(Payment.id)
+                    .where(Payment.state == PaymentState.PENDING, Payment.next_attempt_at <= now)
+                    .order_by(Payment.next_attempt_at)
+                    .limit(limit)
+                )
+            )
+        for pid in stale:
+            self._recover(pid)
+        for pid in due:
+            if stop.is_set():
+                break
+            self.pay(pid)
+        return len(stale) + len(due)
+
+    def pay(self, payment_id: str) -> Attempt:
+        """Pay one pending payment: claim it, call the bank with its key, record the outcome."""
+        with self.units() as s:
+            originator = self.originator(s)
+            claimed = s.execute(
+                update(Payment)
+                .where(Payment.id == payment_id, Payment.state == PaymentState.PENDING)
+                .values(
+                    state=PaymentState.SENDING,
+                    attempts=Payment.attempts + 1,
+                    claimed_at=utcnow(),
+                    claimed_by=self.instance,
+                )
+            )
+            if claimed.rowcount != 1:
+                return Attempt.TAKEN
+            p = s.get(Payment, payment_id)
+            account = s.get(Account, p.citizen)
+            if account is None and (utcnow() - p.created_at).total_seconds() > self.account_wait:
+                self._fail(s, p, "NO_ACCOUNT")
+                return Attempt.FAILED
+            transfer = account and Transfer(
+                p.idempotency_key,
+                p.claim_id,
+                p.amount,
+                account.routing_number,
+                account.account_number,
+                originator,
+            )
+        if not transfer:
+            # The gateway registers the account right after the approval; registering makes this due again.
+            self._retry(payment_id, "no direct-deposit account registered yet", counted=False, breaker_wait=False)
+            return Attempt.WAITING
+        try:
+            # pybreaker holds its lock during the call, so bank calls of one process are serial;
+            # an open breaker refuses at once without calling the bank.
+            started = time.monotonic()
+            reference = self.breaker.call(self.bank.transfer, transfer)
+            if time.monotonic() - started > self.lease / 2:
+                # Past the lease another worker takes this send for a crashed one; its lookup by key would
+                # then race this call. Operators must keep bank calls well inside the lease.
+                log.error(
+                    "payment %s: the bank call took %.1fs, near the %gs send lease (HMS_ACH_SEND_LEASE_S)",
+                    payment_id,
+                    time.monotonic() - started,
+                    self.lease,
+                )
+        except pybreaker.CircuitBreakerError as exc:
+            self._retry(payment_id, f"circuit breaker open: {exc}", counted=False)
+            return Attempt.WAITING
+        except BankUnavailable as exc:
+            self._retry(payment_id, str(exc), counted=True)
+            return Attempt.RETRY
+        except BankDeclined as exc:
+            with self.units() as s:
+                p = s.get(Payment, payment_id)
+                if p is not None:
+                    self._fail(s, p, exc.code)
+            return Attempt.FAILED
+        self._sent(payment_id, reference)
+        return Attempt.SENT
+
+    def _recover(self, payment_id: str) -> None:
+        """A send interrupted mid-way: ask the bank by key before anything else (never re-send blindly).
+
+        Only the send that was seen stale is put back: another worker may have recovered the payment and
+        started a new send meanwhile, and that one must be left alone while it is at the bank.
+        """
+        with self.units() as s:
+            p = s.get(Payment, payment_id)
+            if p is None or p.state != PaymentState.SENDING or p.claimed_at >= utcnow() - timedelta(seconds=self.lease):
+                return
+            key, claim = p.idempotency_key, (p.claimed_at, p.claimed_by)
+        try:
+            reference = self.bank.lookup(key)
+        except BankUnavailable:
+            return  # ask again later; the payment stays sending
+        if reference:
+            log.warning("payment %s was accepted before a crash; recording it", payment_id)
+            self._sent(payment_id, reference)
+        else:
+            with self.units() as s:
+                s.execute(
+                    update(Payment)
+                    .where(
+                        Payment.id == payment_id,
+                        Payment.state == PaymentState.SENDING,
+                        Payment.claimed_at == claim[0],
+                        Payment.claimed_by == claim[1],
+                    )
+                    .values(state=PaymentState.PENDING, next_attempt_at=utcnow(), claimed_by=None)
+                )
+
+    def _retry(self, payment_id: str, error: str, *, counted: bool, breaker_wait: bool = True) -> None:
+        with self.units() as s:
+            p = s.get(Payment, payment_id)
+            if p is None or p.state != PaymentState.SENDING:
+                return
+            if not counted:
+                p.attempts -= 1
+            delay = min(self.retry_max, self.retry_base * 2 ** max(0, p.attempts - 1))
+            if not counted and breaker_wait:
+                delay = max(delay, float(self.breaker.reset_timeout) / 2)
+            elif not counted:
+                # Waiting for the account: it usually lands milliseconds after the approval, so look again
+                # soon, then less and less often.
+                age = (utcnow() - p.created_at).total_seconds()
+                delay = min(self.retry_max, max(0.02, age / 2))
+            p.state, p.last_error, p.claimed_by = PaymentState.PENDING, error[:300], None
+            p.next_attempt_at = utcnow() + timedelta(seconds=delay * random.uniform(0.8, 1.2))
+        # Waiting for the account is the normal order of things (it is registered after approval).
+        log.log(logging.DEBUG if not breaker_wait else logging.WARNING, "payment %s waits: %s", payment_id, error)
+
+    def _sent(self, payment_id: str, reference: str) -> None:
+        """Phase 3: record the payment sent and publish payment.sent, in one transaction."""
+        with self.units() as s:
+            p = s.get(Payment, payment_id)
+            if p is None or p.state == PaymentState.SENT:
+                return
+            p.state, p.bank_reference, p.sent_at, p.last_error = PaymentState.SENT, reference, utcnow(), None
+            s.emit(
+                "payment.sent",
+                {
+                    "claimId": p.claim_id,
+                    "paymentId": p.id,
+                    "citizen": p.citizen,
+                    "amount": float(p.amount),
+                    "sentAt": iso(p.sent_at),
+                },
+                traceparent=p.traceparent,
+            )
+        log.info(
+            "payment %s sent for claim %s",
+            payment_id,
+            p.claim_id,
+            extra={"claim_id": p.claim_id, "trace_id": trace_id(p.traceparent)},
+        )
+
+    def _fail(self, s: Unit, p: Payment, reason: str) -> None:
+        p.state, p.last_error = PaymentState.FAILED, reason
+        s.emit(
+            "payment.failed",
+            {"claimId": p.claim_id, "citizen": p.citizen, "reason": reason, "attempts": p.attempts},
+            traceparent=p.traceparent,
+        )
+        log.error("payment %s failed for claim %s: %s", p.id, p.claim_id, reason, extra={"claim_id": p.claim_id})

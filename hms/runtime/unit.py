@@ -1,0 +1,50 @@
+"""The unit of work: one transaction of one service, with the events it emits and what runs after its commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Table, text
+from sqlalchemy.orm import Session
+
+from .database import insert_new
+from .outbox import Outbox
+
+
+class Unit(Session):
+    """A SQLAlchemy session that is one service's transaction; handlers get one and return.
+
+    Besides the session's own API: `emit` puts an event in the outbox in this transaction, `lock` serialises
+    transactions on a key, `after_commit` runs a callback once the transaction has committed, and `wake`
+    wakes one of the service's workers then (for what this transaction wrote).
+    """
+
+    def __init__(self, *args: Any, outbox: Outbox, wake: Callable[[str], None], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.outbox, self._wake = outbox, wake
+
+    def emit(self, subject: str, data: dict[str, Any], *, traceparent: str | None = None) -> str:
+        """Put an event in the outbox inside this transaction; returns its id."""
+        return self.outbox.emit(self, subject, data, traceparent=traceparent)
+
+    def lock(self, key: str) -> None:
+        """Serialise transactions that touch `key`, until this one ends.
+
+        On PostgreSQL an advisory transaction lock; SQLite already runs one writer at a time (BEGIN IMMEDIATE).
+        """
+        if self.get_bind().dialect.name == "postgresql":
+            k = f"{self.outbox.service}:{key}"
+            self.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": k})
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this transaction has committed."""
+        self.info.setdefault("after_commit", []).append(callback)
+
+    def wake(self, worker: str) -> None:
+        """Wake the service's background worker `worker` once this transaction has committed."""
+        self.after_commit(lambda: self._wake(worker))
+
+    def insert_new(self, table: Table) -> Any:
+        """An INSERT that skips a row whose key is already there; it returns a row only when it inserted one."""
+        return insert_new(self.get_bind(), table)  # type: ignore[arg-type]

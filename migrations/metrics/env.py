@@ -1,7 +1,0 @@
-"""Alembic environment of the metrics service."""
-
-from alembic import context
-
-from hms.bus.migrate import run_migrations
-
-run_migrations(context)

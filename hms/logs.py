@@ -39,7 +39,7 @@ def _with_context(factory: Any) -> Any:
     """A log record factory that stamps each record with the bound fields (claim, event, trace) of its context."""
 
     def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = factory(*args, **kwargs)
+        record: logging.LogRecord = factory(*args, **kwargs)
         record.hms_context = log_context.get()  # beside, not instead of, fields given with extra=
         return record
 

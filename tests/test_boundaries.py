@@ -33,3 +33,34 @@ def test_services_are_really_checked(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "hms.ach.leak -> hms.svc.models" in result.stdout
+
+
+def test_the_gateway_may_not_reach_around_the_bus(tmp_path: Path) -> None:
+    """A gateway that imports the runtime (to read a service's database) breaks the build."""
+    pkg = tmp_path / "hms"
+    shutil.copytree(ROOT / "hms", pkg, ignore=shutil.ignore_patterns("__pycache__", "migrations"))
+    (pkg / "gateway" / "leak.py").write_text("from hms.runtime.host import mesh_of\n")
+    exe = shutil.which("lint-imports") or f"{sys.executable} -m importlinter"
+    result = subprocess.run(
+        [*exe.split(), "--config", str(ROOT / "setup.cfg")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode != 0
+    assert "hms.gateway.leak -> hms.runtime.host" in result.stdout
+
+
+def test_the_types_check_strictly() -> None:
+    """mypy --strict over hms/ (configuration in setup.cfg) finds nothing."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "setup.cfg")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "Success: no issues found" in result.stdout

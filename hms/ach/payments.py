@@ -17,9 +17,10 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, cast
 
 import pybreaker
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from hms.bus import iso
 from hms.bus.tracing import trace_id
@@ -108,19 +109,22 @@ class Payer:
         """Pay one pending payment: claim it, call the bank with its key, record the outcome."""
         with self.units() as s:
             originator = self.originator(s)
-            claimed = s.execute(
-                update(Payment)
-                .where(Payment.id == payment_id, Payment.state == PaymentState.PENDING)
-                .values(
-                    state=PaymentState.SENDING,
-                    attempts=Payment.attempts + 1,
-                    claimed_at=utcnow(),
-                    claimed_by=self.instance,
-                )
+            claimed = cast(
+                CursorResult[Any],
+                s.execute(
+                    update(Payment)
+                    .where(Payment.id == payment_id, Payment.state == PaymentState.PENDING)
+                    .values(
+                        state=PaymentState.SENDING,
+                        attempts=Payment.attempts + 1,
+                        claimed_at=utcnow(),
+                        claimed_by=self.instance,
+                    )
+                ),
             )
             if claimed.rowcount != 1:
                 return Attempt.TAKEN
-            p = s.get(Payment, payment_id)
+            p = s.get_one(Payment, payment_id)
             account = s.get(Account, p.citizen)
             if account is None and (utcnow() - p.created_at).total_seconds() > self.account_wait:
                 self._fail(s, p, "NO_ACCOUNT")
@@ -159,9 +163,9 @@ class Payer:
             return Attempt.RETRY
         except BankDeclined as exc:
             with self.units() as s:
-                p = s.get(Payment, payment_id)
-                if p is not None:
-                    self._fail(s, p, exc.code)
+                declined = s.get(Payment, payment_id)
+                if declined is not None:
+                    self._fail(s, declined, exc.code)
             return Attempt.FAILED
         self._sent(payment_id, reference)
         return Attempt.SENT
@@ -174,7 +178,12 @@ class Payer:
         """
         with self.units() as s:
             p = s.get(Payment, payment_id)
-            if p is None or p.state != PaymentState.SENDING or p.claimed_at >= utcnow() - timedelta(seconds=self.lease):
+            if (
+                p is None
+                or p.state != PaymentState.SENDING
+                or not p.claimed_at
+                or p.claimed_at >= utcnow() - timedelta(seconds=self.lease)
+            ):
                 return
             key, claim = p.idempotency_key, (p.claimed_at, p.claimed_by)
         try:

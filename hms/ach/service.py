@@ -31,7 +31,7 @@ service = Service(
 )
 
 
-class _LogBreaker(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
+class _LogBreaker(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: pybreaker.CircuitBreaker, old: object, new: object) -> None:
         log.warning("bank breaker %s -> %s", getattr(old, "name", old), getattr(new, "name", new))
 

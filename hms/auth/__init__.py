@@ -72,14 +72,6 @@ def signin() -> ResponseReturnValue:
     return response
 
 
-@bp.post("/signout")
-def signout() -> ResponseReturnValue:
-    """End the web session."""
-    response = redirect("/", code=303)
-    response.delete_cookie(SESSION_COOKIE)
-    return response
-
-
 @click.group("auth", cls=AppGroup)
 def auth_cli() -> None:
     """The development identity provider."""

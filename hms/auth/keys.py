@@ -72,10 +72,16 @@ class IdentityProvider:
             return {"keys": []}
         return dict(json.loads(self.jwks_file.read_text()))
 
-    def issue_service_token(self, service: str, permissions: dict[str, list[str]], ttl: int = 900) -> str:
-        """A short-lived HMS-SYS-AUTH token for `service`, carrying what the mesh policy allows it."""
+    def key(self) -> rsa.RSAPrivateKey:
+        """The signing key, made or loaded on first use."""
         if self._key is None:
             self.ensure_keys()
+        if self._key is None:
+            raise RuntimeError(f"{self.private_key_file}: no signing key")
+        return self._key
+
+    def issue_service_token(self, service: str, permissions: dict[str, list[str]], ttl: int = 900) -> str:
+        """A short-lived HMS-SYS-AUTH token for `service`, carrying what the mesh policy allows it."""
         now = int(time.time())
         payload = {
             "iss": self.issuer,
@@ -87,7 +93,7 @@ class IdentityProvider:
             "jti": uuid.uuid4().hex,
             "perm": permissions,
         }
-        return jwt.encode(payload, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": SERVICE_TOKEN_TYPE})
+        return jwt.encode(payload, self.key(), algorithm="RS256", headers={"kid": self.kid, "typ": SERVICE_TOKEN_TYPE})
 
     def issue(self, sub: str, role: str, *, ttl: int | None = None, **claims: Any) -> str:
         """A signed user token for `sub` with `role`."""
@@ -95,8 +101,6 @@ class IdentityProvider:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         if not sub or len(sub) > 128:
             raise ValueError("sub must be 1 to 128 characters")
-        if self._key is None:
-            self.ensure_keys()
         now = int(time.time())
         payload = {
             "iss": self.issuer,
@@ -109,4 +113,4 @@ class IdentityProvider:
             "jti": uuid.uuid4().hex,
             **claims,
         }
-        return jwt.encode(payload, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": USER_TOKEN_TYPE})
+        return jwt.encode(payload, self.key(), algorithm="RS256", headers={"kid": self.kid, "typ": USER_TOKEN_TYPE})

@@ -49,7 +49,8 @@ class _Settlement:
     """Completes a publish's future once every group has settled its delivery."""
 
     def __init__(self, future: Future[None]) -> None:
-        self.future, self.pending, self.error = future, 1, None  # 1 = the publisher itself
+        self.future, self.pending = future, 1  # 1 = the publisher itself
+        self.error: BaseException | None = None
         self.lock = threading.Lock()
 
     def add(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -142,7 +143,7 @@ class NatsBus(Engine):
         async def on_reconnect() -> None:
             log.warning("nats: reconnected to %s", self.url)
 
-        self.nc = nats.NATS()
+        self.nc = Client()
         servers = [s.strip() for s in self.url.split(",") if s.strip()]
         try:
             await asyncio.wait_for(
@@ -151,8 +152,8 @@ class NatsBus(Engine):
                     name=name,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=min(5.0, timeout),
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py sleeps floats; its hint says int
+                    connect_timeout=min(5.0, timeout),  # type: ignore[arg-type]  # the same
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,

@@ -21,7 +21,7 @@ from .problems import Problem
 from .ratelimit import retry_after
 from .security import identity, requires
 
-BEARER = [{"bearerAuth": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 claims = Blueprint("claims", __name__, url_prefix="/claims", description="Unemployment claims")
 audit = Blueprint("audit", __name__, url_prefix="/audit", description="Reports for auditors")
 mesh = Blueprint("mesh", __name__, url_prefix="/mesh", description="The service registry")

@@ -113,11 +113,11 @@ def nats_config_cmd(users: tuple[str, ...], out: str | None) -> None:
         raise click.BadParameter(str(exc), param_hint="--user") from None
     path = Path(out or Path(current_app.config["HMS_INSTANCE_PATH"]) / "nats-auth.conf")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(str(text))
     path.chmod(0o600)
     click.echo(f"wrote {path}; include it from nats-server.conf. Each process's HMS_BUS_URL:")
-    for name, services in chosen.items():
-        click.echo(f"  {','.join(services)}: nats://{name}:{passwords[name]}@HOST:4222")
+    for name, granted in chosen.items():
+        click.echo(f"  {','.join(granted)}: nats://{name}:{passwords[name]}@HOST:4222")
 
 
 @click.group("metrics", cls=AppGroup)

@@ -28,7 +28,7 @@ class RateLimiter:
             while calls and calls[0] <= now - self.window:
                 calls.popleft()
             if len(calls) >= self.limit:
-                return max(0.001, calls[0] + self.window - now)
+                return float(max(0.001, calls[0] + self.window - now))
             calls.append(now)
             return 0.0
 

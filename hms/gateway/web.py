@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -18,7 +19,7 @@ from .api import ask, submit_claim
 from .charts import histogram_svg, percentiles_svg
 from .problems import Problem, flatten
 from .schemas import BAD_CHECKSUM, ClaimIn
-from .security import Identity, caller
+from .security import SESSION_COOKIE, Identity, caller
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/hms")
 CSRF_COOKIE = "hms_csrf"
@@ -55,7 +56,7 @@ def who(*roles: str) -> Identity:
         person = None
     if person is None:
         if current_app.config["HMS_DEMO"]:
-            abort(redirect(url_for("auth.signin", next=request.path)))
+            abort(redirect("/signin?" + urlencode({"next": request.path})))
         abort(401)
     if person.role not in roles:
         abort(403)
@@ -99,7 +100,7 @@ def file_claim() -> ResponseReturnValue:
     person = who("citizen")
     csrf_ok()
     f = request.form
-    body = {
+    body: dict[str, Any] = {
         "claimant": {"name": f.get("name", ""), "ssnLast4": f.get("ssnLast4", ""), "email": f.get("email", "")},
         "employer": f.get("employer", ""),
         "separationReason": f.get("separationReason", ""),
@@ -211,6 +212,14 @@ def reference(claim_id: str) -> str:
     """A claim's reference number as people read it out: 12 hex digits of its id in groups of four."""
     digits = claim_id.replace("-", "").upper()[:12]
     return "-".join(digits[i : i + 4] for i in range(0, len(digits), 4))
+
+
+@bp.post("/signout")
+def signout() -> ResponseReturnValue:
+    """End the web session (the session is the gateway's: a cookie holding the signed-in person's token)."""
+    response = redirect("/", code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
 
 
 @bp.get("/favicon.ico")

@@ -95,7 +95,7 @@ class PayoutMetrics:
         row = s.execute(select(func.sum(Payout.seconds), *bounds).where(*scope)).one()
         total, cumulative = overall["count"], [int(c or 0) for c in row[1:]]
         counts = [c - p for c, p in zip(cumulative, [0, *cumulative[:-1]], strict=True)]
-        histogram = [{"le": b, "count": c} for b, c in zip(BUCKETS, counts, strict=True)]
+        histogram: list[dict[str, Any]] = [{"le": b, "count": c} for b, c in zip(BUCKETS, counts, strict=True)]
         histogram.append({"le": None, "count": total - (cumulative[-1] if cumulative else 0)})
         return {**overall, "unit": "seconds", "histogram": histogram, "sum": float(row[0] or 0.0), "byDay": by_day}
 

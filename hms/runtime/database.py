@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import DateTime, String, TypeDecorator
@@ -46,7 +46,7 @@ class EnumText(TypeDecorator[E]):
 
     def __init__(self, enum_class: type[E], length: int) -> None:
         super().__init__(length)
-        self.enum_class = enum_class
+        self.enum_class, self.length = enum_class, length
 
     def process_bind_param(self, value: E | str | None, dialect: Any) -> str | None:
         return None if value is None else self.enum_class(value).value
@@ -85,7 +85,12 @@ def make_engine(url: str, service: str) -> Engine:
     raise ValueError(f"database URL for {service}: unsupported backend {u.get_backend_name()!r}")
 
 
-def insert_new(engine: Engine, table: Table) -> Any:
+def insert_new(engine: Engine | Connection, table: Any) -> Any:
+    """`table`: a Table or a mapped class's `__table__`."""
+    return _insert_new(engine, table)
+
+
+def _insert_new(engine: Engine | Connection, table: Table) -> Any:
     """An INSERT that skips a row whose key is already there; it returns a row only when it inserted one."""
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)

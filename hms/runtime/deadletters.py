@@ -16,6 +16,10 @@ from .database import UtcDateTime, utcnow
 log = logging.getLogger("hms.runtime")
 
 
+class NotReplayable(LookupError):
+    """No such dead letter, or its consumer does not run in this process."""
+
+
 def dead_letters_table(metadata: MetaData) -> Table:
     """The dead-letter table of a service's database (migrations/messaging)."""
     return Table(
@@ -69,10 +73,10 @@ class DeadLetters:
         with self.session() as s:
             row = s.execute(select(t).where(t.c.id == dead_letter_id)).first()
         if row is None:
-            raise LookupError(f"{self.service}: no dead letter {dead_letter_id}")
+            raise NotReplayable(f"{self.service}: no dead letter {dead_letter_id}")
         handler = self.consumers.get(row.consumer)
         if handler is None:
-            raise LookupError(f"{self.service}: consumer {row.consumer} is not running here")
+            raise NotReplayable(f"{self.service}: consumer {row.consumer} is not running here")
         handler(Event.from_dict(row.subject, row.envelope))
         with self.session() as s:
             s.execute(update(t).where(t.c.id == row.id).values(replayed_at=utcnow()))

@@ -21,6 +21,7 @@ from hms.bus.tokens import KeySet
 from hms.config import ConfigError
 from hms.contracts import Contracts
 
+from .deadletters import NotReplayable
 from .service import Service
 from .store import ServiceStore
 from .unit import Unit
@@ -174,7 +175,7 @@ class Mesh:
         def replay(event: Event) -> dict[str, Any]:
             try:
                 store.replay(event.data["id"])
-            except LookupError as exc:
+            except NotReplayable as exc:
                 raise ReplyError(404, "Not found", str(exc), "id") from None
             except Exception as exc:  # the handler's own error is what the operator needs
                 raise ReplyError(409, "Replay failed", f"{type(exc).__name__}: {exc}") from None

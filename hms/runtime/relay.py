@@ -6,6 +6,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, Table, bindparam, delete, select
@@ -140,9 +142,12 @@ class Relay:
                 log.exception("publishing %s %s failed; will retry", row.subject, row.event_id)
                 self._settled(row.event_id, failed=True)
                 continue
-            ack.add_done_callback(lambda f, eid=row.event_id: self._settled(eid, failed=f.exception() is not None))
+            ack.add_done_callback(partial(self._on_ack, row.event_id))
             sent += 1
         return sent
+
+    def _on_ack(self, event_id: str, ack: Future[None]) -> None:
+        self._settled(event_id, failed=ack.exception() is not None)
 
     def _settled(self, event_id: str, *, failed: bool) -> None:
         with self._lock:

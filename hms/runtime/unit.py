@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Table, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from .database import insert_new
@@ -45,6 +45,6 @@ class Unit(Session):
         """Wake the service's background worker `worker` once this transaction has committed."""
         self.after_commit(lambda: self._wake(worker))
 
-    def insert_new(self, table: Table) -> Any:
+    def insert_new(self, table: Any) -> Any:
         """An INSERT that skips a row whose key is already there; it returns a row only when it inserted one."""
-        return insert_new(self.get_bind(), table)  # type: ignore[arg-type]
+        return insert_new(self.get_bind(), table)

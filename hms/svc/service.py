@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 
 from hms.bus import Event, ReplyError, iso
 from hms.bus.tracing import trace_id
@@ -54,7 +54,7 @@ class ClaimService:
         """Forget Idempotency-Key results older than `older_than`; a later retry is a new submit."""
         with self.units() as s:
             old = delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - older_than)
-            return int(s.execute(old).rowcount)
+            return cast(CursorResult[Any], s.execute(old)).rowcount
 
     @service.health
     def health(self) -> dict[str, Any]:
@@ -163,7 +163,11 @@ class ClaimService:
         base = {"claimId": claim.id, "citizen": claim.citizen}
         s.emit("claim.submitted", {**base, "submittedAt": ts}, traceparent=trace)
         if claim.status == ClaimStatus.APPROVED:
-            decision = {"amount": money(claim.amount), "approvedAt": ts, "ruleVersion": claim.rule_version}
+            decision: dict[str, Any] = {
+                "amount": money(claim.amount),
+                "approvedAt": ts,
+                "ruleVersion": claim.rule_version,
+            }
             s.emit("claim.approved", {**base, **decision}, traceparent=trace)
         else:
             decision = {"reasons": claim.reasons, "deniedAt": ts, "ruleVersion": claim.rule_version}

@@ -49,6 +49,16 @@ def test_diego_is_approved_then_paid_exactly_once(app: Flask, client: FlaskClien
     report = eventually(lambda: (rep := client.get("/audit/payouts", headers=auditor).json)["count"] == 1 and rep)
     assert report["p50"] is not None and report["p50"] >= 0 and report["byDay"][0]["count"] == 1
 
+    # The notifier tells Diego he was paid. Over NATS this failed silently before consumers had names of their
+    # own: both notifier consumers shared one durable, filtered to claim.denied, so payment.sent never arrived.
+    from hms.notifier.models import Notification
+
+    def told() -> list[str]:
+        with mesh.stores["notifier"].session() as s:
+            return list(s.scalars(select(Notification.kind).where(Notification.claim_id == body["id"])))
+
+    assert eventually(told) == ["payment.sent"]
+
 
 @BOTH_BUSES
 def test_a_quit_claim_with_5_weeks_is_denied_and_the_citizen_notified(

@@ -14,21 +14,13 @@ from sqlalchemy import select, update
 
 from hms.bus import Event, ReplyError, iso
 from hms.contracts.vocabulary import aba_checksum_ok
-from hms.runtime import Service, Unit, utcnow
+from hms.runtime import Consumer, Service, Unit, Worker, utcnow
 
 from .bank import BankDeclined, SandboxBank
 from .models import Account, Base, Payment, PaymentState
 from .payments import Payer
 
 log = logging.getLogger("hms.ach")
-
-service = Service(
-    "ach",
-    Base.metadata,
-    version="0.1.0",
-    description="Direct-deposit accounts and benefit payments",
-    publishes=["payment.sent", "payment.failed"],
-)
 
 
 class _LogBreaker(pybreaker.CircuitBreakerListener):
@@ -48,7 +40,6 @@ def make_bank(config: Mapping[str, Any]) -> SandboxBank:
     )
 
 
-@service.implementation
 class Ach:
     """The payments service in one process: the bank behind its breaker, and the payer."""
 
@@ -71,7 +62,6 @@ class Ach:
             account_wait=config["HMS_ACH_ACCOUNT_WAIT_S"],
         )
 
-    @service.request("ach.accounts.register")
     def register_account(self, s: Unit, event: Event) -> dict[str, Any]:
         """Store the citizen's account (the latest wins); only a masked number goes back."""
         req = event.data
@@ -100,7 +90,6 @@ class Ach:
         s.wake("payments")  # a payment waiting for this account is due now
         return {"accountId": account.id, "account": account.masked, "accountType": account.account_type}
 
-    @service.request("ach.payments.ledger")
     def ledger(self, s: Unit, event: Event) -> dict[str, Any]:
         """A page of payments with the bank's transfer count for each claim.
 
@@ -122,7 +111,6 @@ class Ach:
             page["unmatchedTransfers"] = sorted(c for c in transfers if c not in known)
         return page
 
-    @service.request("ach.payments.get")
     def get(self, s: Unit, event: Event) -> dict[str, Any]:
         """One claim's payment as staff see it (the account masked); 404 when there is none."""
         p = s.scalars(select(Payment).where(Payment.claim_id == event.data["claimId"])).first()
@@ -142,7 +130,6 @@ class Ach:
             "accountType": account.account_type if account else None,
         }
 
-    @service.consumer("claim.approved", name="on_claim_approved")
     def record_payment(self, s: Unit, event: Event) -> None:
         """Phase 1: record the approved claim's payment as pending; the payer pays it."""
         claim_id = event.data["claimId"]
@@ -164,11 +151,26 @@ class Ach:
         )
         s.wake("payments")  # wake the payer when the payment is there to see
 
-    @service.worker("payments", poll="HMS_ACH_POLL_S")
     def pay_due(self, stop: threading.Event) -> int:
         """Recover stale sends and pay every due payment (payments.py)."""
         return self.payer.run_once(stop)
 
-    @service.breakers
     def breakers(self) -> dict[str, str]:
         return {"bank": self.breaker.current_state}
+
+
+service = Service(
+    "ach",
+    Base.metadata,
+    Ach,
+    description="Direct-deposit accounts and benefit payments",
+    publishes=["payment.sent", "payment.failed"],
+    requests={
+        "ach.accounts.register": Ach.register_account,
+        "ach.payments.ledger": Ach.ledger,
+        "ach.payments.get": Ach.get,
+    },
+    consumers=[Consumer("claim.approved", Ach.record_payment, name="on_claim_approved")],
+    workers=[Worker("payments", Ach.pay_due, poll="HMS_ACH_POLL_S")],
+    breakers=Ach.breakers,
+)

@@ -12,11 +12,9 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from hms.bus import Event
-from hms.runtime import Service, Unit
+from hms.runtime import Consumer, Service, Unit
 
 from .models import Base, Payout
-
-service = Service("metrics", Base.metadata, version="0.1.0", description="Payout time per claim, for auditors")
 
 
 def parse_time(text: str) -> datetime:
@@ -27,21 +25,18 @@ def parse_time(text: str) -> datetime:
 BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400)
 
 
-@service.implementation
 class PayoutMetrics:
     """Records payout times from claim.submitted and payment.sent, and reports them."""
 
     def __init__(self, config: Mapping[str, Any], units: Callable[[], contextlib.AbstractContextManager[Unit]]):
         self.units = units
 
-    @service.consumer("claim.submitted", name="on_claim_submitted")
     def on_claim_submitted(self, s: Unit, event: Event) -> None:
         """The clock starts at the claim's own submit time."""
         payout = self._payout(s, event)
         payout.submitted_at = parse_time(event.data["submittedAt"])
         self._complete(payout)
 
-    @service.consumer("payment.sent", name="on_payment_sent")
     def on_payment_sent(self, s: Unit, event: Event) -> None:
         """The clock stops at the bank's acceptance time."""
         payout = self._payout(s, event)
@@ -61,7 +56,6 @@ class PayoutMetrics:
             payout.seconds = max(0.0, (payout.sent_at - payout.submitted_at).total_seconds())
             payout.day = payout.sent_at.date().isoformat()
 
-    @service.request("metrics.payouts.ledger")
     def ledger(self, s: Unit, event: Event) -> dict[str, Any]:
         """A page of claims whose payout time is recorded."""
         after, limit = event.data.get("after") or "", event.data["limit"]
@@ -75,7 +69,6 @@ class PayoutMetrics:
         )
         return {"items": [{"claimId": i} for i in ids], "next": ids[-1] if len(ids) == limit else None}
 
-    @service.request("metrics.payouts.report")
     def report(self, s: Unit, event: Event) -> dict[str, Any]:
         """Count, p50, p90, p99, max in seconds, overall and by day, with a histogram.
 
@@ -117,3 +110,16 @@ class PayoutMetrics:
             **{f"p{p}": nth(r) if count else None for p, r in ranks.items()},
             "max": nth(count) if count else None,
         }
+
+
+service = Service(
+    "metrics",
+    Base.metadata,
+    PayoutMetrics,
+    description="Payout time per claim, for auditors",
+    requests={"metrics.payouts.report": PayoutMetrics.report, "metrics.payouts.ledger": PayoutMetrics.ledger},
+    consumers=[
+        Consumer("claim.submitted", PayoutMetrics.on_claim_submitted, name="on_claim_submitted"),
+        Consumer("payment.sent", PayoutMetrics.on_payment_sent, name="on_payment_sent"),
+    ],
+)

@@ -8,26 +8,22 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hms.bus import Event
-from hms.runtime import Service, Unit, utcnow
+from hms.runtime import Consumer, Service, Unit, utcnow
 
 from .models import Base, Notification
 
 log = logging.getLogger("hms.notifier")
-service = Service("notifier", Base.metadata, version="0.1.0", description="Citizen notifications")
 
 
-@service.implementation
 class Notifier:
     """Records each notification and sends the e-mail (logged here; the agency's mailer in production)."""
 
     def __init__(self, config: Mapping[str, Any], units: Callable[[], contextlib.AbstractContextManager[Unit]]):
         pass
 
-    @service.consumer("claim.denied", name="notify")
     def on_claim_denied(self, s: Unit, event: Event) -> None:
         notify(s, event)
 
-    @service.consumer("payment.sent", name="notify_paid")
     def on_payment_sent(self, s: Unit, event: Event) -> None:
         notify(s, event)
 
@@ -42,3 +38,16 @@ def notify(s: Unit, event: Event) -> None:
     )
     # The e-mail address lives in svc; delivery goes by the citizen's id through the agency's mailer.
     log.info("Email sent to citizen %s", data["citizen"], extra={"claim_id": data["claimId"], "event_id": event.id})
+
+
+service = Service(
+    "notifier",
+    Base.metadata,
+    Notifier,
+    description="Citizen notifications",
+    consumers=[
+        # Two names: one durable consumer per subject on NATS (one name for both once made payment.sent vanish).
+        Consumer("claim.denied", Notifier.on_claim_denied, name="notify"),
+        Consumer("payment.sent", Notifier.on_payment_sent, name="notify_paid"),
+    ],
+)

@@ -7,8 +7,19 @@ imports this package: it gets a bus (`hms.bus.bus_of`).
 
 from .database import UtcDateTime, utcnow
 from .host import Mesh, mesh_of
-from .service import Service
+from .service import Consumer, Service, Worker
 from .store import ServiceStore, messaging_tables
 from .unit import Unit
 
-__all__ = ["Mesh", "Service", "ServiceStore", "Unit", "UtcDateTime", "mesh_of", "messaging_tables", "utcnow"]
+__all__ = [
+    "Consumer",
+    "Mesh",
+    "Service",
+    "Worker",
+    "ServiceStore",
+    "Unit",
+    "UtcDateTime",
+    "mesh_of",
+    "messaging_tables",
+    "utcnow",
+]

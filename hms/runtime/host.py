@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import types
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -134,25 +135,27 @@ class Mesh:
         return store
 
     def host(self, service: Service) -> Any:
-        """Bring a declared service to life in this process: its store, its implementation, and everything it
-        declared (consumers, request handlers, workers, chores, discovery); returns the implementation."""
-        if service.implementation_class is None:
-            raise TypeError(f"service {service.name} declares no @implementation class")
+        """Bring a declared service to life in this process: its store, its instance, and everything it
+        declared (request handlers, consumers, workers, chores, discovery); returns the instance."""
         store = self.store(service.name, service.metadata)
-        impl = service.implementation_class(self.config, store.session)
+        impl = service.implementation(self.config, store.session)
+
+        def bound(method: Callable[..., Any]) -> Callable[..., Any]:
+            return types.MethodType(method, impl)
+
         for subject, method in service.requests.items():
-            self.serve(subject, _in_unit(store, getattr(impl, method)), service.name)
+            self.serve(subject, _in_unit(store, bound(method)), service.name)
         for c in service.consumers:
-            store.consume(c.subject, getattr(impl, c.method), name=c.name)
+            store.consume(c.subject, bound(c.handler), name=c.name)
         for w in service.workers:
-            worker = BackgroundWorker(f"{service.name}.{w.name}", getattr(impl, w.method), float(self.config[w.poll]))
+            worker = BackgroundWorker(f"{service.name}.{w.name}", bound(w.step), float(self.config[w.poll]))
             self.workers[worker.name] = worker
             self.on_start(worker.start, worker.stop)
         for chore in service.chores:
-            store.housekeeping(getattr(impl, chore))
+            store.housekeeping(bound(chore))
         if service.consumers:
             self._serve_dead_letters(service.name, store)
-        health = getattr(impl, service.health_method) if service.health_method else dict
+        health = bound(service.health) if service.health else dict
         self.register(
             ServiceInfo(
                 name=service.name,
@@ -160,7 +163,7 @@ class Mesh:
                 description=service.description,
                 publishes=list(service.publishes),
                 health=lambda: {"status": "ok", "outbox": store.outbox_backlog(), **health()},
-                breakers=getattr(impl, service.breakers_method) if service.breakers_method else dict,
+                breakers=bound(service.breakers) if service.breakers else dict,
             )
         )
         self.instances[service.name] = impl

@@ -1,120 +1,79 @@
-"""A service's face, declared in one place: its tables, consumers, request handlers, workers, health, breakers.
+"""A service's face, declared in one place: its tables, request handlers, consumers, workers, health, breakers.
 
-    service = Service("ach", Base.metadata, version="0.1.0", description="Payments",
-                      publishes=["payment.sent", "payment.failed"])
+Each service file ends with its declaration, one table of what the service is on the bus:
 
-    @service.implementation
-    class Ach:
-        def __init__(self, config, units): ...
+    service = Service(
+        "ach",
+        Base.metadata,
+        Ach,                                              # made once per process: Ach(config, units)
+        publishes=["payment.sent", "payment.failed"],
+        requests={"ach.accounts.register": Ach.register_account},     # method(uow, event) -> reply
+        consumers=[Consumer("claim.approved", Ach.record_payment, name="on_claim_approved")],
+        workers=[Worker("payments", Ach.pay_due, poll="HMS_ACH_POLL_S")],
+        breakers=Ach.breakers,
+    )
 
-        @service.request("ach.accounts.register")
-        def register_account(self, uow, event): ...
-
-        @service.consumer("claim.approved", name="on_claim_approved")
-        def record_payment(self, uow, event): ...
-
-        @service.worker("payments", poll="HMS_ACH_POLL_S")
-        def pay_due(self, stop): ...
-
-The runtime (host.py) makes one instance per process that hosts the service, opens a unit of work for each
-request and each delivery, and hands it to the handler with the event.
+The runtime (host.py) makes the instance, opens a unit of work for each request and each delivery and hands it
+to the handler with the event. (A table rather than decorators on the methods: mutmut, which tests the money
+path, leaves decorated functions alone.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import MetaData
 
 from .store import messaging_tables
 
-F = TypeVar("F", bound=Callable[..., Any])
-C = TypeVar("C", bound=type)
+Method = Callable[..., Any]
 
 
 @dataclass(frozen=True)
 class Consumer:
+    """`handler(self, uow, event)` runs once per event id on `subject`, as consumer `name`.
+
+    The name is persistent — it keys the inbox rows, the dead letters and the NATS durable (`<service>.<name>`) —
+    so it is written out, never derived from the method: renaming the method changes nothing.
+    """
+
     subject: str
-    name: str  # stable: keys the inbox, the dead letters and the NATS durable
-    method: str
+    handler: Method
+    name: str
 
 
 @dataclass(frozen=True)
 class Worker:
+    """`step(self, stop) -> int` runs in a background thread while the mesh runs: again at once while it reports
+    work done, else after the `poll` setting's seconds or when a unit of work calls `uow.wake(name)`."""
+
     name: str
-    method: str
-    poll: str  # the configuration key of its idle poll interval (seconds)
+    step: Method
+    poll: str  # the configuration key of the idle poll interval
 
 
 @dataclass
 class Service:
-    """The declaration of one service; `hms.runtime.host` brings it to life."""
+    """The declaration of one service; `hms.runtime.host.Mesh.host` brings it to life."""
 
     name: str
     metadata: MetaData
+    implementation: Callable[[Mapping[str, Any], Any], Any]  # (config, units) -> the instance
     version: str = "0.1.0"
     description: str = ""
     publishes: list[str] = field(default_factory=list)
-    implementation_class: type | None = None
-    requests: dict[str, str] = field(default_factory=dict)  # subject -> method
+    requests: dict[str, Method] = field(default_factory=dict)  # subject -> method(uow, event) -> reply
     consumers: list[Consumer] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
-    chores: list[str] = field(default_factory=list)
-    health_method: str | None = None
-    breakers_method: str | None = None
+    chores: list[Method] = field(default_factory=list)  # method(), about once an hour (pruning)
+    health: Method | None = None  # method() -> dict, added to the service's health in discovery
+    breakers: Method | None = None  # method() -> {name: state}
 
     def __post_init__(self) -> None:
+        names = [c.name for c in self.consumers]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"{self.name}: consumer name {duplicated[0]!r} declared twice")
         messaging_tables(self.metadata)
-
-    def implementation(self, cls: C) -> C:
-        """Class decorator: the class whose instance, made as `cls(config, units)`, serves this service."""
-        self.implementation_class = cls
-        return cls
-
-    def request(self, subject: str) -> Callable[[F], F]:
-        """Method decorator: `method(uow, event) -> reply` answers requests on `subject` (one member of the
-        service's queue group answers each)."""
-        return self._mark(lambda fn: self.requests.__setitem__(subject, fn.__name__))
-
-    def consumer(self, subject: str, *, name: str) -> Callable[[F], F]:
-        """Method decorator: `method(uow, event)` handles each event on `subject` once (the inbox), as consumer
-        `name`. The name is persistent (inbox rows, dead letters, the NATS durable): never rename it."""
-        if any(c.name == name for c in self.consumers):
-            raise ValueError(f"{self.name}: consumer name {name!r} declared twice")
-        return self._mark(lambda fn: self.consumers.append(Consumer(subject, name, fn.__name__)))
-
-    def worker(self, name: str, *, poll: str) -> Callable[[F], F]:
-        """Method decorator: `method(stop) -> int` runs in a background thread while the mesh runs, again at
-        once while it returns a positive count of work done, else after the `poll` setting's seconds or when a
-        unit of work calls `uow.wake(name)`."""
-        return self._mark(lambda fn: self.workers.append(Worker(name, fn.__name__, poll)))
-
-    def housekeeping(self, fn: F) -> F:
-        """Method decorator: `method()` runs about once an hour (pruning old records)."""
-        self.chores.append(fn.__name__)
-        return fn
-
-    def health(self, fn: F) -> F:
-        """Method decorator: `method() -> dict` adds to the service's health in discovery."""
-        self.health_method = fn.__name__
-        return fn
-
-    def breakers(self, fn: F) -> F:
-        """Method decorator: `method() -> {name: state}` of the service's circuit breakers."""
-        self.breakers_method = fn.__name__
-        return fn
-
-    @property
-    def serves(self) -> Iterable[str]:
-        """The request subjects this service answers."""
-        return self.requests.keys()
-
-    @staticmethod
-    def _mark(record: Callable[[Any], None]) -> Callable[[F], F]:
-        def decorate(fn: F) -> F:
-            record(fn)
-            return fn
-
-        return decorate

@@ -15,7 +15,7 @@ from sqlalchemy import CursorResult, delete, func, select
 from hms.bus import Event, ReplyError, iso
 from hms.bus.tracing import trace_id
 from hms.contracts.vocabulary import ClaimStatus
-from hms.runtime import Service, Unit, utcnow
+from hms.runtime import Consumer, Service, Unit, utcnow
 
 from .models import Base, Claim, IdempotencyRecord, TimelineEntry
 from .rules import Application, RuleSet
@@ -23,21 +23,12 @@ from .rules import Application, RuleSet
 log = logging.getLogger("hms.svc")
 OPEN_STATUSES = (ClaimStatus.APPROVED, ClaimStatus.PAID)
 
-service = Service(
-    "svc",
-    Base.metadata,
-    version="0.1.0",
-    description="Claims and eligibility rules",
-    publishes=["claim.submitted", "claim.approved", "claim.denied"],
-)
-
 
 def money(value: Decimal | None) -> float | None:
     """A Decimal amount as a JSON number with cents."""
     return float(value) if value is not None else None
 
 
-@service.implementation
 class ClaimService:
     """Claims, their decisions and their status, owned by `svc`."""
 
@@ -45,7 +36,6 @@ class ClaimService:
         self.units, self.rules = units, RuleSet.load(config["HMS_RULES_FILE"] or None)
         self.keep_keys = timedelta(days=config["HMS_IDEMPOTENCY_RETENTION_DAYS"])
 
-    @service.housekeeping
     def prune(self) -> None:
         """Forget Idempotency-Key results past their retention (HMS_IDEMPOTENCY_RETENTION_DAYS)."""
         log.info("svc: pruned %d idempotency keys", self.prune_idempotency(self.keep_keys))
@@ -56,12 +46,10 @@ class ClaimService:
             old = delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - older_than)
             return cast(CursorResult[Any], s.execute(old)).rowcount
 
-    @service.health
     def health(self) -> dict[str, Any]:
         return {"ruleVersion": self.rules.version}
 
     # -- request/reply ----------------------------------------------------------------------
-    @service.request("svc.claims.submit")
     def submit(self, s: Unit, event: Event) -> dict[str, Any]:
         """Record the claim, decide it, publish both; idempotent per key."""
         req = event.data
@@ -173,7 +161,6 @@ class ClaimService:
             decision = {"reasons": claim.reasons, "deniedAt": ts, "ruleVersion": claim.rule_version}
             s.emit("claim.denied", {**base, **decision}, traceparent=trace)
 
-    @service.request("svc.claims.get")
     def get(self, s: Unit, event: Event) -> dict[str, Any]:
         """One claim; a citizen's request sees only their own (else not found)."""
         claim = s.get(Claim, event.data["claimId"])
@@ -181,7 +168,6 @@ class ClaimService:
             raise ReplyError(404, "Not found", "no such claim", "id")
         return self.view(s, claim)
 
-    @service.request("svc.claims.list")
     def list(self, s: Unit, event: Event) -> dict[str, Any]:
         """A page of claims, newest first, scoped to a citizen when given."""
         req = event.data
@@ -200,7 +186,6 @@ class ClaimService:
             "total": total,
         }
 
-    @service.request("svc.claims.ledger")
     def ledger(self, s: Unit, event: Event) -> dict[str, Any]:
         """A page of (claim id, status), for reconciliation."""
         after, limit = event.data.get("after") or "", event.data["limit"]
@@ -209,7 +194,6 @@ class ClaimService:
         return {"items": items, "next": items[-1]["claimId"] if len(items) == limit else None}
 
     # -- events -----------------------------------------------------------------------------
-    @service.consumer("payment.sent", name="on_payment_sent")
     def on_payment_sent(self, s: Unit, event: Event) -> None:
         """The claim is paid."""
         claim = self._claim_for(s, event, ClaimStatus.PAID)
@@ -218,7 +202,6 @@ class ClaimService:
         claim.status, claim.payment_id = ClaimStatus.PAID, event.data["paymentId"]
         s.add(TimelineEntry(claim_id=claim.id, status=ClaimStatus.PAID, at=utcnow(), detail=event.data["paymentId"]))
 
-    @service.consumer("payment.failed", name="on_payment_failed")
     def on_payment_failed(self, s: Unit, event: Event) -> None:
         """The claim could not be paid."""
         claim = self._claim_for(s, event, ClaimStatus.PAYMENT_FAILED)
@@ -278,3 +261,24 @@ class ClaimService:
             )
             out["timeline"] = [{"status": e.status, "at": iso(e.at), "detail": e.detail} for e in entries]
         return out
+
+
+service = Service(
+    "svc",
+    Base.metadata,
+    ClaimService,
+    description="Claims and eligibility rules",
+    publishes=["claim.submitted", "claim.approved", "claim.denied"],
+    requests={
+        "svc.claims.submit": ClaimService.submit,
+        "svc.claims.get": ClaimService.get,
+        "svc.claims.list": ClaimService.list,
+        "svc.claims.ledger": ClaimService.ledger,
+    },
+    consumers=[
+        Consumer("payment.sent", ClaimService.on_payment_sent, name="on_payment_sent"),
+        Consumer("payment.failed", ClaimService.on_payment_failed, name="on_payment_failed"),
+    ],
+    chores=[ClaimService.prune],
+    health=ClaimService.health,
+)

@@ -8,7 +8,7 @@ from sqlalchemy import MetaData
 from hms.bus import Event, Refused, SubscribeOptions
 from hms.bus.delivery import Verdict, decide
 from hms.contracts import ContractError
-from hms.runtime import Service
+from hms.runtime import Consumer, Service
 
 OPTIONS = SubscribeOptions(max_deliver=3, backoff=(0.1, 0.5))
 
@@ -52,19 +52,22 @@ def test_a_subclass_of_a_hopeless_error_is_hopeless_too_and_a_message_that_merel
 
 
 def test_a_service_declares_each_consumer_name_once() -> None:
-    service = Service("demo", MetaData())
-
-    @service.implementation
     class Demo:
-        @service.consumer("claim.approved", name="record")
+        def __init__(self, config: object, units: object) -> None: ...
+
         def record(self, s: object, event: Event) -> None: ...
 
-        @service.request("demo.things.get")
-        def get(self, s: object, event: Event) -> dict[str, str]:
-            return {}
+        def again(self, s: object, event: Event) -> None: ...
 
-    assert [(c.subject, c.name, c.method) for c in service.consumers] == [("claim.approved", "record", "record")]
-    assert dict(service.requests) == {"demo.things.get": "get"} and service.implementation_class is Demo
+    service = Service("demo", MetaData(), Demo, consumers=[Consumer("claim.approved", Demo.record, name="record")])
     assert {"outbox", "inbox", "dead_letters"} <= set(service.metadata.tables)
     with pytest.raises(ValueError, match="consumer name 'record' declared twice"):
-        service.consumer("claim.denied", name="record")
+        Service(
+            "demo",
+            MetaData(),
+            Demo,
+            consumers=[
+                Consumer("claim.approved", Demo.record, name="record"),
+                Consumer("claim.denied", Demo.again, name="record"),
+            ],
+        )

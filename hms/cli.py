@@ -92,7 +92,18 @@ def up(host: str, port: int, threads: int) -> None:
         raise click.UsageError("HMS_SERVICES has no gateway: use `hms worker SERVICE…` for services without HTTP")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:  # bind first: a port in use is said before anything starts
-        server = create_server(app, host=host, port=port, threads=threads, ident="hms")
+        server = create_server(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            ident="hms",
+            # Idle connections hold no thread, only a slot: many slots, and idle ones closed soon, so that a
+            # client holding sockets open cannot stop the server from accepting anyone else (docs/deploy.md).
+            connection_limit=current_app.config["HMS_HTTP_CONNECTION_LIMIT"],
+            channel_timeout=current_app.config["HMS_HTTP_CHANNEL_TIMEOUT_S"],
+            cleanup_interval=min(30.0, current_app.config["HMS_HTTP_CHANNEL_TIMEOUT_S"]),
+        )
     except OSError as exc:
         mesh.close()
         raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
@@ -131,6 +142,16 @@ def worker(services: tuple[str, ...]) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    port, host = app.config["HMS_METRICS_PORT"], app.config["HMS_METRICS_HOST"]
+    if port:  # bound before anything starts: a port in use is said at once
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(port, addr=host, registry=mesh.telemetry.registry)
+        except OSError as exc:
+            mesh.close()
+            raise ConfigError(f"HMS_METRICS_PORT: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+        click.echo(f"metrics on http://{host}:{port}/metrics")
     mesh.start()
     click.echo(f"hms worker running {', '.join(services)} on {app.config['HMS_BUS_URL']}")
     stop.wait()

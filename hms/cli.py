@@ -11,11 +11,15 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, ScriptInfo, with_appcontext
 
+from hms.bus import bus_of
+from hms.bus.registry import discover
 from hms.config import ConfigError
 from hms.contracts import HERE as CONTRACTS
+from hms.gateway.cli import table
 from hms.runtime import mesh_of
 
 RELEASED = CONTRACTS / "lock" / "released.json"
+URL_FILE = "hms.url"  # where `hms up` says, while it runs, on which address it serves
 
 
 def _create_app() -> Flask:
@@ -113,10 +117,13 @@ def up(host: str, port: int, threads: int) -> None:
             current_app.config["HMS_DEMO"] = True  # the demo sign-in is on by default for `hms up`
         mesh.start()  # resumes every unfinished delivery and payment left by a crash
         click.echo(f"hms mesh up on http://{host}:{port} (bus {current_app.config['HMS_BUS_URL']})")
+        address = Path(current_app.config["HMS_INSTANCE_PATH"]) / URL_FILE
+        address.write_text(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}\n")
         server.run()
     finally:
         server.close()
         mesh.close()
+        (Path(current_app.config["HMS_INSTANCE_PATH"]) / URL_FILE).unlink(missing_ok=True)
 
 
 @click.command("worker")
@@ -156,6 +163,120 @@ def worker(services: tuple[str, ...]) -> None:
     click.echo(f"hms worker running {', '.join(services)} on {app.config['HMS_BUS_URL']}")
     stop.wait()
     mesh.close()
+
+
+@click.group("mesh", cls=AppGroup)
+def mesh_cli() -> None:
+    """The service mesh."""
+
+
+@mesh_cli.command("status")
+@click.option("--timeout", default=1.0, type=click.FloatRange(0.05, 30), help="seconds to wait for answers")
+@click.option("--url", default=None, help="memory:// only: the running `hms up` (default: the one of this instance)")
+def status(timeout: float, url: str | None) -> None:
+    """Show every running service instance as a table.
+
+    On nats:// every process answers on the bus. On memory:// the bus is the running server's own, so this asks
+    that server (GET /mesh/services, with an admin token minted here from the instance's signing key).
+    """
+    if current_app.config["HMS_BUS_URL"].startswith("memory://"):
+        services = _running_server_registry(url, timeout)
+    else:
+        services = discover(bus_of(current_app), timeout)
+    if not services:
+        raise click.ClickException("no service answered on the bus")
+    rows = [
+        [
+            sv["name"],
+            sv["version"],
+            sv["id"][:8],
+            f"{sv['host']}:{sv['pid']}",
+            sv["health"].get("status"),
+            ",".join(f"{k}={v}" for k, v in sv["breakers"].items()) or "-",
+            ",".join(sv["publishes"]) or "-",
+            ",".join(sv["subscribes"]) or "-",
+            ",".join(sv["serves"]) or "-",
+        ]
+        for sv in services
+    ]
+    click.echo(
+        table(
+            rows,
+            ["SERVICE", "VERSION", "INSTANCE", "PROCESS", "HEALTH", "BREAKERS", "PUBLISHES", "SUBSCRIBES", "SERVES"],
+        )
+    )
+
+
+def _running_server_registry(url: str | None, timeout: float) -> list[dict[str, Any]]:
+    """GET /mesh/services of the running `hms up` of this instance, as an admin."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from hms.auth.keys import IdentityProvider
+
+    cfg = current_app.config
+    where = Path(cfg["HMS_INSTANCE_PATH"]) / URL_FILE
+    if url is None:
+        if not where.exists():
+            raise click.ClickException(f"no `hms up` runs on {cfg['HMS_INSTANCE_PATH']} (give --url to ask another)")
+        url = where.read_text().strip()
+    idp = IdentityProvider(
+        cfg["HMS_JWT_PRIVATE_KEY_FILE"], cfg["HMS_DEV_JWKS_FILE"], cfg["HMS_JWT_ISSUER"], cfg["HMS_JWT_AUDIENCE"]
+    )
+    token = idp.issue("hms-cli", "admin", ttl=60)
+    request = urllib.request.Request(f"{url}/mesh/services", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=max(timeout, 5.0)) as r:
+            return list(json.loads(r.read())["services"])
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"{url}/mesh/services answered {exc.code}: {exc.read()[:200]!r}") from None
+    except OSError as exc:
+        raise click.ClickException(f"no mesh answers at {url} ({exc}); is `hms up` running?") from None
+
+
+@mesh_cli.command("nats-config")
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    metavar="NAME=SERVICE,…",
+    help="a NATS user for a process hosting these services (repeatable); default: one per service and 'up'",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="write the config here (default: INSTANCE/nats-auth.conf)",
+)
+def nats_config_cmd(users: tuple[str, ...], out: str | None) -> None:
+    """Write nats-server users and subject permissions from the HMS-SYS-AUTH policy."""
+    from pathlib import Path
+
+    from hms.bus.guard import Policy
+    from hms.bus.natsauth import nats_config
+
+    policy = Policy.load()
+    chosen: dict[str, list[str]] = {}
+    for spec in users:
+        name, _, services = spec.partition("=")
+        if not name or not services:
+            raise click.BadParameter(f"{spec!r}: expected NAME=SERVICE[,SERVICE…]", param_hint="--user")
+        chosen[name] = [s.strip() for s in services.split(",") if s.strip()]
+    if not chosen:
+        chosen = {name: [name] for name in policy.services}
+        chosen["up"] = list(policy.services)
+    try:
+        text, passwords = nats_config(policy, chosen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--user") from None
+    path = Path(out or Path(current_app.config["HMS_INSTANCE_PATH"]) / "nats-auth.conf")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(text))
+    path.chmod(0o600)
+    click.echo(f"wrote {path}; include it from nats-server.conf. Each process's HMS_BUS_URL:")
+    for name, granted in chosen.items():
+        click.echo(f"  {','.join(granted)}: nats://{name}:{passwords[name]}@HOST:4222")
 
 
 @click.group("contracts")
@@ -217,7 +338,7 @@ def init_app(app: Flask) -> None:
     """Register `up`, `worker`, `db`, `contracts` and `demo` on the app's CLI."""
     from .demo import demo
 
-    for command in (db, up, worker, contracts_cli, demo):
+    for command in (db, up, worker, mesh_cli, contracts_cli, demo):
         app.cli.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""Admin commands: the registry, the payout report and dead letters."""
+"""Admin commands over the bus: the payout report, dead letters, reconciliation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from hms.bus import BusError, ReplyError, bus_of
-from hms.bus.registry import discover
 
 from . import operations
 from .api import report_csv
@@ -34,90 +33,6 @@ def payout_table(report: dict[str, Any]) -> str:
         for r in [*report["byDay"], {**report, "day": "all"}]
     ]
     return table(rows, ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"])
-
-
-@click.group("mesh", cls=AppGroup)
-def mesh_cli() -> None:
-    """The service mesh."""
-
-
-@mesh_cli.command("status")
-@click.option("--timeout", default=1.0, type=click.FloatRange(0.05, 30), help="seconds to wait for answers")
-def status(timeout: float) -> None:
-    """Show every running service instance as a table."""
-    services = discover(bus_of(current_app), timeout)
-    if not services:
-        raise click.ClickException("no service answered on the bus")
-    if current_app.config["HMS_BUS_URL"].startswith("memory://"):
-        click.echo(
-            "note: memory:// is this process's own bus; these are the services built from this configuration "
-            "(see GET /mesh/services of the running server, or use nats:// to list every process)",
-            err=True,
-        )
-    rows = [
-        [
-            sv["name"],
-            sv["version"],
-            sv["id"][:8],
-            f"{sv['host']}:{sv['pid']}",
-            sv["health"].get("status"),
-            ",".join(f"{k}={v}" for k, v in sv["breakers"].items()) or "-",
-            ",".join(sv["publishes"]) or "-",
-            ",".join(sv["subscribes"]) or "-",
-            ",".join(sv["serves"]) or "-",
-        ]
-        for sv in services
-    ]
-    click.echo(
-        table(
-            rows,
-            ["SERVICE", "VERSION", "INSTANCE", "PROCESS", "HEALTH", "BREAKERS", "PUBLISHES", "SUBSCRIBES", "SERVES"],
-        )
-    )
-
-
-@mesh_cli.command("nats-config")
-@click.option(
-    "--user",
-    "users",
-    multiple=True,
-    metavar="NAME=SERVICE,…",
-    help="a NATS user for a process hosting these services (repeatable); default: one per service and 'up'",
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="write the config here (default: INSTANCE/nats-auth.conf)",
-)
-def nats_config_cmd(users: tuple[str, ...], out: str | None) -> None:
-    """Write nats-server users and subject permissions from the HMS-SYS-AUTH policy."""
-    from pathlib import Path
-
-    from hms.bus.guard import Policy
-    from hms.bus.natsauth import nats_config
-
-    policy = Policy.load()
-    chosen: dict[str, list[str]] = {}
-    for spec in users:
-        name, _, services = spec.partition("=")
-        if not name or not services:
-            raise click.BadParameter(f"{spec!r}: expected NAME=SERVICE[,SERVICE…]", param_hint="--user")
-        chosen[name] = [s.strip() for s in services.split(",") if s.strip()]
-    if not chosen:
-        chosen = {name: [name] for name in policy.services}
-        chosen["up"] = list(policy.services)
-    try:
-        text, passwords = nats_config(policy, chosen)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--user") from None
-    path = Path(out or Path(current_app.config["HMS_INSTANCE_PATH"]) / "nats-auth.conf")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(str(text))
-    path.chmod(0o600)
-    click.echo(f"wrote {path}; include it from nats-server.conf. Each process's HMS_BUS_URL:")
-    for name, granted in chosen.items():
-        click.echo(f"  {','.join(granted)}: nats://{name}:{passwords[name]}@HOST:4222")
 
 
 @click.group("metrics", cls=AppGroup)
@@ -221,5 +136,5 @@ def reconcile_cmd(strict: bool) -> None:
 
 def init_app(app: Flask) -> None:
     """Register the admin command groups."""
-    for group in (mesh_cli, metrics_cli, bus_cli, audit_cli):
+    for group in (metrics_cli, bus_cli, audit_cli):
         app.cli.add_command(group)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -50,3 +52,29 @@ def test_a_worker_serves_its_metrics(tmp_path: Path, hms_process: Callable[..., 
         assert 'hms_breaker_state{breaker="bank",service="ach",state="closed"} 1.0' in text
     finally:
         nats.stop()
+
+
+def test_mesh_status_shows_the_running_servers_breaker_on_memory(
+    tmp_path: Path, hms_process: Callable[..., HmsProcess]
+) -> None:
+    outage = tmp_path / "bank-down"
+    outage.touch()
+    env = {"HMS_ACH_SANDBOX_OUTAGE_FILE": str(outage), "HMS_ACH_BREAKER_FAIL_MAX": "1", "HMS_ACH_POLL_S": "0.05"}
+    hms = hms_process(env)
+    hms.start()
+    bearer = {"Authorization": "Bearer " + tokens(hms.instance, ["diego"])["diego"]}
+    assert hms.request("POST", "/claims", DIEGO, headers=bearer)[0] == 201  # its payment meets the bank down
+    cli_env = {**hms.env, **env}
+
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hms.cli", "mesh", "status"], env=cli_env, capture_output=True, text=True, timeout=60
+        )
+
+    deadline, shown = time.monotonic() + 30, status()
+    while "bank=open" not in shown.stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+        shown = status()
+    assert shown.returncode == 0, shown.stderr
+    assert "bank=open" in shown.stdout  # the server's breaker; a registry of the CLI's own said bank=closed
+    assert f"{socket.gethostname()}:{hms.proc.pid}" in shown.stdout  # type: ignore[union-attr]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import click
@@ -36,6 +37,7 @@ DEMO_IDENTITIES = [
     ("root", "admin", "Root, administrator"),
 ]
 SESSION_COOKIE, CSRF_COOKIE = "hms_token", "hms_csrf"
+SAME_SITE_PATH = re.compile(r"/(?![/\\])[^\s\\\x00-\x1f\x7f]*")
 HOMES = {"citizen": "/", "caseworker": "/caseworker", "auditor": "/audit", "admin": "/caseworker"}
 
 
@@ -46,8 +48,10 @@ def signin() -> ResponseReturnValue:
         abort(404)
     csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
     next_url = request.values.get("next", "")
-    if not next_url.startswith("/") or next_url.startswith("//"):
-        next_url = ""  # only same-site paths: no open redirect
+    if not SAME_SITE_PATH.fullmatch(next_url):
+        # Only a path of this site: browsers drop tabs and newlines and read a backslash as "/", so
+        # "/<TAB>/evil.example" and "/<BACKSLASH>evil.example" lead off-site as surely as "//evil.example".
+        next_url = ""
     if request.method == "POST":
         if not secrets.compare_digest(csrf, request.form.get("csrf", "")) or not request.cookies.get(CSRF_COOKIE):
             abort(403)

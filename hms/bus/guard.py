@@ -83,7 +83,8 @@ class Guard:
             header = jwt.get_unverified_header(token)
             if header.get("typ") != SERVICE_TOKEN_TYPE:
                 raise Refused("not a service token (a user token is never accepted on the bus)")
-            key = self.keys.get(header.get("kid", ""))
+            kid = header.get("kid")
+            key = self.keys.get(kid) if isinstance(kid, str) else None
             if key is None:
                 raise Refused("service token signed by an unknown key")
             claims = jwt.decode(

@@ -72,10 +72,10 @@ def fingerprint(body: dict[str, Any]) -> str:
 @claims.route("")
 class Claims(MethodView):
     @claims.doc(security=BEARER)
+    @requires("citizen")
     @claims.arguments(s.SubmitHeaders, location="headers", as_kwargs=True)
     @claims.arguments(s.ClaimIn)
     @claims.response(201, s.ClaimOut)
-    @requires("citizen")
     def post(self, body: dict[str, Any], idempotency_key: str | None = None) -> Any:
         """Submit a claim; a retry with the same Idempotency-Key returns the first result."""
         claim = submit_claim(identity().sub, body, idempotency_key)
@@ -85,9 +85,9 @@ class Claims(MethodView):
         return claim, 201, headers
 
     @claims.doc(security=BEARER)
+    @requires("citizen", "caseworker")
     @claims.arguments(s.ClaimListQuery, location="query", unknown=RAISE)
     @claims.response(200, s.ClaimPage)
-    @requires("citizen", "caseworker")
     def get(self, query: dict[str, Any]) -> Any:
         """List claims: a citizen sees their own, a caseworker all of them."""
         who = identity()
@@ -97,8 +97,8 @@ class Claims(MethodView):
 @claims.route("/<claim_id>")
 class ClaimById(MethodView):
     @claims.doc(security=BEARER)
-    @claims.response(200, s.ClaimOut)
     @requires("citizen", "caseworker", "auditor")
+    @claims.response(200, s.ClaimOut)
     def get(self, claim_id: str) -> Any:
         """One claim with its status and timeline (a citizen sees only their own)."""
         who = identity()
@@ -109,9 +109,9 @@ class ClaimById(MethodView):
 
 @audit.route("/payouts")
 @audit.doc(security=BEARER)
+@requires("auditor")
 @audit.arguments(s.ReportQuery, location="query", unknown=RAISE)
 @audit.response(200, s.PayoutReport)
-@requires("auditor")
 def payouts(query: dict[str, Any]) -> Any:
     """Payout time (submitted to payment sent): count, p50, p90, p99, max, by day."""
     return ask("metrics.payouts.report", {k: v for k, v in query.items() if v is not None})
@@ -119,9 +119,9 @@ def payouts(query: dict[str, Any]) -> Any:
 
 @audit.route("/payouts.csv")
 @audit.doc(security=BEARER)
+@requires("auditor")
 @audit.arguments(s.ReportQuery, location="query", unknown=RAISE)
 @audit.response(200, content_type="text/csv", description="the report by day, as CSV")
-@requires("auditor")
 def payouts_csv(query: dict[str, Any]) -> Response:
     """The payout-time report as CSV, one row a day and one for the whole period."""
     report = ask("metrics.payouts.report", {k: v for k, v in query.items() if v is not None})

@@ -128,6 +128,11 @@ def init_app(app: Flask) -> None:
     def _timeout(error: BusTimeout) -> Response:
         return problem_response(Problem(504, "Service timeout", str(error)))
 
+    @app.errorhandler(RecursionError)
+    def _too_deep(error: RecursionError) -> Response:
+        # json.loads gives up on a document nested deeper than the interpreter's recursion limit
+        return problem_response(Problem(400, "Bad request", "the JSON body is nested too deeply"))
+
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
         app.logger.exception("unhandled error")

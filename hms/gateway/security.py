@@ -46,12 +46,14 @@ class JwksVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
             raise unauthorized("the bearer token is not a JWT") from None
-        alg, kid = header.get("alg"), header.get("kid")
-        if alg not in ALGORITHMS:
+        alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise unauthorized(f"token algorithm {alg!r} is not accepted")
-        if header.get("typ", "").lower() != USER_TOKEN_TYPE:
+        if not isinstance(typ, str) or typ.lower() != USER_TOKEN_TYPE:
             raise unauthorized("not a user access token (typ must be at+jwt)")
-        key = self.keys.get(kid or "")
+        if not isinstance(kid, str):
+            raise unauthorized("token key id (kid) is not trusted")
+        key = self.keys.get(kid)
         if key is None:
             raise unauthorized("token key id (kid) is not trusted")
         if key.algorithm_name != alg:

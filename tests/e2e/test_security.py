@@ -70,6 +70,13 @@ def tampered(app: Flask) -> str:
     return f"{head}.{forged}.{sig}"
 
 
+def header_swapped(app: Flask, **header: Any) -> str:
+    """A valid token whose header says something else (the signature no longer matters: it is checked later)."""
+    _, body, sig = sign(app, claims()).split(".")
+    idp = app.extensions["hms.auth"]
+    return f"{b64(json.dumps({'alg': 'RS256', 'typ': 'at+jwt', 'kid': idp.kid, **header}).encode())}.{body}.{sig}"
+
+
 BAD_TOKENS = {
     "alg none": lambda app: alg_none(),
     "HS256 signed with the RSA public key": hs256_with_public_key,
@@ -84,6 +91,11 @@ BAD_TOKENS = {
     "garbage": lambda app: "garbage.garbage.garbage",
     "not a user token type": lambda app: sign(app, claims(), typ="hms-svc+jwt"),
     "unknown role": lambda app: sign(app, claims(role="root")),
+    "typ null": lambda app: header_swapped(app, typ=None),
+    "typ a number": lambda app: header_swapped(app, typ=7),
+    "typ a list": lambda app: header_swapped(app, typ=["at+jwt"]),
+    "kid a list": lambda app: header_swapped(app, kid=["k"]),
+    "alg a list": lambda app: header_swapped(app, alg=["RS256"]),
 }
 
 
@@ -206,3 +218,45 @@ def test_service_token_cannot_be_used_at_the_gateway(app: Flask, client: FlaskCl
 def test_event_ids_are_not_guessable() -> None:
     ids = {Event.create("claim.submitted", {}).id for _ in range(100)}
     assert len(ids) == 100 and all(uuid.UUID(i).version == 4 for i in ids)
+
+
+def test_an_anonymous_caller_learns_nothing_of_the_body_schema(client: FlaskClient) -> None:
+    r = client.post("/claims", json={"weeksWorked": "many"})
+    assert r.status_code == 401 and "weeksWorked" not in r.get_data(as_text=True)
+    r = client.get("/claims?pageSize=oops")
+    assert r.status_code == 401 and "pageSize" not in r.get_data(as_text=True)
+
+
+def test_json_nested_a_thousand_deep_is_a_clear_400(client: FlaskClient, token: Any) -> None:
+    deep = "[" * 1000 + "]" * 1000
+    r = client.post("/claims", data=deep, content_type="application/json", headers=token("diego"))
+    assert r.status_code == 400, r.get_data(as_text=True)
+    assert r.headers["Content-Type"] == "application/problem+json" and "nested" in r.json["detail"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example",
+        "/\tevil.example",
+        "/\t/evil.example",
+        "/\\evil.example",
+        "https://evil.example",
+        " /x",
+        "/\n/evil.example",
+    ],
+)
+def test_sign_in_sends_the_browser_only_to_a_page_of_this_site(app: Flask, client: FlaskClient, target: str) -> None:
+    app.config["HMS_DEMO"] = True
+    page = client.get("/signin", query_string={"next": target})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+    r = client.post("/signin", data={"csrf": csrf, "identity": "diego:citizen", "next": target})
+    assert r.status_code == 303 and r.headers["Location"] == "/", r.headers["Location"]
+
+
+def test_sign_in_keeps_a_same_site_destination(app: Flask, client: FlaskClient) -> None:
+    app.config["HMS_DEMO"] = True
+    page = client.get("/signin", query_string={"next": "/my/claims/abc?x=1"})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+    r = client.post("/signin", data={"csrf": csrf, "identity": "diego:citizen", "next": "/my/claims/abc?x=1"})
+    assert r.status_code == 303 and r.headers["Location"] == "/my/claims/abc?x=1"

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "HMS_CLAIMS_PER_MINUTE": 10,
     "HMS_HTTP_CONNECTION_LIMIT": 1000,  # `hms up`: open connections waitress keeps (idle ones cost no thread)
     "HMS_HTTP_CHANNEL_TIMEOUT_S": 30.0,  # `hms up`: an idle connection is closed after this long
+    "HMS_TRUSTED_PROXIES": 0,  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host are believed
     "HMS_METRICS_PORT": 0,  # `hms worker`: serve /metrics on this port (0: not at all)
     "HMS_METRICS_HOST": "127.0.0.1",
     "MAX_CONTENT_LENGTH": 64 * 1024,

@@ -9,6 +9,7 @@ from flask import Flask, Response, g, request
 from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hms.bus import bus_of, telemetry
 from hms.bus.tracing import bound, child_of, trace_id
@@ -95,5 +96,23 @@ def init_app(app: Flask) -> None:
     def _traceresponse(response: Any) -> Any:
         response.headers["traceresponse"] = g.get("traceparent", "")
         return response
+
+    @app.after_request
+    def _secure_headers(response: Any) -> Any:
+        # Every page, the sign-in page included: no framing, no scripts or styles from elsewhere, no sniffing.
+        if response.mimetype == "text/html":
+            response.headers.setdefault(
+                "Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+            )
+            response.headers.setdefault("X-Frame-Options", "DENY")
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    proxies = app.config["HMS_TRUSTED_PROXIES"]
+    if proxies:
+        # Behind TLS-terminating proxies: the scheme and client address they forward are the request's own, so
+        # session cookies get their Secure flag. Only as many hops as configured are believed.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
 
     cli.init_app(app)

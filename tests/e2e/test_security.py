@@ -23,7 +23,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from hms.auth.keys import thumbprint
 from hms.bus import Event
-from hms.runtime import Mesh
+from hms.runtime import Mesh, mesh_of
 from tests.conftest import DIEGO, eventually
 
 
@@ -260,3 +260,26 @@ def test_sign_in_keeps_a_same_site_destination(app: Flask, client: FlaskClient) 
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)  # type: ignore[union-attr]
     r = client.post("/signin", data={"csrf": csrf, "identity": "diego:citizen", "next": "/my/claims/abc?x=1"})
     assert r.status_code == 303 and r.headers["Location"] == "/my/claims/abc?x=1"
+
+
+def test_the_sign_in_page_cannot_be_framed_and_loads_nothing_from_elsewhere(app: Flask, client: FlaskClient) -> None:
+    app.config["HMS_DEMO"] = True
+    r = client.get("/signin")
+    assert r.status_code == 200
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"] and r.headers["X-Frame-Options"] == "DENY"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize(("proxies", "secure"), [(0, False), (1, True)])
+def test_cookies_are_secure_behind_a_trusted_tls_proxy_only(
+    settings: dict[str, Any], proxies: int, secure: bool
+) -> None:
+    from hms import create_app
+
+    app = create_app({**settings, "HMS_TRUSTED_PROXIES": proxies, "HMS_DEMO": True})
+    try:
+        r = app.test_client().get("/signin", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"})
+        cookie = r.headers["Set-Cookie"]
+        assert ("; Secure" in cookie) is secure, cookie  # without a trusted proxy the header is not believed
+    finally:
+        mesh_of(app).close()

@@ -15,6 +15,7 @@ DEFAULTS: dict[str, Any] = {
     "HMS_NATS_EVENT_SUBJECTS": ["claim.>", "payment.>"],
     "HMS_NATS_ACK_WAIT_S": 30.0,
     "HMS_NATS_CONNECT_TIMEOUT_S": 10.0,
+    "HMS_NATS_REPLICAS": 1,  # replicas of the event stream when hms creates it (3 on a 3-node cluster)
     "HMS_DATABASE_URL": "",
     "HMS_SERVICES": list(ALL_SERVICES),
     "HMS_START": False,
@@ -98,6 +99,8 @@ def load(overrides: Mapping[str, Any] | None, instance_path: str) -> dict[str, A
     unknown = [s for s in settings["HMS_SERVICES"] if s not in ALL_SERVICES]
     if unknown:
         raise ConfigError(f"HMS_SERVICES: unknown service {unknown[0]!r}; choose from {', '.join(ALL_SERVICES)}")
+    if not 1 <= settings["HMS_NATS_REPLICAS"] <= 5:
+        raise ConfigError(f"HMS_NATS_REPLICAS: JetStream keeps 1 to 5 replicas, got {settings['HMS_NATS_REPLICAS']}")
     rate = settings["HMS_ACH_SANDBOX_FAIL_RATE"]
     if not 0 <= rate <= 1:
         raise ConfigError(f"HMS_ACH_SANDBOX_FAIL_RATE: must be between 0 and 1, got {rate}")

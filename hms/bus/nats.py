@@ -107,8 +107,9 @@ class NatsBus(Engine):
         workers: int = 8,
         name: str = "hms",
         connect_timeout: float = 10.0,
+        replicas: int = 1,
     ) -> None:
-        self.url, self.contracts, self.stream = url, contracts, stream
+        self.url, self.contracts, self.stream, self.replicas = url, contracts, stream, replicas
         self.event_subjects, self.ack_wait = tuple(event_subjects), ack_wait
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hms-nats-handler")
         self._loop = asyncio.new_event_loop()
@@ -176,10 +177,16 @@ class NatsBus(Engine):
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             duplicate_window=120.0,
+            num_replicas=self.replicas,  # durable consumers inherit the stream's replicas
         )
         try:
             info = await self.js.stream_info(self.stream)
-            if sorted(info.config.subjects or []) != sorted(self.event_subjects):
+            # An update never lowers the replicas an operator set (nats stream edit): only ever up to ours.
+            config.num_replicas = max(info.config.num_replicas or 1, self.replicas)
+            if (
+                sorted(info.config.subjects or []) != sorted(self.event_subjects)
+                or (info.config.num_replicas or 1) < self.replicas
+            ):
                 await self.js.update_stream(config)
         except nats.js.errors.NotFoundError:
             await self.js.add_stream(config)

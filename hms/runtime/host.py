@@ -46,6 +46,7 @@ class Mesh:
                 stream=config["HMS_NATS_STREAM"],
                 event_subjects=config["HMS_NATS_EVENT_SUBJECTS"],
                 ack_wait=config["HMS_NATS_ACK_WAIT_S"],
+                replicas=config["HMS_NATS_REPLICAS"],
                 name=f"hms:{','.join(config['HMS_SERVICES'])}",
                 connect_timeout=config["HMS_NATS_CONNECT_TIMEOUT_S"],
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,9 @@ def up(host: str, port: int, threads: int) -> None:
         click.echo(f"hms mesh up on http://{host}:{port} (bus {current_app.config['HMS_BUS_URL']})")
         address = Path(current_app.config["HMS_INSTANCE_PATH"]) / URL_FILE
         address.write_text(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}\n")
+        # SIGTERM (a service manager's stop) ends the loop like Ctrl-C: waitress finishes the requests in
+        # hand, then the mesh closes (relays, consumers, workers) and the address file goes.
+        signal.signal(signal.SIGTERM, _stop)
         server.run()
     finally:
         server.close()
@@ -126,12 +130,15 @@ def up(host: str, port: int, threads: int) -> None:
         (Path(current_app.config["HMS_INSTANCE_PATH"]) / URL_FILE).unlink(missing_ok=True)
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 @click.command("worker")
 @click.argument("services", nargs=-1, required=True)
 @with_appcontext
 def worker(services: tuple[str, ...]) -> None:
     """Run SERVICES (svc, ach, metrics, notifier, auth) without HTTP, until SIGTERM or SIGINT."""
-    import signal
     import threading
 
     from hms import create_app

@@ -279,6 +279,8 @@ class Mesh:
         if self._lock is not None:
             self._lock.close()  # releases the instance folder
             self._lock = None
+        if self.started:
+            log.info("mesh closed")
         self.started = False
 
 

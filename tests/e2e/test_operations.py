@@ -78,3 +78,14 @@ def test_mesh_status_shows_the_running_servers_breaker_on_memory(
     assert shown.returncode == 0, shown.stderr
     assert "bank=open" in shown.stdout  # the server's breaker; a registry of the CLI's own said bank=closed
     assert f"{socket.gethostname()}:{hms.proc.pid}" in shown.stdout  # type: ignore[union-attr]
+
+
+def test_sigterm_stops_hms_up_cleanly(hms_process: Callable[..., HmsProcess]) -> None:
+    hms = hms_process()
+    hms.start()
+    assert (hms.instance / "hms.url").read_text().strip() == f"http://127.0.0.1:{hms.port}"
+    assert hms.proc is not None
+    hms.proc.terminate()
+    assert hms.proc.wait(20) == 0
+    assert not (hms.instance / "hms.url").exists()
+    assert '"message": "mesh closed"' in hms.log.read_text()

@@ -121,7 +121,7 @@ class Mesh:
                 max_deliver=cfg["HMS_BUS_MAX_DELIVER"],
                 backoff=cfg["HMS_BUS_BACKOFF_S"],
                 credentials=lambda: self.credentials(service),
-                wake=lambda worker: self.workers[f"{service}.{worker}"].wake(),
+                wake=lambda worker: self.workers[f"{service}.{worker}"].wake,
             )
         except ModuleNotFoundError as exc:
             raise ConfigError(

@@ -43,7 +43,7 @@ class ServiceStore:
         max_deliver: int = 5,
         backoff: Sequence[float] = DEFAULT_BACKOFF,
         credentials: Callable[[], dict[str, str]] = dict,
-        wake: Callable[[str], None] = lambda worker: None,
+        wake: Callable[[str], Callable[[], None]] = lambda worker: lambda: None,
     ) -> None:
         self.name, self.metadata, self.url, self.bus = name, metadata, url, bus
         self.max_deliver, self.backoff = max_deliver, tuple(backoff)

@@ -20,7 +20,7 @@ class Unit(Session):
     wakes one of the service's workers then (for what this transaction wrote).
     """
 
-    def __init__(self, *args: Any, outbox: Outbox, wake: Callable[[str], None], **kw: Any) -> None:
+    def __init__(self, *args: Any, outbox: Outbox, wake: Callable[[str], Callable[[], None]], **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.outbox, self._wake = outbox, wake
 
@@ -42,8 +42,9 @@ class Unit(Session):
         self.info.setdefault("after_commit", []).append(callback)
 
     def wake(self, worker: str) -> None:
-        """Wake the service's background worker `worker` once this transaction has committed."""
-        self.after_commit(lambda: self._wake(worker))
+        """Wake the service's background worker `worker` once this transaction has committed (a name the service
+        did not declare fails here, inside the transaction, not after it)."""
+        self.after_commit(self._wake(worker))
 
     def insert_new(self, table: Any) -> Any:
         """An INSERT that skips a row whose key is already there; it returns a row only when it inserted one."""

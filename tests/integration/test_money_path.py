@@ -802,3 +802,10 @@ def test_the_worker_pays_only_what_is_due_oldest_first(app: Flask, client: Flask
 def other_worker_instance(payments: Payer) -> str:
     """The claim stamp another worker of the same service would write."""
     return Payer(payments.units, payments.bank, payments.breaker).instance
+
+
+def test_svc_tells_discovery_its_rule_version_and_outbox(mesh: Mesh) -> None:
+    from hms.bus.registry import discover
+
+    [svc] = [s for s in discover(mesh.bus) if s["name"] == "svc"]
+    assert svc["health"] == {"status": "ok", "outbox": 0, "ruleVersion": RuleSet.load(None).version}

@@ -809,3 +809,103 @@ def test_svc_tells_discovery_its_rule_version_and_outbox(mesh: Mesh) -> None:
 
     [svc] = [s for s in discover(mesh.bus) if s["name"] == "svc"]
     assert svc["health"] == {"status": "ok", "outbox": 0, "ruleVersion": RuleSet.load(None).version}
+
+
+def test_every_payment_setting_reaches_the_bank_the_breaker_and_the_payer(
+    settings: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each HMS_ACH_* value is the one the payments service runs with (a dropped one would fall back silently)."""
+    import logging
+
+    from hms import create_app
+    from hms.ach.bank import BankDeclined
+    from hms.runtime import mesh_of
+
+    custom = {
+        "HMS_ACH_SANDBOX_LATENCY_MS": 7,
+        "HMS_ACH_SANDBOX_FAIL_RATE": 0.25,
+        "HMS_ACH_SANDBOX_OUTAGE_FILE": str(tmp_path / "down"),
+        "HMS_ACH_BREAKER_FAIL_MAX": 4,
+        "HMS_ACH_BREAKER_RESET_S": 12.0,
+        "HMS_ACH_RETRY_BASE_S": 0.3,
+        "HMS_ACH_RETRY_MAX_S": 45.0,
+        "HMS_ACH_SEND_LEASE_S": 17.0,
+        "HMS_ACH_ACCOUNT_WAIT_S": 99.0,
+    }
+    app = create_app({**settings, **custom})
+    try:
+        ach = app.extensions["hms.ach"]
+        assert (ach.bank.latency_ms, ach.bank.fail_rate, ach.bank.outage_file) == (7, 0.25, tmp_path / "down")
+        assert ach.bank.statement == Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])
+        b = ach.breaker
+        assert (b.fail_max, b.reset_timeout, b.name) == (4, 12.0, "bank")
+        assert BankDeclined in b.excluded_exceptions  # a declined transfer is the citizen's account, not an outage
+        p = ach.payer
+        assert (p.retry_base, p.retry_max, p.lease, p.account_wait) == (0.3, 45.0, 17.0, 99.0)
+        assert p.bank is ach.bank and p.breaker is b
+        caplog.set_level(logging.WARNING, logger="hms.ach")
+        b.open()
+        assert "bank breaker closed -> open" in caplog.text  # state changes are logged for operators
+    finally:
+        mesh_of(app).close()
+
+
+def test_an_unknown_bank_provider_is_refused_by_name() -> None:
+    from hms.ach.service import make_bank
+
+    with pytest.raises(ValueError) as refused:
+        make_bank({"HMS_ACH_PROVIDER": "carrier-pigeon"})
+    assert str(refused.value) == "HMS_ACH_PROVIDER: unknown provider 'carrier-pigeon'; only 'sandbox' ships"
+
+
+def test_svc_decides_by_the_configured_rules_file(settings: dict[str, Any], tmp_path: Path) -> None:
+    import json
+
+    from hms import create_app
+    from hms.bus.registry import discover
+    from hms.runtime import mesh_of
+
+    shipped = Path(__file__).resolve().parents[2] / "hms" / "svc" / "rules.json"
+    rules = json.loads(shipped.read_text())
+    rules["version"] = "2027.test"
+    for rule in rules["rules"]:
+        if rule["kind"] == "min_weeks_worked":
+            rule["min"] = 45  # Diego's 40 weeks are no longer enough
+    (tmp_path / "rules.json").write_text(json.dumps(rules))
+    app = create_app({**settings, "HMS_RULES_FILE": str(tmp_path / "rules.json")})
+    mesh = mesh_of(app)
+    try:
+        mesh.upgrade()
+        decided = submit(mesh, "uma")
+        assert (decided["status"], decided["reasons"], decided["ruleVersion"]) == (
+            "denied",
+            ["INSUFFICIENT_WEEKS"],
+            "2027.test",
+        )
+        [svc] = [s for s in discover(mesh.bus) if s["name"] == "svc"]
+        assert svc["health"]["ruleVersion"] == "2027.test"
+    finally:
+        mesh.close()
+
+
+def test_the_hourly_chore_forgets_idempotency_keys_past_their_retention(
+    settings: dict[str, Any], app: Flask, mesh: Mesh
+) -> None:
+    from hms.svc.models import IdempotencyRecord
+
+    claims = app.extensions["hms.svc"]
+    assert claims.keep_keys == timedelta(days=app.config["HMS_IDEMPOTENCY_RETENTION_DAYS"])
+    submit(mesh, "old", idempotencyKey="k-old")
+    submit(mesh, "new", idempotencyKey="k-new")
+    with mesh.stores["svc"].session() as s:
+        s.get_one(IdempotencyRecord, ("old", "k-old")).created_at = utcnow() - claims.keep_keys - timedelta(hours=1)
+    claims.prune()
+    with mesh.stores["svc"].session() as s:
+        assert s.get(IdempotencyRecord, ("old", "k-old")) is None
+        assert s.get(IdempotencyRecord, ("new", "k-new")) is not None
+
+
+def test_staff_see_the_newest_claims_first(mesh: Mesh) -> None:
+    ids = [submit(mesh, f"n{i}")["id"] for i in range(6)]  # six ids: their own order matches by chance 1 in 720
+    listed = ask_svc(mesh, "svc.claims.list", {"page": 1, "pageSize": 10})
+    assert [c["id"] for c in listed["items"]] == ids[::-1]

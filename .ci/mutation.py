@@ -5,9 +5,15 @@
     python .ci/mutation.py --record    after a full run: record each file's hash and score as the baseline
     python .ci/mutation.py --no-run    score the results already in mutants/ (after `mutmut run NAMES` by hand)
 
-The money-path files are `only_mutate` in setup.cfg's [mutmut] section. A mutant counts as caught when a test
-failed on it (killed), or the type checker refused it; survivors, mutants no test reaches and timeouts count
-against the score. Equivalent mutants are kept out with `# pragma: no mutate` and a reason on the line.
+Two groups, each mutmut run with its own tests. The money path — `only_mutate` in setup.cfg's [mutmut] section —
+with the flow's tests. The messaging runtime under it (inbox, outbox, relay) — setup.cfg's [mutation:runtime]
+section — with the tests that drive those modules directly: every flow test passes through them too, but a
+mutant of the relay that survives would cost a run of every flow test, and there are hundreds. That group runs in
+a copy of the tree (.mutation/runtime) whose [mutmut] section is the runtime one.
+
+A mutant counts as caught when a test failed on it (killed), or the type checker refused it; survivors, mutants
+no test reaches and timeouts count against the score. Equivalent mutants are listed in docs/mutation.md, each
+with its reason, and left out of the score.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -30,10 +37,33 @@ CAUGHT = {"killed", "caught by type check"}
 MISSED = {"survived", "no tests", "timeout", "suspicious", "segfault", "not checked"}
 
 
-def money_path() -> list[str]:
+def lines(value: str) -> list[str]:
+    return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+def groups() -> list[tuple[Path, list[str]]]:
+    """(the tree mutmut runs in, the files it mutates there), for each group."""
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
-    return [line.strip() for line in cfg["mutmut"]["only_mutate"].splitlines() if line.strip()]
+    return [
+        (ROOT, lines(cfg["mutmut"]["only_mutate"])),
+        (ROOT / ".mutation" / "runtime", lines(cfg["mutation:runtime"]["only_mutate"])),
+    ]
+
+
+def runtime_tree(tree: Path) -> None:
+    """A copy of the source tree whose [mutmut] section mutates the runtime with the runtime's own tests."""
+    tree.mkdir(parents=True, exist_ok=True)
+    for name in ("hms", "tests", "migrations", "bench"):
+        shutil.rmtree(tree / name, ignore_errors=True)
+        shutil.copytree(ROOT / name, tree / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "constraints.txt", tree / "constraints.txt")
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    for key, value in cfg["mutation:runtime"].items():
+        cfg["mutmut"][key] = value
+    with open(tree / "setup.cfg", "w") as f:
+        cfg.write(f)
 
 
 def digest(path: str) -> str:
@@ -53,11 +83,11 @@ def equivalents() -> set[str]:
     return set(re.findall(r"^\| `(hms\.[^`]+__mutmut_\d+)` \|", text, flags=re.MULTILINE))
 
 
-def statuses(path: str, listed: set[str]) -> Counter[str]:
+def statuses(tree: Path, path: str, listed: set[str]) -> Counter[str]:
     """How many of the file's mutants ended in each mutmut status ("equivalent" for the `listed` ones)."""
     from mutmut.stats import status_by_exit_code
 
-    meta = ROOT / "mutants" / (path + ".meta")
+    meta = tree / "mutants" / (path + ".meta")
     codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
     return Counter(
         "equivalent" if name in listed and status_by_exit_code[code] != "killed" else status_by_exit_code[code]
@@ -77,36 +107,42 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help="record hashes and scores as the new baseline")
     parser.add_argument("--no-run", action="store_true", help="score the results already in mutants/")
     args = parser.parse_args()
-    files = money_path()
-    if args.changed:
-        baseline = recorded()
-        files = [f for f in files if baseline.get(f) != digest(f)]
-        if not files:
-            print("mutation: no money-path file changed since the recorded run; nothing to mutate")
-            return 0
-    if not args.no_run:
-        patterns = [f.removesuffix(".py").replace("/", ".") + ".*" for f in files]
-        print(f"mutation: mutmut run {' '.join(patterns)}", flush=True)
-        env = {**os.environ, "HMS_TEST_PATIENCE_S": "3"}  # a flow that works finishes in well under a second here
-        run = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", *patterns], cwd=ROOT, env=env, capture_output=True, text=True
-        )
-        if run.returncode != 0:
-            print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
-            return run.returncode
+    baseline = recorded()
     failed = False
-    lines = []
+    lines_out = []
     listed = equivalents()
-    for f in files:
-        counts = statuses(f, listed)
-        s = score(counts)
-        failed |= s < BAR
-        detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        print(f"mutation: {f}: {s:.1%} caught ({detail}){'' if s >= BAR else f'  BELOW {BAR:.0%}'}")
-        lines.append(f"{digest(f)}  {f}  {s:.3f}")
+    every = [f for _, files in groups() for f in files]
+    for tree, files in groups():
+        chosen = [f for f in files if not args.changed or baseline.get(f) != digest(f)]
+        if not chosen:
+            continue
+        if not args.no_run:
+            if tree != ROOT:
+                runtime_tree(tree)
+            patterns = [f.removesuffix(".py").replace("/", ".") + ".*" for f in chosen]
+            print(f"mutation: mutmut run {' '.join(patterns)}", flush=True)
+            env = {**os.environ, "HMS_TEST_PATIENCE_S": "3"}  # a flow that works finishes in well under a second
+            run = subprocess.run(
+                [sys.executable, "-m", "mutmut", "run", *patterns], cwd=tree, env=env, capture_output=True, text=True
+            )
+            if run.returncode != 0:
+                print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
+                return run.returncode
+        for f in chosen:
+            counts = statuses(tree, f, listed)
+            s = score(counts)
+            failed |= s < BAR
+            detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+            print(f"mutation: {f}: {s:.1%} caught ({detail}){'' if s >= BAR else f'  BELOW {BAR:.0%}'}")
+            lines_out.append(f"{digest(f)}  {f}  {s:.3f}")
+    if args.changed and not lines_out:
+        print("mutation: no money-path file changed since the recorded run; nothing to mutate")
+        return 0
     if args.record:
         header = "# sha256  file  score: the money path as of its last full mutation run (.ci/mutation.py --record)"
-        BASELINE.write_text("\n".join([header, *lines]) + "\n")
+        kept = {row.split()[1]: row for row in BASELINE.read_text().splitlines()[1:]} if BASELINE.exists() else {}
+        kept.update({row.split()[1]: row for row in lines_out})
+        BASELINE.write_text("\n".join([header, *(kept[f] for f in every if f in kept)]) + "\n")
         print(f"mutation: recorded {BASELINE.relative_to(ROOT)}")
     if failed:
         print("mutation: survivors are listed by `mutmut results`; `mutmut show NAME` shows one")

@@ -72,3 +72,33 @@ def test_processes_starting_together_migrate_one_at_a_time(tmp_path: Path, datab
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     assert all(out.strip().endswith("upgraded: ach") for out in outputs)
+
+
+def test_the_messaging_tables_are_what_their_migration_makes(tmp_path: Path, database_url: str) -> None:
+    """The outbox, inbox and dead-letter tables as the runtime defines them, against the shared migration."""
+    from sqlalchemy import MetaData
+
+    from hms.runtime import messaging_tables
+
+    app = create_app(
+        {"HMS_INSTANCE_PATH": str(tmp_path), "HMS_DATABASE_URL": database_url, "HMS_SERVICES": ["notifier"]}
+    )
+    mesh = mesh_of(app)
+    store = mesh.stores["notifier"]
+    store.upgrade()
+    fresh = MetaData()
+    messaging_tables(fresh)  # defined here, in the test: not the copy made when hms was imported
+    with store.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET search_path TO notifier")
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                "compare_type": True,
+                "include_name": lambda name, kind, parent: kind != "table" or name in fresh.tables,
+            },
+        )
+        diff = compare_metadata(context, fresh)
+    assert set(fresh.tables) == {"outbox", "inbox", "dead_letters"}
+    assert diff == []
+    mesh.close()

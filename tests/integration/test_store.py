@@ -266,3 +266,61 @@ def test_an_interrupted_group_reports_no_delivery_as_done_that_was_not_committed
     assert outcome[0] is None and "e0" in stored and "e2" not in stored and outcome[2] is not None
     for i in (1, 3):  # done only if stored; otherwise an error, so the bus delivers it again
         assert (outcome[i] is None) == (f"e{i}" in stored), (i, outcome, stored)
+
+
+def test_in_a_group_of_two_the_one_that_fails_is_the_one_told(make_store: Maker) -> None:
+    store, effects = make_store("metrics")
+    outcome, stored, commits = deliver_behind_one(store, effects, 3, {2: RuntimeError("handler 2 is broken")})
+    assert [i for i, exc in outcome.items() if exc is not None] == [2]
+    assert stored == ["e0", "e1"] and sorted(commits) == [0, 1]
+
+
+def test_a_consumers_log_lines_carry_the_event_claim_and_trace(make_store: Maker, bus: MemoryBus) -> None:
+    from hms.bus.tracing import log_context
+
+    consumer, _ = make_store("metrics")
+    seen: list[dict[str, object]] = []
+
+    def record(s: Session, event: Event) -> None:
+        seen.append(dict(log_context.get()))  # what hms.logs adds to every line the handler writes
+
+    consumer.consume("claim.submitted", record, name="record")
+    consumer.start()
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    bus.publish("claim.submitted", SUBMITTED, event_id="ev-1", traceparent=trace).result(10)
+    assert seen == [{"event_id": "ev-1", "claim_id": "c1", "trace_id": "0af7651916cd43dd8448eb211c80319c"}]
+
+
+def test_outbox_sequence_numbers_are_never_reused(make_store: Maker) -> None:
+    """The relay deletes sent rows; a new row must not take an old row's number (SQLite AUTOINCREMENT)."""
+    store, _ = make_store()
+    with store.session() as s:
+        s.emit("claim.submitted", SUBMITTED)
+        s.emit("claim.submitted", SUBMITTED)
+    with store.engine.begin() as c:
+        top = c.execute(select(func.max(store.outbox.c.seq))).scalar_one()
+        c.execute(store.outbox.delete())
+    with store.session() as s:
+        s.emit("claim.submitted", SUBMITTED)
+    with store.engine.connect() as c:
+        assert c.execute(select(store.outbox.c.seq)).scalar_one() > top
+
+
+def test_a_commit_that_wrote_events_wakes_the_relay_at_once(tmp_path: Path, database_url: str, bus: MemoryBus) -> None:
+    md = MetaData()
+    messaging_tables(md)
+    store = ServiceStore("svc", md, database_url or f"sqlite:///{tmp_path / 'svc'}.db", bus, poll_interval=30)
+    with store.engine.begin() as c:
+        if c.dialect.name == "postgresql":
+            c.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS svc")
+        md.create_all(c)
+    got: list[Event] = []
+    bus.subscribe("claim.submitted", got.append)
+    store.start()
+    try:
+        time.sleep(0.2)  # the relay's first look is over; its next poll is 30 s away
+        with store.session() as s:
+            s.emit("claim.submitted", SUBMITTED)
+        eventually(lambda: len(got) == 1, 5)  # woken by the commit, not by its poll
+    finally:
+        store.dispose()

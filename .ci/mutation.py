@@ -9,7 +9,10 @@ Two groups, each mutmut run with its own tests. The money path — `only_mutate`
 with the flow's tests. The messaging runtime under it (inbox, outbox, relay) — setup.cfg's [mutation:runtime]
 section — with the tests that drive those modules directly: every flow test passes through them too, but a
 mutant of the relay that survives would cost a run of every flow test, and there are hundreds. That group runs in
-a copy of the tree (.mutation/runtime) whose [mutmut] section is the runtime one.
+a copy of the tree (.mutation/runtime) whose [mutmut] section is the runtime one. mutmut runs for each mutant only
+the tests it saw reach the mutated function, and it does not see calls made in background threads (the relay
+thread, the deliveries that group-commit); so each runtime mutant that survives is run again here against the
+group's whole test selection, with the mutant active, and counts as caught when those tests fail (the recheck).
 
 A mutant counts as caught when a test failed on it (killed), or the type checker refused it; survivors, mutants
 no test reaches and timeouts count against the score. Equivalent mutants are listed in docs/mutation.md, each
@@ -33,12 +36,46 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "docs" / "mutation-baseline.txt"
 BAR = 0.90
-CAUGHT = {"killed", "caught by type check"}
+CAUGHT = {"killed", "killed on recheck", "caught by type check"}
 MISSED = {"survived", "no tests", "timeout", "suspicious", "segfault", "not checked"}
 
 
 def lines(value: str) -> list[str]:
     return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+def selection(tree: Path) -> list[str]:
+    """The pytest arguments of a tree's [mutmut] section: the options, then the test files."""
+    cfg = configparser.ConfigParser()
+    cfg.read(tree / "setup.cfg")
+    return lines(cfg["mutmut"]["pytest_add_cli_args"]) + lines(cfg["mutmut"]["pytest_add_cli_args_test_selection"])
+
+
+def recheck(tree: Path, files: list[str]) -> None:
+    """Run each surviving mutant of `files` against the tree's whole test selection; record those caught."""
+    from mutmut.stats import status_by_exit_code
+
+    caught: list[str] = []
+    for f in files:
+        meta = tree / "mutants" / (f + ".meta")
+        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        for name, code in codes.items():
+            if status_by_exit_code[code] != "survived":
+                continue
+            env = {**os.environ, "MUTANT_UNDER_TEST": name, "HMS_TEST_PATIENCE_S": "3"}
+            try:
+                run = subprocess.run(
+                    [sys.executable, "-m", "pytest", *selection(tree)],
+                    cwd=tree / "mutants",
+                    env=env,
+                    capture_output=True,
+                    timeout=300,
+                )
+            except subprocess.TimeoutExpired:
+                continue  # a hang is not a catch (mutmut counts it as a timeout)
+            if run.returncode == 1:  # tests failed (not a collection or usage error)
+                caught.append(name)
+    (tree / "mutants" / "rechecked.json").write_text(json.dumps(sorted(caught), indent=1) + "\n")
 
 
 def groups() -> list[tuple[Path, list[str]]]:
@@ -89,10 +126,16 @@ def statuses(tree: Path, path: str, listed: set[str]) -> Counter[str]:
 
     meta = tree / "mutants" / (path + ".meta")
     codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
-    return Counter(
-        "equivalent" if name in listed and status_by_exit_code[code] != "killed" else status_by_exit_code[code]
-        for name, code in codes.items()
-    )
+    again = tree / "mutants" / "rechecked.json"
+    rechecked = set(json.loads(again.read_text())) if again.exists() else set()
+
+    def status(name: str, code: int | None) -> str:
+        found = status_by_exit_code[code]
+        if found == "survived" and name in rechecked:
+            return "killed on recheck"
+        return "equivalent" if name in listed and found != "killed" else found
+
+    return Counter(status(name, code) for name, code in codes.items())
 
 
 def score(counts: Counter[str]) -> float:
@@ -128,6 +171,8 @@ def main() -> int:
             if run.returncode != 0:
                 print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
                 return run.returncode
+            if tree != ROOT:
+                recheck(tree, chosen)
         for f in chosen:
             counts = statuses(tree, f, listed)
             s = score(counts)

@@ -16,7 +16,7 @@ from hms.runtime.outbox import outbox_table
 from hms.runtime.relay import Relay
 from tests.conftest import eventually
 
-POLL = 1.0
+POLL = 0.5
 
 
 class Clock:
@@ -30,14 +30,19 @@ class Clock:
 
 
 class HeldBus:
-    """Keeps every publish's future for the test to settle."""
+    """Keeps every publish's future for the test to settle; refuses at once the ids in `refuse`."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, Future[None]]] = []
+        self.times: list[str] = []
+        self.refuse: set[str] = set()
 
     def publish(self, subject: str, data: dict[str, Any], **kw: Any) -> Future[None]:
+        if kw["event_id"] in self.refuse:
+            raise RuntimeError("not connected")
         future: Future[None] = Future()
         self.sent.append((kw["event_id"], future))
+        self.times.append(kw["time"])
         return future
 
     def ids(self) -> list[str]:
@@ -67,7 +72,12 @@ def add(outbox: tuple[Any, Any], *ids: str) -> None:
         for eid in ids:
             c.execute(
                 table.insert().values(
-                    event_id=eid, subject="claim.submitted", data={}, source="/hms/svc", time="t", created_at=utcnow()
+                    event_id=eid,
+                    subject="claim.submitted",
+                    data={},
+                    source="/hms/svc",
+                    time=f"time-of-{eid}",
+                    created_at=utcnow(),
                 )
             )
 
@@ -167,3 +177,23 @@ def test_the_relay_thread_outlives_an_error(outbox: Any, monkeypatch: pytest.Mon
         eventually(lambda: bus.ids() == ["a"], 5)
     finally:
         relay.stop()
+
+
+def test_an_event_keeps_the_time_it_was_written(outbox: Any, clock: Clock) -> None:
+    bus = HeldBus()
+    add(outbox, "a")
+    make(outbox, bus).relay_once()
+    assert bus.times == ["time-of-a"]
+
+
+def test_a_publish_refused_at_once_goes_again_later_and_the_rest_go_now(outbox: Any, clock: Clock) -> None:
+    bus = HeldBus()
+    relay = make(outbox, bus)
+    add(outbox, "a", "b", "c")
+    bus.refuse = {"b"}
+    assert relay.relay_once() == 2 and bus.ids() == ["a", "c"]  # b failed; the rows after it still went
+    bus.refuse = set()
+    clock.now += 4.9 * POLL
+    assert relay.relay_once() == 0  # b waits its five polls
+    clock.now += 0.2 * POLL
+    assert relay.relay_once() == 1 and bus.ids() == ["a", "c", "b"]

@@ -112,13 +112,13 @@ def up(host: str, port: int, threads: int) -> None:
     except OSError as exc:
         mesh.close()
         raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    address = Path(current_app.config["HMS_INSTANCE_PATH"]) / URL_FILE
     try:
         mesh.upgrade()
         if "HMS_DEMO" not in os.environ:
             current_app.config["HMS_DEMO"] = True  # the demo sign-in is on by default for `hms up`
         mesh.start()  # resumes every unfinished delivery and payment left by a crash
         click.echo(f"hms mesh up on http://{host}:{port} (bus {current_app.config['HMS_BUS_URL']})")
-        address = Path(current_app.config["HMS_INSTANCE_PATH"]) / URL_FILE
         address.write_text(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}\n")
         # SIGTERM (a service manager's stop) ends the loop like Ctrl-C: waitress finishes the requests in
         # hand, then the mesh closes (relays, consumers, workers) and the address file goes.
@@ -127,7 +127,7 @@ def up(host: str, port: int, threads: int) -> None:
     finally:
         server.close()
         mesh.close()
-        (Path(current_app.config["HMS_INSTANCE_PATH"]) / URL_FILE).unlink(missing_ok=True)
+        address.unlink(missing_ok=True)
 
 
 def _stop(signum: int, frame: Any) -> None:

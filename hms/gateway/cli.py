@@ -9,6 +9,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from hms.bus import BusError, ReplyError, bus_of
+from hms.bus.registry import discover
 
 from . import operations
 from .api import report_csv
@@ -68,7 +69,8 @@ def dead_letters(ctx: click.Context) -> None:
 @dead_letters.command("list")
 def list_dead_letters() -> None:
     """List every service's dead letters, oldest first within each service."""
-    found, silent = operations.dead_letters(bus_of(current_app), current_app.config["HMS_REQUEST_TIMEOUT_S"])
+    bus = bus_of(current_app)
+    found, silent = operations.dead_letters(bus, discover(bus), current_app.config["HMS_REQUEST_TIMEOUT_S"])
     for s in silent:
         click.echo(f"warning: no dead letters from {s}", err=True)
     rows = [
@@ -90,7 +92,7 @@ def replay(dead_letter_id: str | None, replay_all: bool) -> None:
     if bool(dead_letter_id) == replay_all:
         raise click.UsageError("give exactly one of ID or --all")
     if replay_all:
-        refs = [d["ref"] for d in operations.dead_letters(bus, timeout)[0]]
+        refs = [d["ref"] for d in operations.dead_letters(bus, discover(bus), timeout)[0]]
     else:
         try:
             operations.parse_ref(dead_letter_id or "")

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from hms.bus import Bus, BusError, ReplyError
-from hms.bus.registry import discover
+from hms.bus import Bus, BusError
 
 
-def consuming_services(bus: Bus, timeout: float = 0.5) -> list[str]:
-    """The services on the bus that consume events (and so may hold dead letters), by name."""
-    return sorted({s["name"] for s in discover(bus, timeout) if s.get("subscribes")})
-
-
-def dead_letters(bus: Bus, timeout: float) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every service's dead letters, each with its `ref` SERVICE:ID; and the services that did not answer."""
+def dead_letters(bus: Bus, services: list[dict[str, Any]], timeout: float) -> tuple[list[dict[str, Any]], list[str]]:
+    """The dead letters of the discovered `services` that consume events, each with its `ref` SERVICE:ID; and the
+    services that did not answer."""
     found: list[dict[str, Any]] = []
     silent: list[str] = []
-    for name in consuming_services(bus):
+    for name in sorted({s["name"] for s in services if s.get("subscribes")}):
         try:
             items = bus.request(f"{name}.deadletters.list", {}, timeout)["items"]
         except BusError as exc:
@@ -44,6 +39,3 @@ def replay(bus: Bus, ref: str, timeout: float) -> None:
     error) or BusError when the service does not answer."""
     name, number = parse_ref(ref)
     bus.request(f"{name}.deadletters.replay", {"id": number}, timeout)
-
-
-__all__ = ["ReplyError", "consuming_services", "dead_letters", "parse_ref", "replay"]

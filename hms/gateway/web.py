@@ -172,14 +172,16 @@ def caseworker() -> ResponseReturnValue:
     if status not in (None, *CLAIM_STATUSES):
         status = None
     claims = ask("svc.claims.list", {"citizen": None, "page": page_no, "pageSize": 25, "status": status})
-    dead, silent = operations.dead_letters(bus_of(current_app), current_app.config["HMS_REQUEST_TIMEOUT_S"])
+    bus = bus_of(current_app)
+    services = discover(bus)  # once: the registry table and the dead letters both come from it
+    dead, silent = operations.dead_letters(bus, services, current_app.config["HMS_REQUEST_TIMEOUT_S"])
     return page(
         "caseworker.html",
         person=person,
         claims=claims,
         status=status,
         statuses=CLAIM_STATUSES,
-        services=discover(bus_of(current_app)),
+        services=services,
         dead=dead,
         silent=silent,
         message=request.args.get("message"),

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import DateTime, String, TypeDecorator
@@ -86,11 +86,7 @@ def make_engine(url: str, service: str) -> Engine:
 
 
 def insert_new(engine: Engine | Connection, table: Any) -> Any:
-    """`table`: a Table or a mapped class's `__table__`."""
-    return _insert_new(engine, table)
-
-
-def _insert_new(engine: Engine | Connection, table: Table) -> Any:
-    """An INSERT that skips a row whose key is already there; it returns a row only when it inserted one."""
+    """An INSERT into `table` (a Table, or a mapped class's `__table__`) that skips a row whose key is already there;
+    it returns a row only when it inserted one."""
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)

@@ -328,7 +328,6 @@ def _in_unit(store: ServiceStore, handler: Callable[[Unit, Event], Any]) -> Call
         with store.session() as uow:
             return handler(uow, event)
 
-    answer.__name__ = handler.__name__
     return answer
 
 

@@ -25,7 +25,9 @@ from .unit import Unit
 def messaging_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
     """Add the outbox, inbox and dead-letter tables to a service's metadata (once)."""
     if "outbox" not in metadata.tables:
-        outbox_table(metadata), inbox_table(metadata), dead_letters_table(metadata)
+        outbox_table(metadata)
+        inbox_table(metadata)
+        dead_letters_table(metadata)
     return metadata.tables["outbox"], metadata.tables["inbox"], metadata.tables["dead_letters"]
 
 

@@ -17,13 +17,13 @@ def test_import_linter_contracts_are_kept() -> None:
     assert "3 kept, 0 broken" in result.stdout
 
 
-def test_services_are_really_checked(tmp_path: Path) -> None:
-    """A planted cross-service import breaks the build (the contract is not vacuous)."""
+def lint_with_a_planted_import(tmp_path: Path, module: str, line: str) -> subprocess.CompletedProcess[str]:
+    """import-linter over a copy of hms/ with `line` written into `module` (a path under hms/)."""
     pkg = tmp_path / "hms"
-    shutil.copytree(ROOT / "hms", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    (pkg / "ach" / "leak.py").write_text("from hms.svc.models import Claim\n")
+    shutil.copytree(ROOT / "hms", pkg, ignore=shutil.ignore_patterns("__pycache__", "migrations"))
+    (pkg / module).write_text(line + "\n")
     exe = shutil.which("lint-imports") or f"{sys.executable} -m importlinter"
-    result = subprocess.run(
+    return subprocess.run(
         [*exe.split(), "--config", str(ROOT / "setup.cfg")],
         cwd=tmp_path,
         capture_output=True,
@@ -31,24 +31,18 @@ def test_services_are_really_checked(tmp_path: Path) -> None:
         timeout=120,
         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
+
+
+def test_services_are_really_checked(tmp_path: Path) -> None:
+    """A planted cross-service import breaks the build (the contract is not vacuous)."""
+    result = lint_with_a_planted_import(tmp_path, "ach/leak.py", "from hms.svc.models import Claim")
     assert result.returncode != 0
     assert "hms.ach.leak -> hms.svc.models" in result.stdout
 
 
 def test_the_gateway_may_not_reach_around_the_bus(tmp_path: Path) -> None:
     """A gateway that imports the runtime (to read a service's database) breaks the build."""
-    pkg = tmp_path / "hms"
-    shutil.copytree(ROOT / "hms", pkg, ignore=shutil.ignore_patterns("__pycache__", "migrations"))
-    (pkg / "gateway" / "leak.py").write_text("from hms.runtime.host import mesh_of\n")
-    exe = shutil.which("lint-imports") or f"{sys.executable} -m importlinter"
-    result = subprocess.run(
-        [*exe.split(), "--config", str(ROOT / "setup.cfg")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-    )
+    result = lint_with_a_planted_import(tmp_path, "gateway/leak.py", "from hms.runtime.host import mesh_of")
     assert result.returncode != 0
     assert "hms.gateway.leak -> hms.runtime.host" in result.stdout
 

@@ -868,9 +868,9 @@ def test_svc_decides_by_the_configured_rules_file(settings: dict[str, Any], tmp_
     from hms import create_app
     from hms.bus.registry import discover
     from hms.runtime import mesh_of
+    from hms.svc.rules import DEFAULT_RULES
 
-    shipped = Path(__file__).resolve().parents[2] / "hms" / "svc" / "rules.json"
-    rules = json.loads(shipped.read_text())
+    rules = json.loads(DEFAULT_RULES.read_text())
     rules["version"] = "2027.test"
     for rule in rules["rules"]:
         if rule["kind"] == "min_weeks_worked":

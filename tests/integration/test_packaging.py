@@ -14,24 +14,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_wheel_installed_without_the_source_tree_migrates_every_service(tmp_path: Path) -> None:
     dist, site, instance = tmp_path / "dist", tmp_path / "site", tmp_path / "instance"
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stderr[-2000:]
+
+    def pip(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "pip", *args, "-q"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    pip("wheel", "--no-deps", "-w", str(dist), str(ROOT))
     (wheel,) = dist.glob("hms-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "hms/migrations/env.py" in names and "hms/migrations/script.py.mako" in names
     assert any(n.startswith("hms/migrations/messaging/versions/") for n in names)
-    installed = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert installed.returncode == 0, installed.stderr[-2000:]
+    pip("install", "--no-deps", "--target", str(site), str(wheel))
     # Run from an empty folder with the installed copy first on the path: the source tree is out of reach.
     env = {**os.environ, "PYTHONPATH": str(site), "HMS_INSTANCE_PATH": str(instance), "HMS_BUS_URL": "memory://"}
     for name in ("HMS_DATABASE_URL", "HMS_SERVICES"):

@@ -45,7 +45,6 @@ DEFAULTS: dict[str, Any] = {
     "HMS_ACH_BREAKER_RESET_S": 10.0,
     "HMS_ACH_SEND_LEASE_S": 30.0,
     "HMS_ACH_POLL_S": 0.5,
-    "HMS_ACH_ACCOUNT_WAIT_S": 3600.0,
     "HMS_CLAIMS_PER_MINUTE": 10,
     "HMS_HTTP_CONNECTION_LIMIT": 1000,  # `hms up`: open connections waitress keeps (idle ones cost no thread)
     "HMS_HTTP_CHANNEL_TIMEOUT_S": 30.0,  # `hms up`: an idle connection is closed after this long

@@ -26,12 +26,17 @@ class Base(DeclarativeBase):
 
 
 class Account(Base):
-    """A citizen's direct-deposit account; the latest registration wins."""
+    """A direct-deposit account as given with one claim, registered before the claim is decided.
+
+    Rows are never changed: a payment goes where the citizen said when filing its claim. `claim_id` is empty
+    only for accounts registered by a gateway from before claims carried their account (contract v1).
+    """
 
     __tablename__ = "accounts"
 
-    citizen: Mapped[str] = mapped_column(String(128), primary_key=True)
-    id: Mapped[str] = mapped_column(String(36), unique=True)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    citizen: Mapped[str] = mapped_column(String(128), index=True)
+    claim_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     routing_number: Mapped[str] = mapped_column(String(9))
     account_number: Mapped[str] = mapped_column(String(17))
     account_type: Mapped[str] = mapped_column(String(10))
@@ -51,6 +56,7 @@ class Payment(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     claim_id: Mapped[str] = mapped_column(String(36), unique=True)
     citizen: Mapped[str] = mapped_column(String(128))
+    account_id: Mapped[str | None] = mapped_column(String(36))  # empty only for payments from before accounts
     amount: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     idempotency_key: Mapped[str] = mapped_column(String(80), unique=True)
     state: Mapped[PaymentState] = mapped_column(EnumText(PaymentState, 10))

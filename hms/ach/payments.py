@@ -37,7 +37,7 @@ class Attempt(enum.StrEnum):
     """How one call of `Payer.pay` ended."""
 
     TAKEN = "taken"  # not pending any more: another worker has it, or it is done
-    WAITING = "waiting"  # no account yet, or the breaker is open: due again later, not counted as an attempt
+    WAITING = "waiting"  # the breaker is open: due again later, not counted as an attempt
     RETRY = "retry"  # the bank was unavailable: due again after backoff
     SENT = "sent"
     FAILED = "failed"
@@ -58,11 +58,9 @@ class Payer:
         retry_base: float = 1.0,
         retry_max: float = 60.0,
         lease: float = 30.0,
-        account_wait: float = 3600.0,
     ) -> None:
         self.units, self.bank, self.breaker = units, bank, breaker
         self.retry_base, self.retry_max, self.lease = retry_base, retry_max, lease
-        self.account_wait = account_wait
         self.instance = uuid.uuid4().hex
         self._originator: str | None = None
 
@@ -125,11 +123,11 @@ class Payer:
             if claimed.rowcount != 1:
                 return Attempt.TAKEN
             p = s.get_one(Payment, payment_id)
-            account = s.get(Account, p.citizen)
-            if account is None and (utcnow() - p.created_at).total_seconds() > self.account_wait:
+            account = s.get(Account, p.account_id) if p.account_id else None
+            if account is None:  # only a payment recorded before claims carried their account can have none
                 self._fail(s, p, "NO_ACCOUNT")
                 return Attempt.FAILED
-            transfer = account and Transfer(
+            transfer = Transfer(
                 p.idempotency_key,
                 p.claim_id,
                 p.amount,
@@ -137,10 +135,6 @@ class Payer:
                 account.account_number,
                 originator,
             )
-        if not transfer:
-            # The gateway registers the account right after the approval; registering makes this due again.
-            self._retry(payment_id, "no direct-deposit account registered yet", counted=False, breaker_wait=False)
-            return Attempt.WAITING
         try:
             # pybreaker holds its lock during the call, so bank calls of one process are serial;
             # an open breaker refuses at once without calling the bank.
@@ -206,7 +200,7 @@ class Payer:
                     .values(state=PaymentState.PENDING, next_attempt_at=utcnow(), claimed_by=None)
                 )
 
-    def _retry(self, payment_id: str, error: str, *, counted: bool, breaker_wait: bool = True) -> None:
+    def _retry(self, payment_id: str, error: str, *, counted: bool) -> None:
         with self.units() as s:
             p = s.get(Payment, payment_id)
             if p is None or p.state != PaymentState.SENDING:
@@ -214,17 +208,11 @@ class Payer:
             if not counted:
                 p.attempts -= 1
             delay = min(self.retry_max, self.retry_base * 2 ** max(0, p.attempts - 1))
-            if not counted and breaker_wait:
+            if not counted:  # the breaker is open: look again when it may have half-opened
                 delay = max(delay, float(self.breaker.reset_timeout) / 2)
-            elif not counted:
-                # Waiting for the account: it usually lands milliseconds after the approval, so look again
-                # soon, then less and less often.
-                age = (utcnow() - p.created_at).total_seconds()
-                delay = min(self.retry_max, max(0.02, age / 2))
             p.state, p.last_error, p.claimed_by = PaymentState.PENDING, error[:300], None
             p.next_attempt_at = utcnow() + timedelta(seconds=delay * random.uniform(0.8, 1.2))
-        # Waiting for the account is the normal order of things (it is registered after approval).
-        log.log(logging.DEBUG if not breaker_wait else logging.WARNING, "payment %s waits: %s", payment_id, error)
+        log.warning("payment %s waits: %s", payment_id, error)
 
     def _sent(self, payment_id: str, reference: str) -> None:
         """Phase 3: record the payment sent and publish payment.sent, in one transaction."""

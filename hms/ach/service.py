@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pybreaker
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from hms.bus import Event, ReplyError, iso
-from hms.contracts.vocabulary import aba_checksum_ok
+from hms.contracts.vocabulary import account_number_problem, routing_number_problem
 from hms.runtime import Consumer, Service, Unit, Worker, utcnow
 
 from .bank import BankDeclined, SandboxBank
@@ -59,36 +59,36 @@ class Ach:
             retry_base=config["HMS_ACH_RETRY_BASE_S"],
             retry_max=config["HMS_ACH_RETRY_MAX_S"],
             lease=config["HMS_ACH_SEND_LEASE_S"],
-            account_wait=config["HMS_ACH_ACCOUNT_WAIT_S"],
         )
 
     def register_account(self, s: Unit, event: Event) -> dict[str, Any]:
-        """Store the citizen's account (the latest wins); only a masked number goes back."""
+        """Store the account a claim is to be paid into, before the claim is decided; only a masked number goes back.
+
+        Version 2 (the gateway's) names the claim: a retry of it finds the account stored the first time.
+        """
         req = event.data
-        if not aba_checksum_ok(req["routingNumber"]):
-            raise ReplyError(
-                422, "Invalid routing number", "routingNumber fails the ABA checksum", "directDeposit.routingNumber"
-            )
-        details = {
+        for name, problem in (("routingNumber", routing_number_problem), ("accountNumber", account_number_problem)):
+            message = problem(req[name])
+            if message:
+                raise ReplyError(422, "Invalid bank details", f"{name} {message}", f"directDeposit.{name}")
+        row = {
+            "id": str(uuid.uuid4()),
+            "citizen": req["citizen"],
+            "claim_id": req.get("claimId"),
             "routing_number": req["routingNumber"],
             "account_number": req["accountNumber"],
             "account_type": req["accountType"],
             "registered_at": utcnow(),
         }
-        # Insert-or-skip, then update: two registrations for one citizen at once (retries of one claim) must not
-        # collide on the key.
-        s.execute(
-            s.insert_new(Account.__table__).values({"citizen": req["citizen"], "id": str(uuid.uuid4()), **details})
-        )
-        s.execute(update(Account).where(Account.citizen == req["citizen"]).values(details))
-        account = s.get_one(Account, req["citizen"])
-        s.execute(
-            update(Payment)
-            .where(Payment.citizen == req["citizen"], Payment.state == PaymentState.PENDING)
-            .values(next_attempt_at=utcnow())
-        )
-        s.wake("payments")  # a payment waiting for this account is due now
+        s.execute(s.insert_new(Account.__table__).values(row))  # skipped when the claim has its account already
+        account = s.get_one(Account, row["id"]) if not row["claim_id"] else self._account_of(s, row["claim_id"])
+        if account is None or account.citizen != req["citizen"]:
+            raise ReplyError(409, "Claim exists", "this claim id belongs to another citizen", "claimId")
         return {"accountId": account.id, "account": account.masked, "accountType": account.account_type}
+
+    @staticmethod
+    def _account_of(s: Unit, claim_id: str) -> Account | None:
+        return s.scalars(select(Account).where(Account.claim_id == claim_id)).first()
 
     def ledger(self, s: Unit, event: Event) -> dict[str, Any]:
         """A page of payments with the bank's transfer count for each claim.
@@ -116,7 +116,7 @@ class Ach:
         p = s.scalars(select(Payment).where(Payment.claim_id == event.data["claimId"])).first()
         if p is None:
             raise ReplyError(404, "Not found", "no payment for this claim", "claimId")
-        account = s.get(Account, p.citizen)
+        account = s.get(Account, p.account_id) if p.account_id else None
         return {
             "claimId": p.claim_id,
             "paymentId": p.id,
@@ -132,14 +132,22 @@ class Ach:
 
     def record_payment(self, s: Unit, event: Event) -> None:
         """Phase 1: record the approved claim's payment as pending; the payer pays it."""
-        claim_id = event.data["claimId"]
+        claim_id, citizen = event.data["claimId"], event.data["citizen"]
         if s.scalar(select(Payment.id).where(Payment.claim_id == claim_id)):
             return  # the unique constraint would refuse it too: one payment per claim
+        account = self._account_of(s, claim_id)
+        if account is None:
+            # A claim submitted under contract v1 (before claims carried their account): the citizen's latest.
+            latest = select(Account).where(Account.citizen == citizen, Account.claim_id.is_(None))
+            account = s.scalars(latest.order_by(Account.registered_at.desc()).limit(1)).first()
+        if account is None:
+            raise LookupError(f"claim.approved: no account registered for claim {claim_id}")  # retried, then dead
         s.add(
             Payment(
                 id=str(uuid.uuid4()),
                 claim_id=claim_id,
-                citizen=event.data["citizen"],
+                citizen=citizen,
+                account_id=account.id,
                 amount=event.data["amount"],
                 idempotency_key=f"hms-claim-{claim_id}",
                 state=PaymentState.PENDING,

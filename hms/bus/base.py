@@ -233,9 +233,18 @@ class Bus(ABC):
 
     @abstractmethod
     def request(
-        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        data: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        headers: dict[str, str] | None = None,
+        version: int = 1,
     ) -> Any:
-        """Send a request and return the reply's data; raises NoResponders, BusTimeout or ReplyError."""
+        """Send a request under version `version` of its contract; returns the reply's data.
+
+        Raises NoResponders, BusTimeout or ReplyError.
+        """
 
     @abstractmethod
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
@@ -301,9 +310,15 @@ class BusWrapper(Bus):
         return self.inner.subscribe(subject, handler, queue, **kw)
 
     def request(
-        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        data: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        headers: dict[str, str] | None = None,
+        version: int = 1,
     ) -> Any:
-        return self.inner.request(subject, data, timeout, headers=headers)
+        return self.inner.request(subject, data, timeout, headers=headers, version=version)
 
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
         return self.inner.request_many(subject, data, timeout)

@@ -134,11 +134,17 @@ class GuardedBus(BusWrapper):
         return self.inner.publish(subject, data, headers=headers, **kw)
 
     def request(
-        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        data: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        headers: dict[str, str] | None = None,
+        version: int = 1,
     ) -> Any:
         # The requester names itself (Mesh.credentials); a request without a token is refused like any other.
         self.guard.check((headers or {}).get(AUTH_HEADER), "request", subject)
-        return self.inner.request(subject, data, timeout, headers=headers)
+        return self.inner.request(subject, data, timeout, headers=headers, version=version)
 
     def subscribe(self, subject: str, handler: Handler, queue: str | None = None, **options: Any) -> Subscription:
         service = (queue or "").split(".")[0]
@@ -171,6 +177,13 @@ class Signed(BusWrapper):
         return self.inner.publish(subject, data, headers={**self.credentials(), **(headers or {})}, **kw)
 
     def request(
-        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        data: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        headers: dict[str, str] | None = None,
+        version: int = 1,
     ) -> Any:
-        return self.inner.request(subject, data, timeout, headers={**self.credentials(), **(headers or {})})
+        headers = {**self.credentials(), **(headers or {})}
+        return self.inner.request(subject, data, timeout, headers=headers, version=version)

@@ -200,9 +200,15 @@ class MemoryBus(Engine):
                 del self._recent[event_id]
 
     def request(
-        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        data: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        headers: dict[str, str] | None = None,
+        version: int = 1,
     ) -> Any:
-        replies = self._ask(subject, data, headers)
+        replies = self._ask(subject, data, headers, version)
         if not replies:
             raise NoResponders(subject)
         done = _first_done(replies, timeout)
@@ -221,8 +227,10 @@ class MemoryBus(Engine):
                 continue
         return out
 
-    def _ask(self, subject: str, data: dict[str, Any], headers: dict[str, str] | None) -> list[Future[Any]]:
-        event = self._envelope(subject, data, headers=headers)
+    def _ask(
+        self, subject: str, data: dict[str, Any], headers: dict[str, str] | None, version: int = 1
+    ) -> list[Future[Any]]:
+        event = self._envelope(subject, data, headers=headers, version=version)
         replies: list[Future[Any]] = []
         for signal in self._signals_for(subject):
             signal.send(self, event=event, reply=replies)

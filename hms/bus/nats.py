@@ -280,9 +280,15 @@ class NatsBus(Engine):
                 )
 
     def request(
-        self, subject: str, data: dict[str, Any], timeout: float = 5.0, *, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        data: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        headers: dict[str, str] | None = None,
+        version: int = 1,
     ) -> Any:
-        event = self._envelope(subject, data, headers=headers)
+        event = self._envelope(subject, data, headers=headers, version=version)
         return self._call(self._request(event, timeout), timeout=timeout + 5)
 
     async def _request(self, event: Event, timeout: float) -> Any:

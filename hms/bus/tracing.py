@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
-TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")  # fullmatch: `$` allows a final \n
 # The fields every log line of this thread of work carries (claim_id, event_id, trace_id).
 log_context: ContextVar[dict[str, Any]] = ContextVar("hms_log_context", default={})  # noqa: B039
 
@@ -21,7 +21,7 @@ def new_traceparent(trace_id: str | None = None) -> str:
 
 def trace_id(traceparent: str | None) -> str | None:
     """The trace id of a valid traceparent header, else None."""
-    m = TRACEPARENT.match(traceparent or "")
+    m = TRACEPARENT.fullmatch(traceparent or "")
     return m.group(1) if m and m.group(1) != "0" * 32 else None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import fastjsonschema
 
 HERE = Path(__file__).parent
-FILE_NAME = re.compile(r"^(?P<subject>[a-z0-9_.]+)\.v(?P<version>\d+)\.json$")
+FILE_NAME = re.compile(r"(?P<subject>[a-z0-9_.]+)\.v(?P<version>\d+)\.json")
 # Subjects of the bus's own plumbing (service discovery, reply inboxes) carry no contract.
 EXEMPT_PREFIXES = ("$", "_INBOX.")
 
@@ -52,7 +52,7 @@ class Contracts:
         self.schemas: dict[tuple[str, int], dict[str, Any]] = {}
         self._validators: dict[tuple[str, int], Callable[[Any], Any]] = {}
         for path in sorted(directory.glob("*.json")):
-            m = FILE_NAME.match(path.name)
+            m = FILE_NAME.fullmatch(path.name)
             if not m:
                 raise ValueError(f"contract file {path.name}: expected <subject>.v<N>.json")
             key = (m["subject"], int(m["version"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 
 ROLES = ("citizen", "caseworker", "auditor", "admin")
 USER_TOKEN_TYPE = "at+jwt"  # RFC 9068 access tokens; service tokens carry a type of their own
@@ -23,6 +24,27 @@ class ClaimStatus(enum.StrEnum):
 
 CLAIM_STATUSES = tuple(s.value for s in ClaimStatus)
 ACCOUNT_TYPES = ("checking", "savings")
+
+
+# Bank details, checked by the gateway before a claim is filed and by ach when it stores them: the same code.
+# fullmatch, never `$`: Python's `$` also matches before a final newline.
+ROUTING_NUMBER = re.compile(r"[0-9]{9}")
+ACCOUNT_NUMBER = re.compile(r"[0-9]{4,17}")
+BAD_CHECKSUM = "fails the ABA routing-number checksum"
+
+
+def routing_number_problem(value: str) -> str | None:
+    """What is wrong with a routing number (None when it is a valid ABA number)."""
+    if ROUTING_NUMBER.fullmatch(value) is None:
+        return "must be exactly 9 digits"
+    if not aba_checksum_ok(value):
+        return BAD_CHECKSUM
+    return None
+
+
+def account_number_problem(value: str) -> str | None:
+    """What is wrong with an account number (None when it is 4 to 17 digits)."""
+    return None if ACCOUNT_NUMBER.fullmatch(value) else "must be 4 to 17 digits"
 
 
 def aba_checksum_ok(routing: str) -> bool:

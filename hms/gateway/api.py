@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import uuid
 from typing import Any
 
 from flask import Response, current_app, g
@@ -13,7 +14,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from hms.bus import BusError, bus_of
+from hms.bus import BusError, NoResponders, bus_of
 from hms.bus.registry import discover
 
 from . import schemas as s
@@ -28,14 +29,19 @@ mesh = Blueprint("mesh", __name__, url_prefix="/mesh", description="The service 
 health = Blueprint("health", __name__, description="Liveness and readiness")
 
 
-def ask(subject: str, data: dict[str, Any]) -> Any:
+def ask(subject: str, data: dict[str, Any], version: int = 1) -> Any:
     """Request/reply to a service over the bus, as the gateway, with the configured timeout."""
-    return bus_of(current_app).request(subject, data, current_app.config["HMS_REQUEST_TIMEOUT_S"])
+    return bus_of(current_app).request(subject, data, current_app.config["HMS_REQUEST_TIMEOUT_S"], version=version)
 
 
 def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
-    """Submit a checked claim body for `citizen` (API and web UI): rate limit, svc decision, ach account."""
-    wait = current_app.extensions["hms.ratelimit"].acquire(citizen)
+    """Submit a checked claim body for `citizen` (API and web UI): rate limit, the account, then the decision.
+
+    The account comes first, under the claim's new id: when ach refuses the details or cannot be reached, the
+    citizen gets the error and nothing is decided; once svc approves, ach already holds where to pay.
+    """
+    limiter = current_app.extensions["hms.ratelimit"]
+    wait = limiter.acquire(citizen)
     if wait:
         raise Problem(
             429,
@@ -43,10 +49,24 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
             "too many claims submitted; try again later",
             headers={"Retry-After": retry_after(wait)},
         )
+    claim_id = str(uuid.uuid4())
+    try:
+        account = ask("ach.accounts.register", {"citizen": citizen, "claimId": claim_id, **body["directDeposit"]}, 2)
+        claim = _decide(citizen, claim_id, body, idempotency_key)
+    except NoResponders:
+        limiter.release(citizen)  # nothing served the request, so nothing was filed: a retry must not count twice
+        raise
+    if claim["status"] != "denied":
+        claim["account"] = account["account"]
+    return claim
+
+
+def _decide(citizen: str, claim_id: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
     claim: dict[str, Any] = ask(
         "svc.claims.submit",
         {
             "citizen": citizen,
+            "claimId": claim_id,
             "claimant": body["claimant"],
             "employer": body["employer"],
             "separationReason": body["separationReason"],
@@ -56,11 +76,8 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
             "fingerprint": fingerprint(body),
             "traceparent": g.traceparent,
         },
+        2,
     )
-    if claim["status"] == "approved":
-        # Only approved claims hand bank details to ach (data minimisation); a retry re-registers them.
-        account = ask("ach.accounts.register", {"citizen": citizen, **body["directDeposit"]})
-        claim["account"] = account["account"]
     return claim
 
 

@@ -32,6 +32,13 @@ class RateLimiter:
             calls.append(now)
             return 0.0
 
+    def release(self, key: str) -> None:
+        """Give back the latest call of `key`: it did nothing (the mesh could not serve it), so a retry is free."""
+        with self._lock:
+            calls = self._calls.get(key)
+            if calls:
+                calls.pop()
+
 
 def retry_after(seconds: float) -> str:
     """A Retry-After header value: whole seconds, at least 1."""

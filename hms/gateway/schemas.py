@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from hms.contracts.vocabulary import (
+    ACCOUNT_NUMBER,
     ACCOUNT_TYPES,
     CLAIM_STATUSES,
+    ROUTING_NUMBER,
     SEPARATION_REASONS,
-    aba_checksum_ok,
+    account_number_problem,
+    routing_number_problem,
 )
 
 
 class Whole(validate.Regexp):
-    """A pattern the whole value must match: Python's `$` also matches before a final newline, so
-    "000123456789\n" would pass here and be refused by ach after the claim was approved."""
+    """A pattern the whole value must match (fullmatch: Python's `$` also matches before a final newline)."""
 
     def __call__(self, value: str) -> str:  # type: ignore[override]  # only fields.String values reach it
         if self.regex.fullmatch(value) is None:  # type: ignore[call-overload]  # a str pattern
@@ -29,25 +33,31 @@ class Strict(Schema):
         unknown = RAISE
 
 
-BAD_CHECKSUM = "fails the ABA routing-number checksum"
+def _checked(problem: Callable[[str], str | None]) -> Callable[[str], None]:
+    """A field validator from one of the vocabulary's checks (ach runs the same ones)."""
 
+    def check(value: str) -> None:
+        message = problem(value)
+        if message:
+            raise ValidationError(message)
 
-def _aba(value: str) -> None:
-    if not aba_checksum_ok(value):
-        raise ValidationError(BAD_CHECKSUM)
+    return check
 
 
 class ClaimantIn(Strict):
     name = fields.String(required=True, validate=validate.Length(1, 200))
-    ssnLast4 = fields.String(required=True, validate=Whole(r"^[0-9]{4}$", error="must be exactly 4 digits"))
+    ssnLast4 = fields.String(required=True, validate=Whole(r"[0-9]{4}", error="must be exactly 4 digits"))
     email = fields.Email(required=True, validate=validate.Length(3, 254))
 
 
 class DirectDepositIn(Strict):
+    # The spec states the shared patterns anchored (JSON Schema patterns are ECMA-262: `$` is the very end there).
     routingNumber = fields.String(
-        required=True, validate=[Whole(r"^[0-9]{9}$", error="must be exactly 9 digits"), _aba]
+        required=True, validate=_checked(routing_number_problem), metadata={"pattern": f"^{ROUTING_NUMBER.pattern}$"}
     )
-    accountNumber = fields.String(required=True, validate=Whole(r"^[0-9]{4,17}$", error="must be 4 to 17 digits"))
+    accountNumber = fields.String(
+        required=True, validate=_checked(account_number_problem), metadata={"pattern": f"^{ACCOUNT_NUMBER.pattern}$"}
+    )
     accountType = fields.String(required=True, validate=validate.OneOf(ACCOUNT_TYPES))
 
 
@@ -64,7 +74,7 @@ class SubmitHeaders(Schema):
     idempotency_key = fields.String(
         data_key="Idempotency-Key",
         load_default=None,
-        validate=Whole(r"^[\x21-\x7e]{1,255}$", error="must be 1 to 255 visible ASCII characters"),
+        validate=Whole(r"[\x21-\x7e]{1,255}", error="must be 1 to 255 visible ASCII characters"),
     )
 
 

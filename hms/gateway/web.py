@@ -12,13 +12,13 @@ from marshmallow import ValidationError
 
 from hms.bus import BusError, ReplyError, bus_of
 from hms.bus.registry import discover
-from hms.contracts.vocabulary import CLAIM_STATUSES
+from hms.contracts.vocabulary import BAD_CHECKSUM, CLAIM_STATUSES
 
 from . import operations
 from .api import ask, submit_claim
 from .charts import histogram_svg, percentiles_svg
 from .problems import Problem, flatten
-from .schemas import BAD_CHECKSUM, ClaimIn
+from .schemas import ClaimIn
 from .security import SESSION_COOKIE, Identity, caller
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/hms")

@@ -51,7 +51,10 @@ class ClaimService:
 
     # -- request/reply ----------------------------------------------------------------------
     def submit(self, s: Unit, event: Event) -> dict[str, Any]:
-        """Record the claim, decide it, publish both; idempotent per key."""
+        """Record the claim, decide it, publish both; idempotent per key.
+
+        Version 2 (the gateway's) names the claim's id, under which ach already holds the account to pay.
+        """
         req = event.data
         key = req.get("idempotencyKey")
         # One decision at a time per citizen: the one-open-claim rule reads what it then writes, and a concurrent
@@ -61,6 +64,8 @@ class ClaimService:
             found = s.get(IdempotencyRecord, (req["citizen"], key))
             if found is not None:
                 return self._replay(found, req)
+        if req.get("claimId") and s.get(Claim, req["claimId"]) is not None:
+            raise ReplyError(409, "Claim exists", "a claim with this id was filed already", "claimId")
         view = self._decide(s, req)
         if key:
             s.add(
@@ -117,7 +122,7 @@ class ClaimService:
         now = utcnow()
         approved = not reasons
         claim = Claim(
-            id=str(uuid.uuid4()),
+            id=req.get("claimId") or str(uuid.uuid4()),  # v2 requests carry the id ach holds the account under
             citizen=req["citizen"],
             claimant_name=req["claimant"]["name"],
             claimant_ssn_last4=req["claimant"]["ssnLast4"],

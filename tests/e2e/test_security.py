@@ -152,6 +152,32 @@ def test_submitting_is_rate_limited_per_citizen(app: Flask, client: FlaskClient,
     assert client.post("/claims", json=DIEGO, headers=other).status_code == 201  # another citizen is not affected
 
 
+def test_a_submission_nothing_could_serve_does_not_count_against_the_rate_limit(
+    app: Flask, client: FlaskClient, token: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A patient client retries a 503 with the same Idempotency-Key; those retries filed nothing, so they do not
+    use up the citizen's claims per minute. Catches: the release dropped (the 3rd try would be a 429)."""
+    import hms.gateway.api as api
+    from hms.bus import NoResponders
+
+    app.extensions["hms.ratelimit"].limit = 2
+    real_ask = api.ask
+    down = {"ach.accounts.register"}
+
+    def ask(subject: str, data: dict[str, Any], version: int = 1) -> Any:
+        if subject in down:
+            raise NoResponders(subject)  # what the bus raises when no ach process is running
+        return real_ask(subject, data, version)
+
+    monkeypatch.setattr(api, "ask", ask)
+    diego = {**token("diego"), "Idempotency-Key": "patient"}
+    assert [client.post("/claims", json=DIEGO, headers=diego).status_code for _ in range(4)] == [503] * 4
+    assert client.get("/claims", headers=token("diego")).json["total"] == 0
+    down.clear()
+    assert [client.post("/claims", json=DIEGO, headers=diego).status_code for _ in range(2)] == [201, 201]
+    assert client.post("/claims", json=DIEGO, headers={**diego, "Idempotency-Key": "new"}).status_code == 429
+
+
 def leaks(secret: str, text: str) -> bool:
     """Whether `text` holds `secret`; digits only as a whole number (a timestamp's 864258 µs is not SSN 8642)."""
     if secret.isdigit():

@@ -77,7 +77,8 @@ class Load:
         self.failures: list[str] = []
         self._lock = threading.Lock()
         self.threads = [
-            threading.Thread(target=lambda part=citizens[i::4]: [self._submit(c) for c in part]) for i in range(4)
+            threading.Thread(target=lambda part=citizens[i::4]: [self._submit(c) for c in part], daemon=True)
+            for i in range(4)
         ]
         for t in self.threads:
             t.start()

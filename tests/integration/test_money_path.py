@@ -165,49 +165,71 @@ def test_an_open_breaker_waits_half_its_reset_without_counting_an_attempt(
     assert 0.8 * 500 - 0.5 <= seconds_until_next_attempt(mesh, claim_id) <= 1.2 * 500  # half the reset, jittered
 
 
-# -- no account registered yet ------------------------------------------------------------------
-def submit_without_account(mesh: Mesh, citizen: str) -> str:
-    """A claim approved by svc whose bank details never reached ach (the gateway registers them after)."""
+# -- where a payment goes ----------------------------------------------------------------------
+def ask_gateway(mesh: Mesh, subject: str, data: dict[str, Any], version: int = 1) -> Any:
+    return mesh.bus.request(subject, data, 5, headers=mesh.credentials("gateway"), version=version)
+
+
+def submit_v1(mesh: Mesh, citizen: str) -> str:
+    """A claim as a gateway from before claims carried their account submits it (contract v1: no claim id)."""
     body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
-    claim = mesh.bus.request("svc.claims.submit", {**body, "citizen": citizen}, 5, headers=mesh.credentials("gateway"))
+    claim = ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": citizen})
     assert claim["status"] == "approved"
-    eventually(lambda: payment_for_or_none(mesh, claim["id"]))
     return str(claim["id"])
 
 
-def test_a_payment_waits_for_its_account_and_goes_once_it_is_registered(
-    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
-) -> None:
-    payments = app.extensions["hms.ach"].payer
-    mesh.workers["ach.payments"].stop()
-    claim_id = submit_without_account(mesh, "noor")
-    pid = payment_for(mesh, claim_id).id
-    before = utcnow()
-    assert payments.pay(pid) == "waiting"
-    after = utcnow()
-    p = payment_for(mesh, claim_id)
-    assert (p.state, p.attempts, p.last_error) == ("pending", 0, "no direct-deposit account registered yet")
-    # Soon, not later, and never in the past — judged against the call, not against a clock read after it (a
-    # loaded machine can take longer than the first wait, 16 ms, to read the row back).
-    age = (after - p.created_at).total_seconds()
-    assert before < p.next_attempt_at <= after + timedelta(seconds=1.2 * max(0.02, age / 2) + 0.1)
-    mesh.bus.request(
-        "ach.accounts.register", {"citizen": "noor", **DIEGO["directDeposit"]}, 5, headers=mesh.credentials("gateway")
-    )
-    assert seconds_until_next_attempt(mesh, claim_id) <= 0  # registering makes it due at once
-    assert payments.pay(pid) == "sent" and transfers(app) == [claim_id]
+def statement_accounts(app: Flask) -> dict[str, str]:
+    return {t["claimId"]: t["account"] for t in read_statement(Path(app.config["HMS_ACH_SANDBOX_STATEMENT"]))}
 
 
-def test_a_payment_with_no_account_after_the_wait_fails_as_no_account(
+def test_a_payment_goes_to_the_account_given_with_its_claim(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:
+    """Catches: the payment recorded against the citizen's newest account instead of its claim's."""
     payments = app.extensions["hms.ach"].payer
     mesh.workers["ach.payments"].stop()
-    claim_id = submit_without_account(mesh, "omar")
-    with mesh.stores["ach"].session() as s:  # the payment was recorded longer ago than the wait
-        s.get(Payment, payment_for(mesh, claim_id).id).created_at = utcnow() - timedelta(
-            seconds=payments.account_wait + 1
-        )
+    first = client.post("/claims", json=DIEGO, headers=token("kai")).json
+    assert first["account"] == "****6789"
+    other = {**DIEGO["directDeposit"], "accountNumber": "111122223333"}
+    second = client.post("/claims", json={**DIEGO, "directDeposit": other}, headers=token("kai")).json
+    assert (second["status"], second["reasons"], "account" in second) == ("denied", ["DUPLICATE_CLAIM"], False)
+    pid = eventually(lambda: payment_for_or_none(mesh, first["id"])).id
+    assert payments.pay(pid) == "sent"
+    assert statement_accounts(app) == {first["id"]: "****6789"}
+
+
+def test_an_approval_from_a_v1_gateway_goes_to_the_citizens_latest_account_once_there(app: Flask, mesh: Mesh) -> None:
+    """Claims submitted before claims carried their account: ach waits (redelivery) for the account, then pays
+    into the latest one the citizen registered without a claim. Catches: the claim-less filter dropped."""
+    ask_gateway(mesh, "ach.accounts.register", {"citizen": "noor", "claimId": "another", **DIEGO["directDeposit"]}, 2)
+    claim_id = submit_v1(mesh, "noor")
+    assert payment_for_or_none(mesh, claim_id) is None  # no claim-less account yet: redelivered, not recorded
+    register(mesh, "noor", accountNumber="555566667777")
+    eventually(lambda: (p := payment_for_or_none(mesh, claim_id)) is not None and p.state == "sent")
+    assert statement_accounts(app)[claim_id] == "****7777"
+
+
+def test_an_approval_with_no_account_ends_as_a_dead_letter_and_pays_nothing(app: Flask, mesh: Mesh) -> None:
+    claim_id = submit_v1(mesh, "omar")
+    dead = eventually(lambda: ask_gateway(mesh, "ach.deadletters.list", {})["items"])
+    assert [d["subject"] for d in dead] == ["claim.approved"]
+    assert f"no account registered for claim {claim_id}" in dead[0]["error"]
+    assert payment_for_or_none(mesh, claim_id) is None and transfers(app) == []
+
+
+def orphan_payment(app: Flask, client: FlaskClient, token: Any, mesh: Mesh, citizen: str) -> str:
+    """An approved claim whose payment names no account, as a payment recorded before the account move can."""
+    mesh.workers["ach.payments"].stop()
+    claim_id = client.post("/claims", json=DIEGO, headers=token(citizen)).json["id"]
+    pid = eventually(lambda: payment_for_or_none(mesh, claim_id)).id
+    with mesh.stores["ach"].session() as s:
+        s.get(Payment, pid).account_id = None
+    return str(claim_id)
+
+
+def test_a_payment_with_no_account_fails_as_no_account(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    claim_id = orphan_payment(app, client, token, mesh, "omar")
+    payments = app.extensions["hms.ach"].payer
     assert payments.pay(payment_for(mesh, claim_id).id) == "failed"
     assert (payment_for(mesh, claim_id).state, payment_for(mesh, claim_id).last_error) == ("failed", "NO_ACCOUNT")
     claim = eventually(
@@ -310,6 +332,20 @@ def ask_svc(mesh: Mesh, subject: str, data: dict[str, Any]) -> Any:
 def submit(mesh: Mesh, citizen: str, **changes: Any) -> dict[str, Any]:
     body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
     return ask_svc(mesh, "svc.claims.submit", {**body, "citizen": citizen, **changes})  # type: ignore[no-any-return]
+
+
+def test_a_claim_id_is_filed_once(mesh: Mesh) -> None:
+    """v2 submits name the claim's id (ach holds its account under it): a second claim under that id is refused,
+    and the first keeps its decision. Catches: the existence check dropped (the insert would fail untidily)."""
+    from hms.bus import ReplyError
+
+    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
+    first = ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "claim-1"}, 2)
+    assert (first["id"], first["status"]) == ("claim-1", "approved")
+    with pytest.raises(ReplyError) as again:
+        ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "lea", "claimId": "claim-1"}, 2)
+    assert (again.value.status, again.value.field) == (409, "claimId")
+    assert ask_svc(mesh, "svc.claims.get", {"claimId": "claim-1"})["citizen"] == "kai"
 
 
 def test_an_idempotency_key_replays_the_first_result_and_refuses_another_body(mesh: Mesh) -> None:
@@ -481,16 +517,6 @@ def test_a_long_bank_error_is_kept_to_300_characters(app: Flask, client: FlaskCl
     assert payment_for(mesh, claim_id).last_error == "E" * 300
 
 
-def test_the_account_wait_grows_with_the_payments_age(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
-    payments = app.extensions["hms.ach"].payer
-    mesh.workers["ach.payments"].stop()
-    claim_id = submit_without_account(mesh, "noor")
-    with mesh.stores["ach"].session() as s:
-        s.get(Payment, payment_for(mesh, claim_id).id).created_at = utcnow() - timedelta(seconds=10)
-    assert payments.pay(payment_for(mesh, claim_id).id) == "waiting"
-    assert 0.8 * 5 - 0.5 <= seconds_until_next_attempt(mesh, claim_id) <= 1.2 * 5  # half its age, jittered
-
-
 def test_a_recovered_send_keeps_the_banks_reference(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
     from hms.ach.bank import Transfer
 
@@ -527,15 +553,14 @@ def test_ach_ledger_counts_transfers_and_lists_strays_on_its_last_page(
     assert after["unmatchedTransfers"] == ["stray"]
 
 
-def test_staff_see_no_account_when_none_was_registered(app: Flask, mesh: Mesh) -> None:
+def test_staff_see_no_account_when_none_was_registered(app: Flask, client: FlaskClient, token: Any, mesh: Mesh) -> None:
     from hms.bus import ReplyError
 
-    mesh.workers["ach.payments"].stop()
-    claim_id = submit_without_account(mesh, "noor")
-    found = mesh.bus.request("ach.payments.get", {"claimId": claim_id}, 5, headers=mesh.credentials("gateway"))
+    claim_id = orphan_payment(app, client, token, mesh, "noor")
+    found = ask_gateway(mesh, "ach.payments.get", {"claimId": claim_id})
     assert (found["account"], found["accountType"], found["state"]) == (None, None, "pending")
     with pytest.raises(ReplyError) as missing:
-        mesh.bus.request("ach.payments.get", {"claimId": "none"}, 5, headers=mesh.credentials("gateway"))
+        ask_gateway(mesh, "ach.payments.get", {"claimId": "none"})
     assert (missing.value.title, missing.value.detail) == ("Not found", "no payment for this claim")
 
 
@@ -677,53 +702,44 @@ def test_a_declined_transfer_fails_the_payment(app: Flask, client: FlaskClient, 
     assert (payment_for(mesh, claim_id).state, payment_for(mesh, claim_id).last_error) == ("failed", "ACCOUNT_CLOSED")
 
 
-def register(mesh: Mesh, citizen: str, **changes: str) -> Any:
+def register(mesh: Mesh, citizen: str, claim_id: str | None = None, **changes: str) -> Any:
+    """Register an account: for a claim (contract v2), or for the citizen alone (v1, claim_id None)."""
     details = {**DIEGO["directDeposit"], **changes}
-    return mesh.bus.request(
-        "ach.accounts.register", {"citizen": citizen, **details}, 5, headers=mesh.credentials("gateway")
-    )
+    if claim_id is None:
+        return ask_gateway(mesh, "ach.accounts.register", {"citizen": citizen, **details})
+    return ask_gateway(mesh, "ach.accounts.register", {"citizen": citizen, "claimId": claim_id, **details}, 2)
 
 
-def test_registering_an_account_touches_only_that_citizen(app: Flask, mesh: Mesh) -> None:
+def test_each_claims_account_is_kept_as_given(mesh: Mesh) -> None:
     from hms.ach.models import Account
+    from hms.bus import ReplyError
 
-    payments = app.extensions["hms.ach"].payer
-    mesh.workers["ach.payments"].stop()
-    waiting = {c: submit_without_account(mesh, c) for c in ("kai", "lea")}
-    later = utcnow() + timedelta(hours=1)
-    ids = {c: payment_for(mesh, claim_id).id for c, claim_id in waiting.items()}
-    with mesh.stores["ach"].session() as s:
-        for pid in ids.values():
-            s.get(Payment, pid).next_attempt_at = later
-    first = register(mesh, "kai", accountNumber="111122223333", accountType="savings")
+    first = register(mesh, "kai", "c1", accountNumber="111122223333", accountType="savings")
     assert first == {"accountId": first["accountId"], "account": "****3333", "accountType": "savings"}
-    register(mesh, "lea", accountNumber="444455556666")
-    again = register(mesh, "kai", accountNumber="777788889999")  # the latest registration wins, same account id
-    assert again == {"accountId": first["accountId"], "account": "****9999", "accountType": "checking"}
+    assert register(mesh, "kai", "c1", accountNumber="111122223333", accountType="savings") == first  # a retry
+    second = register(mesh, "kai", "c2", accountNumber="777788889999")
+    assert second["accountId"] != first["accountId"] and second["account"] == "****9999"
+    old_gateway = [register(mesh, "kai", accountNumber=n)["accountId"] for n in ("444455556666", "123412341234")]
+    assert len(set(old_gateway) | {first["accountId"], second["accountId"]}) == 4  # each v1 registration a row
+    with pytest.raises(ReplyError) as taken:
+        register(mesh, "lea", "c1")
+    assert (taken.value.status, taken.value.field) == (409, "claimId")
     with mesh.stores["ach"].session() as s:
-        assert s.get(Account, "lea").account_number == "444455556666"
-        assert s.get(Account, "kai").account_number == "777788889999"
-    assert seconds_until_next_attempt(mesh, waiting["kai"]) <= 0  # due now
-    assert seconds_until_next_attempt(mesh, waiting["lea"]) <= 0  # lea registered too
-    payments.pay(ids["kai"])
-    sent_at = payment_for(mesh, waiting["kai"]).next_attempt_at
-    with mesh.stores["ach"].session() as s:
-        s.get(Payment, ids["lea"]).next_attempt_at = later
-    register(mesh, "kai", accountNumber="123412341234")
-    assert payment_for(mesh, waiting["kai"]).next_attempt_at == sent_at  # a sent payment is left alone
-    assert seconds_until_next_attempt(mesh, waiting["lea"]) > 3000  # another citizen's payment too
+        rows = {a.claim_id: (a.citizen, a.account_number, a.account_type) for a in s.query(Account)}
+    assert rows["c1"] == ("kai", "111122223333", "savings") and rows["c2"] == ("kai", "777788889999", "checking")
+    assert ("lea" in {c for c, _, _ in rows.values()}) is False
 
 
 def test_a_routing_number_failing_its_checksum_is_refused_by_ach(mesh: Mesh) -> None:
     from hms.bus import ReplyError
 
     with pytest.raises(ReplyError) as refused:
-        register(mesh, "kai", routingNumber="011000016")
+        register(mesh, "kai", "c1", routingNumber="011000016")
     e = refused.value
     assert (e.status, e.title, e.detail, e.field) == (
         422,
-        "Invalid routing number",
-        "routingNumber fails the ABA checksum",
+        "Invalid bank details",
+        "routingNumber fails the ABA routing-number checksum",
         "directDeposit.routingNumber",
     )
 
@@ -834,7 +850,6 @@ def test_every_payment_setting_reaches_the_bank_the_breaker_and_the_payer(
         "HMS_ACH_RETRY_BASE_S": 0.3,
         "HMS_ACH_RETRY_MAX_S": 45.0,
         "HMS_ACH_SEND_LEASE_S": 17.0,
-        "HMS_ACH_ACCOUNT_WAIT_S": 99.0,
     }
     app = create_app({**settings, **custom})
     try:
@@ -845,7 +860,7 @@ def test_every_payment_setting_reaches_the_bank_the_breaker_and_the_payer(
         assert (b.fail_max, b.reset_timeout, b.name) == (4, 12.0, "bank")
         assert BankDeclined in b.excluded_exceptions  # a declined transfer is the citizen's account, not an outage
         p = ach.payer
-        assert (p.retry_base, p.retry_max, p.lease, p.account_wait) == (0.3, 45.0, 17.0, 99.0)
+        assert (p.retry_base, p.retry_max, p.lease) == (0.3, 45.0, 17.0)
         assert p.bank is ach.bank and p.breaker is b
         caplog.set_level(logging.WARNING, logger="hms.ach")
         b.open()

@@ -57,3 +57,35 @@ def test_unknown_subjects_and_versions_are_refused(contracts: Contracts) -> None
 
 def test_bus_plumbing_subjects_need_no_contract(contracts: Contracts) -> None:
     contracts.validate("$SRV.PING", {})
+
+
+@pytest.mark.parametrize(
+    ("routing", "account", "problems"),
+    [
+        ("011000015", "000123456789", (None, None)),
+        ("011000015\n", "000123456789\n", ("must be exactly 9 digits", "must be 4 to 17 digits")),
+        ("011000016", "123", ("fails the ABA routing-number checksum", "must be 4 to 17 digits")),
+        ("01100001", "1" * 18, ("must be exactly 9 digits", "must be 4 to 17 digits")),
+        ("０11000015", "１234", ("must be exactly 9 digits", "must be 4 to 17 digits")),  # digits, not ASCII
+        ("021000021", "1234", (None, None)),
+        ("021000021", "1" * 17, (None, None)),
+    ],
+)
+def test_bank_details_are_checked_whole_by_the_one_shared_check(
+    routing: str, account: str, problems: tuple[str | None, str | None]
+) -> None:
+    """The gateway's schema and ach's registration both call these (no `$` that lets a final newline through)."""
+    from hms.contracts.vocabulary import account_number_problem, routing_number_problem
+
+    assert (routing_number_problem(routing), account_number_problem(account)) == problems
+
+
+def test_the_gateway_and_ach_use_the_shared_bank_detail_checks() -> None:
+    """One vocabulary: neither side keeps a pattern of its own for routing or account numbers."""
+    import importlib
+    import inspect
+
+    for name in ("hms.ach.service", "hms.gateway.schemas"):
+        source = inspect.getsource(importlib.import_module(name))
+        assert "routing_number_problem" in source and "account_number_problem" in source
+        assert "[0-9]{9}" not in source and "[0-9]{4,17}" not in source

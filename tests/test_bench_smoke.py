@@ -34,3 +34,26 @@ def test_bench_quick_pass_writes_every_figure(tmp_path: Path) -> None:
         assert figure in text, figure
     ratios = [float(r) for r in re.findall(r"\| (\d+\.\d+)× \|", text)]
     assert len(ratios) >= 9 and all(r > 0 for r in ratios)
+
+
+def test_side_by_side_runs_hms_and_the_flask_celery_peer_and_checks_their_transfers(tmp_path: Path) -> None:
+    """Both sides start, take claims, pay each exactly once (the driver fails otherwise) and report every figure.
+    The peer's broker is the machine's RabbitMQ (127.0.0.1:5672, guest/guest); .ci/run checks it is up."""
+    import json
+
+    out = tmp_path / "side-by-side.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.side_by_side", "--rounds", "1", "--claims", "20", "--steady-seconds", "1"]
+        + ["--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    medians = json.loads(out.read_text())["medians"]
+    assert sorted(medians) == ["Flask + Celery", "hms in-process", "hms over NATS"]
+    for figures in medians.values():
+        assert sorted(figures) == ["cpu_ms", "payout_p50", "payout_p99", "post_p50", "post_p99", "rate"]
+        assert all(v > 0 for v in figures.values()), figures
+    assert "| claims paid per second |" in result.stdout

@@ -1,0 +1,399 @@
+"""hms beside the conventional peer (bench/peers/flask_celery.py), on this machine, in one run.
+
+    python -m bench.side_by_side [--rounds 3] [--claims 300] [--steady-seconds 15] [--out FILE]
+
+Three systems, alternating in each round, each started fresh for each phase:
+  peer        waitress + Flask, a Celery pool of 2 on RabbitMQ (127.0.0.1:5672, guest/guest)
+  hms         `hms up`: SQLite and the in-process bus
+  hms-nats    nats-server, `hms up` without ach, one `hms worker ach`
+
+Burst: `--claims` eligible claims from 4 keep-alive clients; claims paid per second (first POST to the last
+transfer on the bank's statement) and CPU per claim of every server-side process (the broker's included).
+Steady: 20 claims per second, paced, for `--steady-seconds`; POST p50/p99 as the clients saw them, payout p50/p99
+(submitted to paid) as each system records it. Every phase checks the bank's statement: one transfer per claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = 4
+CLAIM = {
+    "claimant": {"name": "Diego Ramos", "ssnLast4": "1234", "email": "diego@example.org"},
+    "employer": "Acme Corp",
+    "separationReason": "laid_off",
+    "weeksWorked": 40,
+    "baseWages": 31200.0,
+    "directDeposit": {"routingNumber": "011000015", "accountNumber": "000123456789", "accountType": "checking"},
+}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes and every live descendant (and the children they have reaped)."""
+    seen, todo, total = set(), list(pids), 0.0
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+        todo += [int(c) for c in children]
+    return total
+
+
+def broker_pids() -> list[int]:
+    """RabbitMQ's Erlang VM on this machine."""
+    out = subprocess.run(["pgrep", "-f", "beam.smp.*rabbit"], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+class System:
+    """One system under test: its processes, how to reach it, and what it recorded."""
+
+    name = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir, self.port, self.procs = workdir, free_port(), []  # type: ignore[var-annotated]
+        self.dir.mkdir(parents=True)
+
+    def spawn(self, args: list[str], env: dict[str, str], log: str) -> None:
+        out = open(self.dir / log, "ab")  # noqa: SIM115  # closed with the process
+        self.procs.append(subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=out, cwd=self.dir))
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def tail(self) -> str:
+        """The last lines of each process's log, for an error message."""
+        return "\n".join(f"{f.name}: " + " | ".join(f.read_text().splitlines()[-5:]) for f in self.dir.glob("*.log"))
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def statement(self) -> Path:
+        raise NotImplementedError
+
+    def token(self, sub: str) -> str:
+        raise NotImplementedError
+
+    def payout_ms(self, claims: set[str]) -> list[float]:
+        """Submitted-to-paid times of these claims, as the system recorded them."""
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            c.request("POST", "/claims", body=b"{}", headers={"Content-Type": "application/json"})
+            return c.getresponse().status in (401, 422)
+        except OSError:
+            return False
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.ready():
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"{self.name} did not start; see {self.dir}")
+            time.sleep(0.2)
+
+
+class Peer(System):
+    name = "Flask + Celery"
+
+    def start(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (self.dir / "jwt-public.pem").write_bytes(public)
+        queue = f"peer-{self.port}"  # a queue of this run's own: nothing left from an earlier run is consumed
+        env = {"PEER_DIR": str(self.dir), "PYTHONPATH": str(ROOT), "PEER_QUEUE": queue}
+        self.spawn([sys.executable, "-m", "bench.peers.flask_celery", "web", str(self.port)], env, "web.log")
+        worker = [
+            "-m",
+            "celery",
+            "-A",
+            "bench.peers.flask_celery:celery",
+            "worker",
+            "-c",
+            "2",
+            "-Q",
+            queue,
+            "-n",
+            f"{queue}@%h",
+        ]
+        self.spawn([sys.executable, *worker, "--without-gossip", "--without-mingle", "-l", "warning"], env, "w.log")
+        self.wait_ready()
+
+    def pids(self) -> list[int]:
+        return super().pids() + broker_pids()
+
+    def statement(self) -> Path:
+        return self.dir / "sandbox-bank.jsonl"
+
+    def token(self, sub: str) -> str:
+        import jwt
+
+        return jwt.encode({"sub": sub, "role": "citizen", "aud": "hms", "exp": time.time() + 3600}, self.key, "RS256")
+
+    def payout_ms(self, claims: set[str]) -> list[float]:
+        with sqlite3.connect(self.dir / "metrics.db") as c:
+            rows = c.execute("SELECT claim_id, submitted_at, paid_at FROM payouts").fetchall()
+        parse = datetime.datetime.fromisoformat
+        return [(parse(b) - parse(a)).total_seconds() * 1000 for cid, a, b in rows if cid in claims]
+
+
+class Hms(System):
+    name = "hms in-process"
+    services = ""
+
+    def env(self) -> dict[str, str]:
+        return {"HMS_INSTANCE_PATH": str(self.dir / "instance")}
+
+    def start(self) -> None:
+        env = self.env()
+        if self.services:
+            env["HMS_SERVICES"] = self.services
+        self.spawn([sys.executable, "-m", "hms.cli", "up", "--port", str(self.port)], env, "hms.log")
+        self.wait_ready()
+        from hms.auth.keys import IdentityProvider
+
+        instance = self.dir / "instance"
+        self.idp = IdentityProvider(str(instance / "jwt-private.pem"), str(instance / "jwks.json"), "hms-dev", "hms")
+
+    def statement(self) -> Path:
+        return self.dir / "instance" / "sandbox-bank.jsonl"
+
+    def token(self, sub: str) -> str:
+        return str(self.idp.issue(sub, "citizen", ttl=3600))
+
+    def payout_ms(self, claims: set[str]) -> list[float]:
+        with sqlite3.connect(self.dir / "instance" / "metrics.db") as c:
+            rows = c.execute("SELECT claim_id, seconds FROM payouts WHERE seconds IS NOT NULL").fetchall()
+        return [s * 1000 for cid, s in rows if cid in claims]
+
+
+class HmsNats(Hms):
+    name = "hms over NATS"
+    services = "gateway,svc,metrics,notifier,auth"
+
+    def start(self) -> None:
+        sys.path.insert(0, str(ROOT))
+        from tests.natsd import NatsServer
+
+        self.nats = NatsServer(self.dir / "jetstream")
+        self.nats.start()
+        super().start()
+        self.spawn([sys.executable, "-m", "hms.cli", "worker", "ach"], self.env(), "ach.log")
+        deadline = time.monotonic() + 60
+        while not (self.dir / "instance" / "ach.db").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # the worker subscribes after its database is ready
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "HMS_BUS_URL": self.nats.url}
+
+    def pids(self) -> list[int]:
+        return super().pids() + [self.nats.proc.pid]
+
+    def stop(self) -> None:
+        super().stop()
+        self.nats.stop()
+
+
+def post(conn: http.client.HTTPConnection, token: str, key: str) -> tuple[int, dict[str, Any], float]:
+    started = time.perf_counter()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Idempotency-Key": key}
+    conn.request("POST", "/claims", body=json.dumps(CLAIM), headers=headers)
+    r = conn.getresponse()
+    body = json.loads(r.read() or b"{}")
+    return r.status, body, (time.perf_counter() - started) * 1000
+
+
+def transfers(system: System) -> Counter[str]:
+    if not system.statement().exists():
+        return Counter()
+    lines = [json.loads(x) for x in system.statement().read_text().splitlines() if x.strip()]
+    return Counter(t["claimId"] for t in lines)
+
+
+def run_clients(system: System, citizens: list[str], pace: float | None) -> tuple[dict[str, str], list[float]]:
+    """File one claim per citizen from 4 keep-alive clients (paced at `pace` claims/s in all, else flat out)."""
+    tokens = {c: system.token(c) for c in citizens}
+    accepted: dict[str, str] = {}
+    latencies: list[float] = []
+    lock = threading.Lock()
+    start = time.monotonic() + 0.2
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", system.port, timeout=30)
+        for n, citizen in enumerate(citizens[i::CLIENTS]):
+            if pace:
+                time.sleep(max(0.0, start + (n * CLIENTS + i) / pace - time.monotonic()))
+            status, body, ms = post(conn, tokens[citizen], f"k-{citizen}")
+            if status != 201 or body.get("status") != "approved":
+                raise RuntimeError(f"{system.name}: {status} {body}")
+            with lock:
+                accepted[citizen], _ = body["id"], latencies.append(ms)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(accepted) != len(citizens):
+        raise RuntimeError(f"{system.name}: {len(accepted)} of {len(citizens)} claims accepted")
+    return accepted, latencies
+
+
+def until_paid(system: System, accepted: dict[str, str], timeout: float = 300) -> None:
+    """Wait for one transfer per accepted claim; fail on a missing, doubled or unexpected one."""
+    ids = set(accepted.values())
+    deadline = time.monotonic() + timeout
+    while sum(transfers(system).values()) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # a second transfer for a claim would show now
+    seen = transfers(system)
+    if set(seen) != ids or any(n != 1 for n in seen.values()):
+        raise RuntimeError(
+            f"{system.name}: transfers do not match claims one to one ({len(seen)} for {len(ids)})\n{system.tail()}"
+        )
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def warmed(kind: Callable[[Path], System], workdir: Path) -> tuple[System, dict[str, str]]:
+    """A started system that has paid a few claims (first requests: imports, caches, connections)."""
+    system = kind(workdir)
+    system.start()
+    warm, _ = run_clients(system, [f"warm-{i}" for i in range(8)], None)
+    until_paid(system, warm)
+    return system, warm
+
+
+def burst(kind: Callable[[Path], System], workdir: Path, claims: int) -> dict[str, float]:
+    system, warm = warmed(kind, workdir)
+    try:
+        pids = system.pids()
+        cpu0, t0 = cpu_seconds(pids), time.monotonic()
+        accepted, _ = run_clients(system, [f"c-{i:05d}" for i in range(claims)], None)
+        until_paid(system, {**warm, **accepted})
+        elapsed = time.monotonic() - t0 - 0.5  # until_paid's look for a late second transfer is not the run's
+        cpu = cpu_seconds(pids) - cpu0
+        return {"rate": claims / elapsed, "cpu_ms": cpu / claims * 1000}
+    finally:
+        system.stop()
+
+
+def steady(kind: Callable[[Path], System], workdir: Path, seconds: float, per_second: float = 20) -> dict[str, float]:
+    system, warm = warmed(kind, workdir)
+    try:
+        accepted, latencies = run_clients(system, [f"s-{i:05d}" for i in range(int(seconds * per_second))], per_second)
+        until_paid(system, {**warm, **accepted})
+        ids = set(accepted.values())
+        deadline = time.monotonic() + 30
+        while len(payouts := system.payout_ms(ids)) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return {
+            "post_p50": pct(latencies, 50),
+            "post_p99": pct(latencies, 99),
+            "payout_p50": pct(payouts, 50),
+            "payout_p99": pct(payouts, 99),
+        }
+    finally:
+        system.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--claims", type=int, default=300)
+    parser.add_argument("--steady-seconds", type=float, default=15)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+    kinds: list[Callable[[Path], System]] = [Peer, Hms, HmsNats]
+    results: dict[str, list[dict[str, float]]] = {k.name: [] for k in kinds}  # type: ignore[attr-defined]
+    with tempfile.TemporaryDirectory(prefix="hms-side-by-side-") as tmp:
+        for r in range(args.rounds):
+            for k in kinds:
+                name = k.name  # type: ignore[attr-defined]
+                b = burst(k, Path(tmp) / f"{r}-{name}-burst".replace(" ", "_"), args.claims)
+                s = steady(k, Path(tmp) / f"{r}-{name}-steady".replace(" ", "_"), args.steady_seconds)
+                results[name].append({**b, **s})
+                print(
+                    f"round {r + 1} {name}: " + ", ".join(f"{k2} {v:.1f}" for k2, v in {**b, **s}.items()), flush=True
+                )
+    medians = {n: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for n, rs in results.items()}
+    table = render(medians, args)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"medians": medians, "runs": results}, indent=2) + "\n")
+    return 0
+
+
+def render(m: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    peer = m["Flask + Celery"]
+    rows = [
+        ("claims paid per second", "rate", "{:.0f}", True),
+        ("CPU per claim, all server processes incl. broker (ms)", "cpu_ms", "{:.1f}", False),
+        ("steady 20/s: payout p50 (ms)", "payout_p50", "{:.0f}", False),
+        ("steady 20/s: payout p99 (ms)", "payout_p99", "{:.0f}", False),
+        ("steady 20/s: POST /claims p50 (ms)", "post_p50", "{:.1f}", False),
+        ("steady 20/s: POST /claims p99 (ms)", "post_p99", "{:.1f}", False),
+    ]
+    names = list(m)
+    out = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, key, fmt, _ in rows:
+        cells = [
+            fmt.format(m[n][key]) + ("" if n == "Flask + Celery" else f" ({m[n][key] / peer[key]:.2f}×)") for n in names
+        ]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out.append(
+        f"\nMedians of {args.rounds} alternating rounds; {args.claims} claims from {CLIENTS} clients; steady: "
+        f"{args.steady_seconds:g} s at 20 claims/s. Ratios are to the peer."
+    )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -63,15 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[str]] = []
     notes: list[str] = []
 
-    def ratio_row(name: str, goal: float, result: dict[str, float], unit: str = "ops/s") -> None:
-        met = "yes" if result["ratio"] >= goal else "**no**"
+    def ratio_row(name: str, goal: float | None, result: dict[str, float], unit: str = "ops/s") -> None:
+        """One figure against its baseline; `goal` None for a figure kept without a goal (a retired goal)."""
+        met = "—" if goal is None else "yes" if result["ratio"] >= goal else "**no**"
         rows.append(
             [
                 name,
                 f"{result['ours']:,.0f} {unit}",
                 f"{result['base']:,.0f} {unit}",
                 f"{result['ratio']:.2f}×",
-                f"≥ {goal}×",
+                "— (a figure)" if goal is None else f"≥ {goal}×",
                 met,
             ]
         )
@@ -80,21 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ratio_row(
             "in-process publish → handler, contracts checked / raw blinker send",
-            0.3,
+            None,
             median_ratio(runs, cases.publish_vs_blinker, n),
         )
         ratio_row(
             "durable delivery outbox → relay → handler → inbox (SQLite) / single-row insert+commit",
-            1.0,
+            None,
             median_ratio(runs, cases.durable_vs_sqlite, n // 4),
         )
         ratio_row(
-            "NATS engine publish → handler / raw nats-py (JetStream, same server)",
-            0.5,
+            "NATS engine publish → handler / raw nats-py consuming while publishing (JetStream, same server)",
+            0.8,
             median_ratio(runs, cases.nats_vs_raw, n, nats.url),
         )
         ratio_row(
-            "NATS engine publish → handler / FastStream NatsBroker (same work, same server)",
+            "NATS engine publish → handler / FastStream NatsBroker at its best, per-message or batch subscriber",
             1.2,
             median_ratio(runs, cases.nats_vs_faststream, n, nats.url),
         )
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         ratio_row(
             "claim over HTTP (gateway → rules → payment → metrics) / bare Flask JSON endpoint",
-            0.25,
+            None,
             median_ratio(runs, cases.http_claim_vs_flask, n // 10),
         )
         split = median_ratio(runs, cases.split_vs_single, 40 if quick else 300, nats.url)

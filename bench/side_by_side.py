@@ -349,7 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--claims", type=int, default=300)
     parser.add_argument("--steady-seconds", type=float, default=15)
-    parser.add_argument("--out", default="")
+    parser.add_argument("--out", default="", help="write the medians and every run as JSON here")
+    parser.add_argument(
+        "--md",
+        default="",
+        help="write the table as a Markdown section here (bench/SIDE_BY_SIDE.md: bench.run leads with it)",
+    )
     args = parser.parse_args(argv)
     kinds: list[Callable[[Path], System]] = [Peer, Hms, HmsNats]
     results: dict[str, list[dict[str, float]]] = {k.name: [] for k in kinds}  # type: ignore[attr-defined]
@@ -368,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         Path(args.out).write_text(json.dumps({"medians": medians, "runs": results}, indent=2) + "\n")
+    if args.md:
+        when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        Path(args.md).write_text(
+            "## hms beside the conventional build (Flask + Celery)\n\n"
+            f"`python -m bench.side_by_side` on {when}; the peer is `bench/peers/flask_celery.py`.\n\n{table}\n"
+        )
     return 0
 
 

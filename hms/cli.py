@@ -199,6 +199,7 @@ def status(timeout: float, url: str | None) -> None:
             sv["id"][:8],
             f"{sv['host']}:{sv['pid']}",
             sv["health"].get("status"),
+            sv["health"].get("unverifiable", "-"),  # messages it could not verify: another mesh, or lagging keys
             ",".join(f"{k}={v}" for k, v in sv["breakers"].items()) or "-",
             ",".join(sv["publishes"]) or "-",
             ",".join(sv["subscribes"]) or "-",
@@ -209,7 +210,18 @@ def status(timeout: float, url: str | None) -> None:
     click.echo(
         table(
             rows,
-            ["SERVICE", "VERSION", "INSTANCE", "PROCESS", "HEALTH", "BREAKERS", "PUBLISHES", "SUBSCRIBES", "SERVES"],
+            [
+                "SERVICE",
+                "VERSION",
+                "INSTANCE",
+                "PROCESS",
+                "HEALTH",
+                "UNVERIFIED",
+                "BREAKERS",
+                "PUBLISHES",
+                "SUBSCRIBES",
+                "SERVES",
+            ],
         )
     )
 

@@ -21,6 +21,7 @@ from .base import (
     ReplyError,
     SubscribeOptions,
     Subscription,
+    Unverifiable,
     iso,
     now_iso,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Event",
     "NoResponders",
     "Refused",
+    "Unverifiable",
     "ReplyError",
     "SubjectError",
     "SubscribeOptions",

@@ -44,6 +44,12 @@ class Refused(BusError):
     """A message outside the mesh policy (HMS-SYS-AUTH) or without a valid service token: never delivered or retried."""
 
 
+class Unverifiable(BusError):
+    """A message signed by a key this process does not know. Another member may know it (a key it has not learned
+    yet, or a process of another mesh on the same NATS), so this process never refuses or dead-letters it: an event
+    goes back for redelivery, a request on to another member of the group."""
+
+
 class ReplyError(BusError):
     """A responder refused a request; carried back to the requester as a problem."""
 
@@ -160,7 +166,7 @@ def respond(handler: Handler, event: Event, validate: Callable[[Event], None]) -
     try:
         validate(event)
         return handler(event)
-    except ReplyError:
+    except (ReplyError, Unverifiable):
         raise
     except Refused as exc:
         raise ReplyError(403, "Forbidden", str(exc)) from None

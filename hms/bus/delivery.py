@@ -1,8 +1,9 @@
 """The one delivery policy both engines follow: what becomes of a delivery once its handler has run.
 
 Decided from the exception's type: a message outside the policy (Refused) or one that breaks its contract
-(ContractError) cannot get better by retrying and goes straight to dead letters; any other failure is retried
-with the subscription's backoff until its deliveries are used up, then dead-lettered.
+(ContractError) cannot get better by retrying and goes straight to dead letters; one signed by a key this process
+does not know (Unverifiable) goes back for redelivery however often it came, since another member may verify it;
+any other failure is retried with the subscription's backoff until its deliveries are used up, then dead-lettered.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from hms.contracts import ContractError
 
-from .base import Event, Refused, SubscribeOptions
+from .base import Event, Refused, SubscribeOptions, Unverifiable
 
 log = logging.getLogger("hms.bus")
 HOPELESS: tuple[type[Exception], ...] = (Refused, ContractError)
@@ -47,6 +48,11 @@ def decide(event: Event, error: BaseException | None, options: SubscribeOptions)
     if error is None:
         return ACKED
     text = describe(error)
+    if isinstance(error, Unverifiable):  # never this process's to give up: back for a member that can verify it
+        log.error(
+            "cannot verify %s %s here (delivery %d); handing it back: %s", event.subject, event.id, event.attempt, text
+        )
+        return Outcome(Verdict.RETRY, text, options.delay(event.attempt))
     if isinstance(error, HOPELESS):
         return Outcome(Verdict.DEAD, text)
     if event.attempt >= options.max_deliver:

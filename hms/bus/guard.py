@@ -16,7 +16,7 @@ import jwt
 from hms.contracts import HERE as CONTRACTS
 from hms.contracts.vocabulary import MESH_AUDIENCE, SERVICE_TOKEN_TYPE
 
-from .base import Bus, BusWrapper, Event, Handler, Refused, Subscription
+from .base import Bus, BusWrapper, Event, Handler, Refused, Subscription, Unverifiable
 from .subjects import matches
 from .tokens import KeySet
 
@@ -85,8 +85,8 @@ class Guard:
                 raise Refused("not a service token (a user token is never accepted on the bus)")
             kid = header.get("kid")
             key = self.keys.get(kid) if isinstance(kid, str) else None
-            if key is None:
-                raise Refused("service token signed by an unknown key")
+            if key is None:  # another member may know it: a key not learned yet here, or another mesh's process
+                raise Unverifiable(f"service token signed by a key this process does not know (kid {kid!r})")
             claims = jwt.decode(
                 token,
                 key.key,

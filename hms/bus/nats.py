@@ -37,6 +37,7 @@ from .base import (
     ReplyError,
     SubscribeOptions,
     Subscription,
+    Unverifiable,
     respond,
 )
 from .delivery import Verdict, decide
@@ -45,8 +46,8 @@ from .subjects import matches
 log = logging.getLogger("hms.bus")
 T = TypeVar("T")
 ERROR_HEADER, CODE_HEADER = "Nats-Service-Error", "Nats-Service-Error-Code"
-# Beyond our own limit, the server stops redelivering a message whose handler keeps killing its process.
-CRASH_MARGIN = 3
+# Hops a request may make between members that cannot verify it before it is dropped (the requester times out).
+FORWARDED_HEADER, MAX_HOPS = "Hms-Forwarded", 8
 # Messages a consumer takes per pull; they go to the handler in one trip to a worker thread, one after
 # another, so a batch must finish well inside ack_wait (16 measured as fast as 64 here).
 FETCH_BATCH = 16
@@ -364,6 +365,9 @@ class NatsBus(Engine):
         error: ReplyError | None = None
         try:
             reply = respond(handler, decode(msg.subject, msg.data, msg.headers), self._validate)
+        except Unverifiable as exc:
+            self._forward(msg, exc)  # not ours to answer: on to another member of the group, which may verify it
+            return
         except ReplyError as exc:
             error = exc
         except (ValueError, BusError) as exc:  # not JSON, or not an envelope
@@ -380,6 +384,17 @@ class NatsBus(Engine):
             )
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
+    def _forward(self, msg: Msg, exc: Unverifiable) -> None:
+        """Publish a request this process cannot verify to its subject again, for another member to answer."""
+        hops = int((msg.headers or {}).get(FORWARDED_HEADER, "0")) + 1
+        if hops > MAX_HOPS or not msg.reply:
+            log.error("dropped a request on %s after %d members could not verify it: %s", msg.subject, hops - 1, exc)
+            return
+        log.error("cannot verify a request on %s here; forwarding it (hop %d): %s", msg.subject, hops, exc)
+        headers = {**(msg.headers or {}), FORWARDED_HEADER: str(hops)}
+        coro = self.nc.publish(msg.subject, msg.data, reply=msg.reply, headers=headers)
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
     async def _subscribe_stream(self, sub: _NatsSubscription, handler: Handler, options: SubscribeOptions) -> None:
         if options.queue:
             durable: str | None = consumer_name(options.queue)
@@ -393,12 +408,18 @@ class NatsBus(Engine):
             deliver_policy=policy,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,
-            max_deliver=options.max_deliver + CRASH_MARGIN,
+            # Unlimited on the server: we count deliveries ourselves (delivery.decide dead-letters a failing one),
+            # and a member that cannot verify a message must be able to hand it back however often it comes.
+            max_deliver=-1,
             filter_subject=sub.subject,
             inactive_threshold=None if durable else 60.0,
         )
         if durable:
             psub = await self.js.pull_subscribe(sub.subject, durable=durable, stream=self.stream, config=config)
+            info = await self.js.consumer_info(self.stream, durable)
+            if info.config.max_deliver not in (-1, None):  # made by an earlier version, which let the server stop
+                info.config.max_deliver = -1
+                await self.js.add_consumer(self.stream, config=info.config)  # a create of the same name: an update
         else:
             await self.js.add_consumer(self.stream, config=config)
             psub = await self.js.pull_subscribe_bind(stream=self.stream, name=sub.ephemeral)

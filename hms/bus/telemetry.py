@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from .base import Bus, BusWrapper, Event, Handler, Subscription
+from .base import Bus, BusWrapper, Event, Handler, Subscription, Unverifiable
 
 BREAKER_STATES = ("closed", "half-open", "open")
 
@@ -35,6 +35,12 @@ class Telemetry:
             ["subject", "group"],
             registry=self.registry,
         )
+        self.unverifiable = Counter(
+            "hms_messages_unverifiable",
+            "Messages this process could not verify (a service token signed by a key it does not know) and handed back",
+            ["subject", "group"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "hms_handler_seconds",
             "Handler run time, by subject",
@@ -42,6 +48,11 @@ class Telemetry:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
             registry=self.registry,
         )
+
+    def unverifiable_total(self) -> int:
+        """How many messages this process could not verify since it started (a member of another mesh, or one
+        whose keys lag, shows a number here in `hms mesh status`)."""
+        return int(sum(s.value for m in self.unverifiable.collect() for s in m.samples if s.name.endswith("_total")))
 
     def add_collector(self, collect: Callable[[], Iterator[Metric]]) -> None:
         """Add metrics computed at scrape time (outbox backlog, breakers, payout time)."""
@@ -102,6 +113,9 @@ class InstrumentedBus(BusWrapper):
             started = time.perf_counter()
             try:
                 result = handler(event)
+            except Unverifiable:
+                self.t.unverifiable.labels(event.subject, group).inc()
+                raise
             except Exception:
                 self.t.failed.labels(event.subject, group).inc()
                 raise

@@ -163,7 +163,12 @@ class Mesh:
                 version=service.version,
                 description=service.description,
                 publishes=list(service.publishes),
-                health=lambda: {"status": "ok", "outbox": store.outbox_backlog(), **health()},
+                health=lambda: {
+                    "status": "ok",
+                    "outbox": store.outbox_backlog(),
+                    "unverifiable": self.telemetry.unverifiable_total(),  # messages it could not verify
+                    **health(),
+                },
                 breakers=bound(service.breakers) if service.breakers else dict,
             )
         )

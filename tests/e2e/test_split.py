@@ -109,8 +109,9 @@ class Load:
         assert not self.failures and len(self.accepted) == len(self.citizens), self.failures[:3]
 
 
-def assert_each_paid_once(web: HmsProcess, accepted: dict[str, str]) -> None:
-    """Every accepted claim ends paid, with exactly one transfer on the bank's statement, and nothing else there."""
+def assert_each_paid_once(web: HmsProcess, accepted: dict[str, str], statement: Path | None = None) -> None:
+    """Every accepted claim ends paid, with exactly one transfer on the bank's statement (by default the web
+    node's), and nothing else there."""
     caseworker = {"Authorization": "Bearer " + tokens(web.instance, ["cw"], "caseworker")["cw"]}
 
     def count(status: str) -> int:
@@ -120,7 +121,7 @@ def assert_each_paid_once(web: HmsProcess, accepted: dict[str, str]) -> None:
     deadline = time.monotonic() + 120
     while count("paid") != len(accepted) and time.monotonic() < deadline:
         time.sleep(0.25)
-    transfers = Counter(t["claimId"] for t in read_statement(web.instance / "sandbox-bank.jsonl"))
+    transfers = Counter(t["claimId"] for t in read_statement(statement or web.instance / "sandbox-bank.jsonl"))
     claim_ids = set(accepted.values())
     assert [c for c in claim_ids if transfers[c] != 1] == []  # none lost, none paid twice
     assert set(transfers) == claim_ids  # nothing unexpected

@@ -174,6 +174,29 @@ def test_a_failing_handler_is_redelivered_then_succeeds(raw_bus: Bus) -> None:
     assert attempts == [1, 2, 3]
 
 
+def test_an_event_this_member_cannot_verify_is_handed_back_past_max_deliver_and_never_dead_lettered(
+    raw_bus: Bus,
+) -> None:
+    """On NATS the server must not stop redelivering either (the consumer has no server-side limit)."""
+    from hms.bus import Unverifiable
+
+    attempts: list[int] = []
+    dead: list[str] = []
+
+    def lagging(e: Event) -> None:
+        attempts.append(e.attempt)
+        if len(attempts) <= 6:  # twice the subscription's deliveries: it learns the key only then
+            raise Unverifiable("service token signed by a key this process does not know")
+
+    raw_bus.subscribe(
+        "t.u", lagging, queue="t.lag", max_deliver=3, backoff=[0.01], dead_letter=lambda e, err: dead.append(err)
+    )
+    raw_bus.publish("t.u", {}).result(5)
+    eventually(lambda: len(attempts) == 7)
+    time.sleep(0.2)
+    assert attempts == [1, 2, 3, 4, 5, 6, 7] and dead == []
+
+
 def test_exhausted_retries_go_to_the_dead_letter_store_and_later_events_flow(raw_bus: Bus) -> None:
     dead: list[tuple[str, str, int]] = []
     handled = Recorder()

@@ -828,7 +828,7 @@ def test_svc_tells_discovery_its_rule_version_and_outbox(mesh: Mesh) -> None:
     from hms.bus.registry import discover
 
     [svc] = [s for s in discover(mesh.bus) if s["name"] == "svc"]
-    assert svc["health"] == {"status": "ok", "outbox": 0, "ruleVersion": RuleSet.load(None).version}
+    assert svc["health"] == {"status": "ok", "outbox": 0, "unverifiable": 0, "ruleVersion": RuleSet.load(None).version}
 
 
 def test_every_payment_setting_reaches_the_bank_the_breaker_and_the_payer(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -74,3 +76,59 @@ def test_the_nats_config_lists_each_service_and_a_user_for_hms_up(cli_app: Flask
         assert password not in text
     bad = cli_app.test_cli_runner().invoke(args=["mesh", "nats-config", "--user", "x=payroll"])
     assert bad.exit_code == 2 and "payroll" in bad.output
+
+
+def test_a_request_a_member_cannot_verify_is_answered_by_one_that_can(nats_server: Any) -> None:
+    """Two members of one queue group; one cannot verify any token (another mesh's, or keys that lag). Every
+    request is answered by the other; with no member able to verify it, the requester times out (nothing answers
+    a request it cannot verify)."""
+    from hms.bus import BusTimeout, Unverifiable, connect
+
+    buses = [connect(nats_server.url, None, stream="FORWARD", event_subjects=["t.>"]) for _ in range(3)]
+    try:
+        answered_by: list[str] = []
+
+        def cannot(e: Any) -> Any:
+            raise Unverifiable("service token signed by a key this process does not know")
+
+        buses[0].subscribe("rpc.who", cannot, queue="svc")
+        buses[1].subscribe("rpc.who", lambda e: answered_by.append("able") or {"by": "able"}, queue="svc")
+        time.sleep(0.2)
+        assert [buses[2].request("rpc.who", {}, 2)["by"] for _ in range(30)] == ["able"] * 30
+        assert len(answered_by) == 30
+        buses[1].close()
+        time.sleep(0.2)
+        with pytest.raises(BusTimeout):
+            buses[2].request("rpc.who", {}, 1)
+    finally:
+        buses[2]._call(buses[2].js.delete_stream("FORWARD"))  # type: ignore[attr-defined]
+        for b in buses:
+            b.close()
+
+
+def test_durable_consumers_have_no_server_side_delivery_limit_and_old_ones_are_updated(nats_server: Any) -> None:
+    """An earlier version created durables with max_deliver 8: the server then stopped redelivering, so a member
+    that could not verify a message could make the group lose it. Subscribing updates such a consumer."""
+    from nats.js import api
+
+    from hms.bus import connect
+
+    bus = connect(nats_server.url, None, stream="LIMITS", event_subjects=["t.>"])
+    try:
+        config = api.ConsumerConfig(
+            name="svc_old",
+            durable_name="svc_old",
+            ack_policy=api.AckPolicy.EXPLICIT,
+            max_deliver=8,
+            filter_subject="t.x",
+        )
+        bus._call(bus.js.add_consumer("LIMITS", config=config))  # type: ignore[attr-defined]
+        bus.subscribe("t.x", lambda e: None, queue="svc.old")
+        info = bus._call(bus.js.consumer_info("LIMITS", "svc_old"))  # type: ignore[attr-defined]
+        assert info.config.max_deliver == -1
+        bus.subscribe("t.y", lambda e: None, queue="svc.new")
+        fresh = [c for c in bus._call(bus.js.consumers_info("LIMITS")) if c.config.filter_subject == "t.y"]  # type: ignore[attr-defined]
+        assert [c.config.max_deliver for c in fresh] == [-1]
+    finally:
+        bus._call(bus.js.delete_stream("LIMITS"))  # type: ignore[attr-defined]
+        bus.close()

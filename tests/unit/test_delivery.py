@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import MetaData
 
-from hms.bus import Event, Refused, SubscribeOptions
+from hms.bus import Event, Refused, SubscribeOptions, Unverifiable
 from hms.bus.delivery import Verdict, decide
 from hms.contracts import ContractError
 from hms.runtime import Consumer, Service
@@ -71,3 +71,11 @@ def test_a_service_declares_each_consumer_name_once() -> None:
                 Consumer("claim.denied", Demo.again, name="record"),
             ],
         )
+
+
+def test_a_message_this_process_cannot_verify_goes_back_however_often_it_came() -> None:
+    """Another member may know the key: never dead-lettered here, even past the subscription's deliveries."""
+    error = Unverifiable("service token signed by a key this process does not know (kid 'k2')")
+    for n in (1, 2, 3, 50):
+        outcome = decide(attempt(n), error, OPTIONS)
+        assert (outcome.verdict, outcome.delay) == (Verdict.RETRY, OPTIONS.delay(n)), n

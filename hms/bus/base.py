@@ -257,6 +257,12 @@ class Bus(ABC):
         """Send a request to every responder and gather the replies that arrive within `timeout`."""
 
     @abstractmethod
+    def update(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], *, ttl: float) -> bytes:
+        """Replace a small value shared by every process on the bus with `change(old)` (None when there is none),
+        atomically: a concurrent update by another process makes this one read again and call `change` again.
+        A value not updated for `ttl` seconds is gone. Returns the new value. (NATS: a key-value bucket.)"""
+
+    @abstractmethod
     def close(self) -> None:
         """Stop delivering and release every resource."""
 
@@ -328,6 +334,9 @@ class BusWrapper(Bus):
 
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
         return self.inner.request_many(subject, data, timeout)
+
+    def update(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], *, ttl: float) -> bytes:
+        return self.inner.update(bucket, key, change, ttl=ttl)
 
     def close(self) -> None:
         self.inner.close()

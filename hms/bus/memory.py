@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
@@ -144,6 +144,7 @@ class MemoryBus(Engine):
         # Publishes inside the duplicate window, oldest first (insertion order = expiry order); a settled one keeps
         # only its id, so the window holds no events or futures for the garbage collector to walk.
         self._recent: OrderedDict[str, tuple[float, Future[None] | None]] = OrderedDict()
+        self._values: dict[tuple[str, str], tuple[bytes, float]] = {}  # update(): (value, expires at)
         self._closed = False
         self._timer_thread = threading.Thread(target=self._run_timers, name="hms-bus-timers", daemon=True)
         self._timer_thread.start()
@@ -355,6 +356,18 @@ class MemoryBus(Engine):
                     except RuntimeError:  # executor shut down during close()
                         return
                 self._timer_cv.wait(self._timers[0][0] - now if self._timers else None)
+
+    # -- shared values ----------------------------------------------------------------------
+    def update(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], *, ttl: float) -> bytes:
+        self._check_open()
+        with self._lock:
+            now = time.monotonic()
+            if len(self._values) > 10_000:  # forget what expired, so memory stays bounded
+                self._values = {k: v for k, v in self._values.items() if v[1] > now}
+            found = self._values.get((bucket, key))
+            new = change(found[0] if found and found[1] > now else None)
+            self._values[(bucket, key)] = (new, now + ttl)
+            return new
 
     def close(self) -> None:
         with self._timer_cv:

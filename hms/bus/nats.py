@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -117,6 +117,7 @@ class NatsBus(Engine):
         self._thread = threading.Thread(target=self._loop.run_forever, name="hms-nats-loop", daemon=True)
         self._thread.start()
         self._subs: list[_NatsSubscription] = []
+        self._buckets: dict[str, Any] = {}  # update(): key-value buckets by name
         self._outgoing: list[tuple[bool, Event, dict[str, str], Future[None]]] = []
         self._outgoing_lock = threading.Lock()
         self._awaiting_ack: dict[str, tuple[Event, Future[None]]] = {}
@@ -332,6 +333,41 @@ class NatsBus(Engine):
         finally:
             await sub.unsubscribe()
         return replies
+
+    # -- shared values ----------------------------------------------------------------------
+    def update(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], *, ttl: float) -> bytes:
+        self._check_open()
+        return self._call(self._update(bucket, key, change, ttl), timeout=15)
+
+    async def _bucket(self, bucket: str, ttl: float) -> Any:
+        kv = self._buckets.get(bucket)
+        if kv is None:
+            try:
+                kv = await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                config = api.KeyValueConfig(bucket=bucket, ttl=ttl, history=1, replicas=self.replicas)
+                kv = await self.js.create_key_value(config)  # another process making it at once: the same bucket
+            self._buckets[bucket] = kv
+        return kv
+
+    async def _update(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], ttl: float) -> bytes:
+        kv = await self._bucket(bucket, ttl)
+        for _ in range(100):
+            try:
+                entry = await kv.get(key)
+                old, revision = entry.value, entry.revision
+            except nats.js.errors.KeyNotFoundError:
+                old, revision = None, None
+            new = change(old)
+            try:
+                if revision is None:
+                    await kv.create(key, new)
+                else:
+                    await kv.update(key, new, last=revision)
+                return new
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another process changed it since we read it: read again
+        raise BusError(f"{bucket}/{key}: changed by others 100 times in a row")
 
     # -- subscribing ------------------------------------------------------------------------
     def subscribe(

@@ -10,8 +10,9 @@ import bcrypt
 
 from .guard import Policy
 
-# Every client needs the JetStream API, acks and reply inboxes; discovery ($SRV) is open to all.
-PLUMBING_PUBLISH = ["$JS.API.>", "$JS.ACK.>", "_INBOX.>", "$SRV.>"]
+# Every client needs the JetStream API, acks and reply inboxes; discovery ($SRV) is open to all; gateways share
+# the per-citizen rate limit in a key-value bucket (hms.gateway.ratelimit.BUCKET).
+PLUMBING_PUBLISH = ["$JS.API.>", "$JS.ACK.>", "_INBOX.>", "$SRV.>", "$KV.hms_ratelimit.>"]
 PLUMBING_SUBSCRIBE = ["_INBOX.>", "$SRV.>"]
 
 

@@ -75,7 +75,7 @@ def init_app(app: Flask) -> None:
     app.extensions["hms.verifier"] = JwksVerifier(
         app.config["HMS_JWT_JWKS_FILE"], app.config["HMS_JWT_ISSUER"], app.config["HMS_JWT_AUDIENCE"]
     )
-    app.extensions["hms.ratelimit"] = RateLimiter(app.config["HMS_CLAIMS_PER_MINUTE"])
+    app.extensions["hms.ratelimit"] = RateLimiter(bus_of(app), app.config["HMS_CLAIMS_PER_MINUTE"])
     app.register_blueprint(web.bp)
     observe(app)
 

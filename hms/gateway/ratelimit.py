@@ -1,43 +1,45 @@
-"""Per-citizen rate limit on claim submission (sliding window, in this process)."""
+"""Per-citizen rate limit on claim submission: a sliding window shared by every gateway on the bus."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import threading
 import time
-from collections import deque
+from collections.abc import Callable
+
+from hms.bus import Bus
+
+BUCKET = "hms_ratelimit"  # on NATS a key-value bucket; every gateway process counts in it
 
 
 class RateLimiter:
-    """At most `limit` calls per `window` seconds for each key."""
+    """At most `limit` calls per `window` seconds for each key, counted across gateways (Bus.update)."""
 
-    def __init__(self, limit: int, window: float = 60.0, clock: object = time.monotonic) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self._calls: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-        self._next_sweep = 0.0
+    def __init__(self, bus: Bus, limit: int, window: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        self.bus, self.limit, self.window, self.clock = bus, limit, window, clock
 
     def acquire(self, key: str) -> float:
         """Record a call for `key`; returns 0 when allowed, else the seconds to wait before retrying."""
-        now = self.clock()  # type: ignore[operator]
-        with self._lock:
-            if now >= self._next_sweep:  # forget keys that went quiet, so memory stays bounded
-                self._calls = {k: q for k, q in self._calls.items() if q and q[-1] > now - self.window}
-                self._next_sweep = now + self.window
-            calls = self._calls.setdefault(key, deque())
-            while calls and calls[0] <= now - self.window:
-                calls.popleft()
-            if len(calls) >= self.limit:
-                return float(max(0.001, calls[0] + self.window - now))
-            calls.append(now)
-            return 0.0
+        now, wait = self.clock(), [0.0]
+
+        def change(old: bytes | None) -> bytes:
+            calls = [t for t in json.loads(old or b"[]") if t > now - self.window]
+            wait[0] = max(0.001, calls[0] + self.window - now) if len(calls) >= self.limit else 0.0
+            return json.dumps(calls if wait[0] else [*calls, now]).encode()
+
+        self.bus.update(BUCKET, self._key(key), change, ttl=self.window)
+        return wait[0]
 
     def release(self, key: str) -> None:
         """Give back the latest call of `key`: it did nothing (the mesh could not serve it), so a retry is free."""
-        with self._lock:
-            calls = self._calls.get(key)
-            if calls:
-                calls.pop()
+        self.bus.update(
+            BUCKET, self._key(key), lambda old: json.dumps(json.loads(old or b"[]")[:-1]).encode(), ttl=self.window
+        )
+
+    @staticmethod
+    def _key(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()  # any subject, as the characters a bucket key allows
 
 
 def retry_after(seconds: float) -> str:

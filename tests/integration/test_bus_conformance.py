@@ -332,3 +332,27 @@ def test_many_publishes_in_flight_are_each_confirmed_once(bus: Bus) -> None:
     eventually(lambda: len(got.events) >= 500)
     time.sleep(0.2)
     assert sorted(e.data["claimId"] for e in got.events) == sorted(f"c{i}" for i in range(500))
+
+
+def test_update_changes_a_shared_value_atomically_and_forgets_it_after_its_ttl(raw_bus: Bus) -> None:
+    """Bus.update is a compare-and-set: 5 threads adding 1 forty times each end at 200 (none lost to a race)."""
+
+    def add_one(old: bytes | None) -> bytes:
+        return str(int(old or b"0") + 1).encode()
+
+    threads = [
+        threading.Thread(target=lambda: [raw_bus.update("t_counts", "k", add_one, ttl=5) for _ in range(40)])
+        for _ in range(5)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert raw_bus.update("t_counts", "k", lambda old: old or b"", ttl=5) == b"200"
+    assert raw_bus.update("t_counts", "other", lambda old: b"seen" if old is None else b"again", ttl=5) == b"seen"
+    assert raw_bus.update("t_short", "k", lambda old: b"first" if old is None else b"kept", ttl=1) == b"first"
+    time.sleep(1.6)
+    assert raw_bus.update("t_short", "k", lambda old: b"first" if old is None else b"kept", ttl=1) == b"first"
+    if hasattr(raw_bus, "js"):  # the next run starts with no buckets
+        for bucket in ("t_counts", "t_short"):
+            raw_bus._call(raw_bus.js.delete_key_value(bucket))  # type: ignore[attr-defined]

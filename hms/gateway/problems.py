@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, current_app, json, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from hms.bus import BusTimeout, ContractError, NoResponders, ReplyError
@@ -45,8 +45,17 @@ class Problem(Exception):
         self.errors, self.headers = errors or [], headers or {}
 
 
+def wants_html() -> bool:
+    """Whether the client is a browser asking for a page (API clients and scripts get problem+json)."""
+    accepted = request.accept_mimetypes
+    return accepted.best_match(["application/json", MEDIA_TYPE, "text/html"]) == "text/html"
+
+
 def problem_response(p: Problem) -> Response:
-    """Render a problem as an HTTP response."""
+    """Render a problem as an HTTP response: a page for a browser, problem+json for everyone else."""
+    if wants_html():
+        html = render_template("error.html", problem=p, person=None, csrf="", demo=current_app.config.get("HMS_DEMO"))
+        return Response(html, status=p.status, mimetype="text/html", headers=p.headers)  # CSP: _secure_headers
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + SLUGS.get(p.status, "error"),
         "title": p.title,

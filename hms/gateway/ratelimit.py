@@ -25,7 +25,8 @@ class RateLimiter:
 
         def change(old: bytes | None) -> bytes:
             calls = [t for t in json.loads(old or b"[]") if t > now - self.window]
-            wait[0] = max(0.001, calls[0] + self.window - now) if len(calls) >= self.limit else 0.0
+            full = len(calls) >= self.limit
+            wait[0] = max(0.001, (calls[0] if calls else now) + self.window - now) if full else 0.0
             return json.dumps(calls if wait[0] else [*calls, now]).encode()
 
         self.bus.update(BUCKET, self._key(key), change, ttl=self.window)

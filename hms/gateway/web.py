@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Any
 from urllib.parse import urlencode
@@ -63,19 +64,30 @@ def who(*roles: str) -> Identity:
     return person
 
 
+def csrf_token() -> str:
+    """The token the page's forms must send back: derived from the session when there is one (an attacker who
+    can plant cookies cannot make one that matches another person's session), else a random one in a cookie for
+    the forms shown before sign-in (double-submit)."""
+    session = request.cookies.get(SESSION_COOKIE)
+    if session:
+        return hashlib.sha256(b"hms-csrf:" + session.encode()).hexdigest()[:32]
+    return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+
+
 def csrf_ok() -> None:
-    """Refuse a form post whose token does not match the cookie (double-submit)."""
-    cookie, form = request.cookies.get(CSRF_COOKIE, ""), request.form.get("csrf", "")
-    if not cookie or not secrets.compare_digest(cookie, form):
+    """Refuse a form post whose token is not the one its page was given."""
+    form = request.form.get("csrf", "")
+    session = request.cookies.get(SESSION_COOKIE)
+    if not (session or request.cookies.get(CSRF_COOKIE)) or not secrets.compare_digest(csrf_token(), form):
         raise Problem(403, "Forbidden", "the form is stale or forged; reload the page and try again", "csrf")
 
 
 def page(template: str, **context: Any) -> Response:
     """Render a page, handing out a CSRF token for its forms."""
-    token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+    token = csrf_token()
     response = Response(render_template(template, csrf=token, demo=current_app.config["HMS_DEMO"], **context))
-    response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
-    response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+    if not request.cookies.get(SESSION_COOKIE):
+        response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
     return response
 
 
@@ -218,7 +230,9 @@ def reference(claim_id: str) -> str:
 
 @bp.post("/signout")
 def signout() -> ResponseReturnValue:
-    """End the web session (the session is the gateway's: a cookie holding the signed-in person's token)."""
+    """End the web session (the session is the gateway's: a cookie holding the signed-in person's token); a form
+    post with the page's CSRF token, so another site cannot sign a person out."""
+    csrf_ok()
     response = redirect("/", code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response

@@ -309,3 +309,53 @@ def test_cookies_are_secure_behind_a_trusted_tls_proxy_only(
         assert ("; Secure" in cookie) is secure, cookie  # without a trusted proxy the header is not believed
     finally:
         mesh_of(app).close()
+
+
+def signed_in(app: Flask, client: FlaskClient, identity: str = "diego:citizen") -> str:
+    """Sign in through the demo page like a browser; returns the CSRF token of the signed-in home page."""
+    app.config["HMS_DEMO"] = True
+    page = client.get("/signin")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+    assert client.post("/signin", data={"csrf": csrf, "identity": identity}).status_code == 303
+    home = client.get("/", headers={"Accept": "text/html"}).get_data(as_text=True)
+    return re.search(r'name="csrf" value="([^"]+)"', home).group(1)  # type: ignore[union-attr]
+
+
+def test_the_csrf_token_is_bound_to_the_session_not_to_a_cookie_an_attacker_can_set(
+    app: Flask, client: FlaskClient
+) -> None:
+    token = signed_in(app, client)
+    client.set_cookie("hms_csrf", "attacker-chosen")
+    forged = client.post("/claims/new", data={"csrf": "attacker-chosen"}, headers={"Accept": "text/html"})
+    assert forged.status_code == 403 and "stale or forged" in forged.get_data(as_text=True)
+    other = FlaskClient(app, response_wrapper=type(forged))  # another person's session gives another token
+    assert signed_in(app, other, "rosa:citizen") != token
+    body = {"csrf": token, "name": "", "ssnLast4": "", "email": ""}
+    assert client.post("/claims/new", data=body).status_code == 422  # the right token: the form is checked
+
+
+def test_signing_out_is_a_post_with_the_pages_csrf_token(app: Flask, client: FlaskClient) -> None:
+    token = signed_in(app, client)
+    assert client.post("/signout", data={}).status_code == 403  # another site's form cannot sign anyone out
+    assert client.get("/", headers={"Accept": "text/html"}).get_data(as_text=True).count("Sign out") == 1
+    out = client.post("/signout", data={"csrf": token})
+    assert out.status_code == 303 and "hms_token=;" in out.headers["Set-Cookie"]
+
+
+def test_browsers_get_error_pages_and_api_clients_problem_json(app: Flask, client: FlaskClient, token: Any) -> None:
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    app.extensions["hms.ratelimit"].limit = 0
+    cases = [
+        ("GET", "/claims", {}, 401, "Sign in"),
+        ("GET", "/audit/payouts", token("diego"), 403, "may not open this page"),
+        ("GET", "/no/such/page", {}, 404, "Back to the start"),
+        ("POST", "/claims", token("diego"), 429, "seconds, then try again"),
+    ]
+    for method, path, auth, status, words in cases:
+        page = client.open(path, method=method, json=DIEGO if method == "POST" else None, headers={**browser, **auth})
+        assert (page.status_code, page.mimetype) == (status, "text/html"), path
+        assert (
+            words in page.get_data(as_text=True) and "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+        )
+        api = client.open(path, method=method, json=DIEGO if method == "POST" else None, headers=auth)
+        assert (api.status_code, api.mimetype, api.json["status"]) == (status, "application/problem+json", status)

@@ -209,6 +209,17 @@ def test_an_approval_from_a_v1_gateway_goes_to_the_citizens_latest_account_once_
     assert statement_accounts(app)[claim_id] == "****7777"
 
 
+def test_a_v1_approval_pays_into_the_citizens_newest_account_registered_without_a_claim(app: Flask, mesh: Mesh) -> None:
+    """Catches: the citizen or the claim-less filter dropped from the fallback, or its newest-first order."""
+    register(mesh, "noor", accountNumber="111111111111")
+    register(mesh, "noor", accountNumber="777777777777")  # the newest without a claim: this one
+    register(mesh, "noor", "another-claim", accountNumber="222222222222")  # newer, but another claim's
+    register(mesh, "kai", accountNumber="333333333333")  # newer, but another citizen's
+    claim_id = submit_v1(mesh, "noor")
+    eventually(lambda: (p := payment_for_or_none(mesh, claim_id)) is not None and p.state == "sent")
+    assert statement_accounts(app)[claim_id] == "****7777"
+
+
 def test_an_approval_with_no_account_ends_as_a_dead_letter_and_pays_nothing(app: Flask, mesh: Mesh) -> None:
     claim_id = submit_v1(mesh, "omar")
     dead = eventually(lambda: ask_gateway(mesh, "ach.deadletters.list", {})["items"])
@@ -344,7 +355,13 @@ def test_a_claim_id_is_filed_once(mesh: Mesh) -> None:
     assert (first["id"], first["status"]) == ("claim-1", "approved")
     with pytest.raises(ReplyError) as again:
         ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "lea", "claimId": "claim-1"}, 2)
-    assert (again.value.status, again.value.field) == (409, "claimId")
+    e = again.value
+    assert (e.status, e.title, e.detail, e.field) == (
+        409,
+        "Claim exists",
+        "a claim with this id was filed already",
+        "claimId",
+    )
     assert ask_svc(mesh, "svc.claims.get", {"claimId": "claim-1"})["citizen"] == "kai"
 
 
@@ -723,7 +740,13 @@ def test_each_claims_account_is_kept_as_given(mesh: Mesh) -> None:
     assert len(set(old_gateway) | {first["accountId"], second["accountId"]}) == 4  # each v1 registration a row
     with pytest.raises(ReplyError) as taken:
         register(mesh, "lea", "c1")
-    assert (taken.value.status, taken.value.field) == (409, "claimId")
+    e = taken.value
+    assert (e.status, e.title, e.detail, e.field) == (
+        409,
+        "Claim exists",
+        "this claim id belongs to another citizen",
+        "claimId",
+    )
     with mesh.stores["ach"].session() as s:
         rows = {a.claim_id: (a.citizen, a.account_number, a.account_type) for a in s.query(Account)}
     assert rows["c1"] == ("kai", "111122223333", "savings") and rows["c2"] == ("kai", "777788889999", "checking")

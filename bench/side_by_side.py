@@ -16,6 +16,7 @@ Steady: 20 claims per second, paced, for `--steady-seconds`; POST p50/p99 as the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import http.client
 import json
@@ -88,7 +89,10 @@ class System:
 
     def spawn(self, args: list[str], env: dict[str, str], log: str) -> None:
         out = open(self.dir / log, "ab")  # noqa: SIM115  # closed with the process
-        self.procs.append(subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=out, cwd=self.dir))
+        proc = subprocess.Popen(
+            args, env={**os.environ, **env}, stdout=out, stderr=out, cwd=self.dir, start_new_session=True
+        )
+        self.procs.append(proc)  # a process group of its own: stop() ends it with every child (Celery's pool)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -99,12 +103,15 @@ class System:
 
     def stop(self) -> None:
         for p in reversed(self.procs):
-            p.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
         for p in self.procs:
             try:
-                p.wait(20)
+                p.wait(15)
             except subprocess.TimeoutExpired:
-                p.kill()
+                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)  # what is left of the group (a pool child, a warm shutdown)
 
     def statement(self) -> Path:
         raise NotImplementedError
@@ -305,9 +312,13 @@ def pct(values: list[float], q: float) -> float:
 def warmed(kind: Callable[[Path], System], workdir: Path) -> tuple[System, dict[str, str]]:
     """A started system that has paid a few claims (first requests: imports, caches, connections)."""
     system = kind(workdir)
-    system.start()
-    warm, _ = run_clients(system, [f"warm-{i}" for i in range(8)], None)
-    until_paid(system, warm)
+    try:
+        system.start()
+        warm, _ = run_clients(system, [f"warm-{i}" for i in range(8)], None)
+        until_paid(system, warm)
+    except BaseException:
+        system.stop()
+        raise
     return system, warm
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -268,7 +269,13 @@ def _running_server_registry(url: str | None, timeout: float) -> list[dict[str, 
     default=None,
     help="write the config here (default: INSTANCE/nats-auth.conf)",
 )
-def nats_config_cmd(users: tuple[str, ...], out: str | None) -> None:
+@click.option(
+    "--account",
+    default=None,
+    metavar="NAME",
+    help="write the users as a NATS account of their own (include it in the server's accounts block): one per mesh",
+)
+def nats_config_cmd(users: tuple[str, ...], out: str | None, account: str | None) -> None:
     """Write nats-server users and subject permissions from the HMS-SYS-AUTH policy."""
     from pathlib import Path
 
@@ -285,15 +292,26 @@ def nats_config_cmd(users: tuple[str, ...], out: str | None) -> None:
     if not chosen:
         chosen = {name: [name] for name in policy.services}
         chosen["up"] = list(policy.services)
+    if account is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", account):
+        raise click.BadParameter(
+            f"{account!r}: letters, digits, '_' and '-', starting with a letter", param_hint="--account"
+        )
+    if account:  # user names are server-wide: each mesh's carry its account's name
+        chosen = {f"{account}-{name}": granted for name, granted in chosen.items()}
     try:
-        text, passwords = nats_config(policy, chosen)
+        text, passwords = nats_config(policy, chosen, account=account)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--user") from None
     path = Path(out or Path(current_app.config["HMS_INSTANCE_PATH"]) / "nats-auth.conf")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(str(text))
     path.chmod(0o600)
-    click.echo(f"wrote {path}; include it from nats-server.conf. Each process's HMS_BUS_URL:")
+    where = (
+        f"inside the accounts block of nats-server.conf (accounts {{ include {path.name} }})"
+        if account
+        else "from nats-server.conf"
+    )
+    click.echo(f"wrote {path}; include it {where}. Each process's HMS_BUS_URL:")
     for name, granted in chosen.items():
         click.echo(f"  {','.join(granted)}: nats://{name}:{passwords[name]}@HOST:4222")
 

@@ -132,3 +132,60 @@ def test_durable_consumers_have_no_server_side_delivery_limit_and_old_ones_are_u
     finally:
         bus._call(bus.js.delete_stream("LIMITS"))  # type: ignore[attr-defined]
         bus.close()
+
+
+def test_two_meshes_in_accounts_of_their_own_share_a_server_and_never_see_each_other(
+    cli_app: Flask, tmp_path: Path
+) -> None:
+    """`hms mesh nats-config --account NAME` per mesh: both create the same stream and consumers, and neither sees
+    the other's events (docs/deploy.md, meshes sharing a NATS system)."""
+    urls: dict[str, str] = {}
+    for mesh in ("blue", "green"):
+        result = cli_app.test_cli_runner().invoke(
+            args=[
+                "mesh",
+                "nats-config",
+                "--account",
+                mesh,
+                "--out",
+                str(tmp_path / f"{mesh}.conf"),
+                "--user",
+                "up=gateway,svc,ach",
+            ]
+        )
+        assert result.exit_code == 0, result.output
+        urls[mesh] = re.findall(r"nats://\S+", result.output)[0]
+    server_conf = tmp_path / "server.conf"
+    server_conf.write_text("accounts {\n  include blue.conf\n  include green.conf\n}\n")
+    server = NatsServer(tmp_path / "js", config=server_conf)
+    server.start()
+    try:
+        asyncio.run(two_meshes({m: u.replace("HOST:4222", f"127.0.0.1:{server.port}") for m, u in urls.items()}))
+    finally:
+        server.stop()
+    bad = cli_app.test_cli_runner().invoke(args=["mesh", "nats-config", "--account", "no spaces"])
+    assert bad.exit_code == 2 and "--account" in bad.output
+
+
+async def two_meshes(urls: dict[str, str]) -> None:
+    conns = {m: await nats.connect(u, max_reconnect_attempts=0) for m, u in urls.items()}
+    try:
+        for mesh, nc in conns.items():
+            js = nc.jetstream()
+            await js.add_stream(name="HMS_EVENTS", subjects=["claim.>", "payment.>"])  # the same name in each mesh
+            await js.publish("claim.approved", mesh.encode())
+        for mesh, nc in conns.items():
+            sub = await nc.jetstream().pull_subscribe("claim.approved", durable="ach_on_claim_approved")
+            msgs = await sub.fetch(10, timeout=2)
+            assert [m.data for m in msgs] == [mesh.encode()]  # its own event only
+        green_responder = await conns["green"].subscribe("svc.claims.get")
+        blue_responder = await conns["blue"].subscribe("svc.claims.get")
+        await conns["blue"].flush()
+        await conns["green"].flush()
+        await conns["blue"].publish("svc.claims.get", b"{}")
+        assert (await blue_responder.next_msg(timeout=2)).data == b"{}"  # its own mesh's responder gets it
+        with pytest.raises(nats.errors.TimeoutError):
+            await green_responder.next_msg(timeout=0.5)  # the other mesh's never does
+    finally:
+        for nc in conns.values():
+            await nc.close()

@@ -6,6 +6,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from hms.contracts.vocabulary import ROLES
 
 ALL_SERVICES = ("gateway", "svc", "ach", "metrics", "notifier", "auth")
 
@@ -23,6 +26,10 @@ DEFAULTS: dict[str, Any] = {
     "HMS_JWT_ISSUER": "hms-dev",
     "HMS_JWT_AUDIENCE": "hms",
     "HMS_JWT_JWKS_FILE": "",
+    "HMS_JWT_JWKS_URL": "",  # an identity provider's JWKS URL, or "discover" (its issuer's discovery document)
+    "HMS_JWT_TYPES": ["at+jwt"],  # accepted header typ values (Keycloak, Entra ID, Auth0: JWT)
+    "HMS_JWT_ROLES_CLAIM": "role",  # a dotted path to a string or list claim, e.g. realm_access.roles
+    "HMS_JWT_ROLE_MAP": [],  # provider-role=hms-role,...
     "HMS_JWT_PRIVATE_KEY_FILE": "",
     "HMS_JWT_TTL_S": 3600,
     "HMS_SYS_AUTH": True,
@@ -103,6 +110,12 @@ def load(overrides: Mapping[str, Any] | None, instance_path: str) -> dict[str, A
     rate = settings["HMS_ACH_SANDBOX_FAIL_RATE"]
     if not 0 <= rate <= 1:
         raise ConfigError(f"HMS_ACH_SANDBOX_FAIL_RATE: must be between 0 and 1, got {rate}")
+    settings["HMS_JWT_ROLE_MAP"] = _role_map(settings["HMS_JWT_ROLE_MAP"])
+    jwks_url = settings["HMS_JWT_JWKS_URL"]
+    if jwks_url == "discover":
+        _check_url("HMS_JWT_ISSUER", settings["HMS_JWT_ISSUER"], "an issuer URL to discover its keys from")
+    elif jwks_url:
+        _check_url("HMS_JWT_JWKS_URL", jwks_url, "a JWKS URL, or 'discover'")
     instance = Path(settings.get("HMS_INSTANCE_PATH") or instance_path).resolve()
     settings["HMS_INSTANCE_PATH"] = str(instance)
     # The development identity provider publishes its keys here; the gateway trusts this file
@@ -115,3 +128,26 @@ def load(overrides: Mapping[str, Any] | None, instance_path: str) -> dict[str, A
     ):
         settings[key] = settings[key] or str(instance / name)
     return settings
+
+
+def _role_map(entries: Any) -> dict[str, str]:
+    """HMS_JWT_ROLE_MAP: provider-role=hms-role pairs."""
+    if isinstance(entries, dict):
+        entries = [f"{k}={v}" for k, v in entries.items()]
+    mapping = {}
+    for entry in entries:
+        provider, _, ours = str(entry).partition("=")
+        if not provider.strip() or ours.strip() not in ROLES:
+            raise ConfigError(
+                f"HMS_JWT_ROLE_MAP: {entry!r}: expected provider-role=hms-role, hms-role one of {', '.join(ROLES)}"
+            )
+        mapping[provider.strip()] = ours.strip()
+    return mapping
+
+
+def _check_url(key: str, url: str, what: str) -> None:
+    """https, or http only to this machine (a development provider); never plain http across a network."""
+    parsed = urlsplit(url)
+    loopback = parsed.hostname in ("127.0.0.1", "::1", "localhost")
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and loopback):
+        raise ConfigError(f"{key}: expected {what} over https (http only on a loopback address), got {url!r}")

@@ -337,7 +337,10 @@ class NatsBus(Engine):
     # -- shared values ----------------------------------------------------------------------
     def update(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], *, ttl: float) -> bytes:
         self._check_open()
-        return self._call(self._update(bucket, key, change, ttl), timeout=15)
+        try:
+            return self._call(self._update(bucket, key, change, ttl), timeout=10)
+        except (TimeoutError, nats.errors.Error) as exc:  # JetStream away (a restart, a leader election)
+            raise BusError(f"{bucket}: the key-value store is unavailable: {exc!r}") from None
 
     async def _bucket(self, bucket: str, ttl: float) -> Any:
         kv = self._buckets.get(bucket)

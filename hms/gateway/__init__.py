@@ -12,13 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hms.bus import bus_of, telemetry
+from hms.bus.tokens import KeySet
 from hms.bus.tracing import bound, child_of, trace_id
 from hms.contracts.asyncapi import asyncapi
 
 from . import api, cli, problems, web
 from .ratelimit import RateLimiter
 from .schemas import Problem
-from .security import JwksVerifier
+from .security import JwksVerifier, RemoteKeys
 
 
 class ProblemApi(Api):  # type: ignore[misc]
@@ -72,8 +73,19 @@ def init_app(app: Flask) -> None:
     smorest.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     for bp in (api.claims, api.audit, api.mesh, api.health):
         smorest.register_blueprint(bp)
+    c = app.config
+    keys = (
+        RemoteKeys(c["HMS_JWT_JWKS_URL"], c["HMS_JWT_ISSUER"])
+        if c["HMS_JWT_JWKS_URL"]
+        else KeySet(c["HMS_JWT_JWKS_FILE"])
+    )
     app.extensions["hms.verifier"] = JwksVerifier(
-        app.config["HMS_JWT_JWKS_FILE"], app.config["HMS_JWT_ISSUER"], app.config["HMS_JWT_AUDIENCE"]
+        keys,
+        c["HMS_JWT_ISSUER"],
+        c["HMS_JWT_AUDIENCE"],
+        types=tuple(c["HMS_JWT_TYPES"]),
+        roles_claim=c["HMS_JWT_ROLES_CLAIM"],
+        role_map=c["HMS_JWT_ROLE_MAP"],
     )
     app.extensions["hms.ratelimit"] = RateLimiter(bus_of(app), app.config["HMS_CLAIMS_PER_MINUTE"])
     app.register_blueprint(web.bp)

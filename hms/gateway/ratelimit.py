@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
 
-from hms.bus import Bus
+from hms.bus import Bus, BusError
 
+log = logging.getLogger("hms.gateway")
 BUCKET = "hms_ratelimit"  # on NATS a key-value bucket; every gateway process counts in it
 
 
@@ -29,14 +32,19 @@ class RateLimiter:
             wait[0] = max(0.001, (calls[0] if calls else now) + self.window - now) if full else 0.0
             return json.dumps(calls if wait[0] else [*calls, now]).encode()
 
-        self.bus.update(BUCKET, self._key(key), change, ttl=self.window)
+        try:
+            self.bus.update(BUCKET, self._key(key), change, ttl=self.window)
+        except BusError as exc:  # the shared count is away for a moment: let the claim through rather than refuse it
+            log.warning("rate limit not counted for this submission: %s", exc)
+            return 0.0
         return wait[0]
 
     def release(self, key: str) -> None:
         """Give back the latest call of `key`: it did nothing (the mesh could not serve it), so a retry is free."""
-        self.bus.update(
-            BUCKET, self._key(key), lambda old: json.dumps(json.loads(old or b"[]")[:-1]).encode(), ttl=self.window
-        )
+        with contextlib.suppress(BusError):  # not given back: the citizen waits a little longer, nothing worse
+            self.bus.update(
+                BUCKET, self._key(key), lambda old: json.dumps(json.loads(old or b"[]")[:-1]).encode(), ttl=self.window
+            )
 
     @staticmethod
     def _key(key: str) -> str:

@@ -16,6 +16,7 @@ from hms.contracts.vocabulary import ROLES, USER_TOKEN_TYPE
 from .problems import Problem
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
+PRECEDENCE = ("admin", "caseworker", "auditor", "citizen")  # of several roles, the first here
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -34,11 +35,67 @@ def unauthorized(detail: str) -> Problem:
     )
 
 
-class JwksVerifier:
-    """Checks user tokens against the keys of a JWKS file, re-read when the file changes."""
+class RemoteKeys:
+    """The keys of an identity provider's JWKS URL (PyJWT's PyJWKClient): cached for `lifespan` seconds, fetched
+    again when a token names a key not in the cache (a rotation), at most once per `cooldown` seconds."""
 
-    def __init__(self, jwks_file: str, issuer: str, audience: str, *, recheck_s: float = 1.0) -> None:
-        self.keys, self.issuer, self.audience = KeySet(jwks_file, recheck_s=recheck_s), issuer, audience
+    def __init__(self, url: str, issuer: str, *, lifespan: float = 300, cooldown: float = 5) -> None:
+        self.url, self.issuer, self.lifespan, self.cooldown = url, issuer, lifespan, cooldown
+        self._client: jwt.PyJWKClient | None = None
+
+    def client(self) -> jwt.PyJWKClient:
+        if self._client is None:
+            url = self.url
+            if url == "discover":  # jwks_uri from the issuer's discovery document, read on first use
+                try:
+                    url = discover_jwks_uri(self.issuer)
+                except (OSError, ValueError, KeyError) as exc:
+                    raise Problem(
+                        503, "Service unavailable", f"the identity provider's discovery document: {exc}"
+                    ) from None
+            self._client = jwt.PyJWKClient(
+                url, cache_jwk_set=True, lifespan=self.lifespan, timeout=5, cooldown_duration=self.cooldown
+            )
+        return self._client
+
+    def get(self, kid: str) -> jwt.PyJWK | None:
+        try:
+            return self.client().get_signing_key(kid)
+        except jwt.PyJWKClientError:
+            return None
+
+
+def discover_jwks_uri(issuer: str) -> str:
+    """The `jwks_uri` of an OpenID Provider's discovery document."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout=5) as r:  # noqa: S310
+        return str(json.load(r)["jwks_uri"])
+
+
+def accepted_type(typ: str) -> str:
+    """A header `typ` as compared: case-insensitive, with or without the `application/` prefix (RFC 8725)."""
+    return typ.lower().removeprefix("application/")
+
+
+class JwksVerifier:
+    """Checks user tokens against a key set (a JWKS file, re-read when it changes, or an identity provider's JWKS
+    URL); the header types, the claim that holds the roles and a map of the provider's role names are settings."""
+
+    def __init__(
+        self,
+        keys: KeySet | RemoteKeys,
+        issuer: str,
+        audience: str,
+        *,
+        types: tuple[str, ...] = (USER_TOKEN_TYPE,),
+        roles_claim: str = "role",
+        role_map: dict[str, str] | None = None,
+    ) -> None:
+        self.keys, self.issuer, self.audience = keys, issuer, audience
+        self.types = {accepted_type(t) for t in types}
+        self.roles_claim, self.role_map = roles_claim.split("."), dict(role_map or {})
 
     def verify(self, token: str) -> Identity:
         """The identity in a valid user token; raises a 401 Problem naming what is wrong."""
@@ -49,8 +106,8 @@ class JwksVerifier:
         alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
         if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise unauthorized(f"token algorithm {alg!r} is not accepted")
-        if not isinstance(typ, str) or typ.lower() != USER_TOKEN_TYPE:
-            raise unauthorized("not a user access token (typ must be at+jwt)")
+        if not isinstance(typ, str) or accepted_type(typ) not in self.types:
+            raise unauthorized(f"not a user access token (typ must be one of {', '.join(sorted(self.types))})")
         if not isinstance(kid, str):
             raise unauthorized("token key id (kid) is not trusted")
         key = self.keys.get(kid)
@@ -82,12 +139,23 @@ class JwksVerifier:
             raise unauthorized("token signature is invalid") from None
         except jwt.InvalidTokenError as exc:
             raise unauthorized(f"token is invalid: {exc}") from None
-        sub, role = claims.get("sub"), claims.get("role")
+        sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 128:
             raise unauthorized("token subject (sub) must be 1 to 128 characters")
-        if role not in ROLES:
-            raise unauthorized(f"token role must be one of {', '.join(ROLES)}")
-        return Identity(sub, role)
+        return Identity(sub, self.role(claims))
+
+    def role(self, claims: dict[str, Any]) -> str:
+        """The hms role a token grants: its roles claim (a string or a list, at a dotted path), each name mapped;
+        of several, the one with the most rights (a staff member with two roles gets the broader one)."""
+        found: Any = claims
+        for step in self.roles_claim:
+            found = found.get(step) if isinstance(found, dict) else None
+        names = [found] if isinstance(found, str) else found if isinstance(found, list) else []
+        granted = {self.role_map.get(n, n) for n in names if isinstance(n, str)}
+        for role in PRECEDENCE:
+            if role in granted:
+                return role
+        raise unauthorized(f"token grants none of the roles {', '.join(ROLES)} ({'.'.join(self.roles_claim)})")
 
 
 def identity() -> Identity:

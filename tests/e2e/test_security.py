@@ -359,3 +359,49 @@ def test_browsers_get_error_pages_and_api_clients_problem_json(app: Flask, clien
         )
         api = client.open(path, method=method, json=DIEGO if method == "POST" else None, headers=auth)
         assert (api.status_code, api.mimetype, api.json["status"]) == (status, "application/problem+json", status)
+
+
+@pytest.mark.parametrize(
+    ("typ", "roles", "role", "status"),
+    [
+        ("JWT", ["benefits-staff"], "caseworker", 200),  # Keycloak's and Entra ID's header typ, a list of roles
+        ("application/at+jwt", "citizen", "citizen", 200),  # RFC 9068 with the media-type prefix
+        ("AT+JWT", ["auditor", "benefits-staff"], "caseworker", 200),  # of several roles, the broadest
+        ("JOSE", ["benefits-staff"], None, 401),  # a type not configured
+        ("JWT", ["offline_access"], None, 401),  # no role hms knows
+    ],
+)
+def test_token_types_roles_claims_and_role_names_are_settings(
+    settings: dict[str, Any], typ: str, roles: Any, role: str | None, status: int
+) -> None:
+    """HMS_JWT_TYPES, HMS_JWT_ROLES_CLAIM (a dotted path to a string or a list) and HMS_JWT_ROLE_MAP; `aud` may be a
+    list (as Entra ID and Auth0 send it)."""
+    import time as clock
+
+    from hms import create_app
+    from hms.runtime import mesh_of
+
+    app = create_app(
+        {
+            **settings,
+            "HMS_JWT_TYPES": "at+jwt,JWT",
+            "HMS_JWT_ROLES_CLAIM": "realm_access.roles",
+            "HMS_JWT_ROLE_MAP": "benefits-staff=caseworker",
+        }
+    )
+    mesh_of(app).upgrade()
+    mesh_of(app).start()
+    try:
+        idp = app.extensions["hms.auth"]
+        now = int(clock.time())
+        claims = {"iss": "hms-dev", "aud": ["account", "hms"], "sub": "sam", "iat": now, "exp": now + 60}
+        token = jwt.encode(
+            {**claims, "realm_access": {"roles": roles}}, idp.key(), "RS256", headers={"kid": idp.kid, "typ": typ}
+        )
+        r = app.test_client().get("/claims", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == status, r.json
+        if role:
+            verifier = app.extensions["hms.verifier"]
+            assert verifier.verify(token).role == role
+    finally:
+        mesh_of(app).close()

@@ -1,0 +1,157 @@
+"""API tokens from a real, independently written OpenID Provider (panva/oidc-provider from npm, run with Node.js).
+
+Its access tokens are shaped as Keycloak shapes them: roles under `realm_access.roles`, in the provider's names; the
+gateway finds its keys through the discovery document, maps the roles, and follows a key rotation without a
+restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+from jwt.algorithms import RSAAlgorithm
+
+from hms import create_app
+from hms.runtime import mesh_of
+
+HERE = Path(__file__).resolve().parents[1] / "oidc"
+AUDIENCE = "https://hms.example/api"  # a resource indicator is an absolute URI (RFC 8707)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def private_jwk(kid: str) -> dict[str, Any]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return {**json.loads(RSAAlgorithm.to_jwk(key)), "kid": kid, "alg": "RS256", "use": "sig"}
+
+
+class Provider:
+    """oidc-provider on a free loopback port, with the keys it is given (the first signs)."""
+
+    def __init__(self, tmp: Path) -> None:
+        if not (HERE / "node_modules" / "oidc-provider").exists():
+            if os.environ.get("CI"):
+                pytest.fail("tests/oidc/node_modules is missing: .ci/run installs the OpenID Provider with npm ci")
+            pytest.skip("the OpenID Provider is not installed: npm ci --prefix tests/oidc")
+        self.tmp, self.port, self.proc = tmp, free_port(), None
+        self.issuer = f"http://127.0.0.1:{self.port}"
+
+    def start(self, keys: list[dict[str, Any]]) -> None:
+        (self.tmp / "keys.json").write_text(json.dumps({"keys": keys}))
+        node = shutil.which("node") or "node"
+        self.proc = subprocess.Popen(  # type: ignore[assignment]
+            [node, str(HERE / "provider.mjs"), str(self.port), str(self.tmp / "keys.json")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        seen = [self.proc.stdout.readline() for _ in range(1)]  # type: ignore[attr-defined]
+        while not seen[-1].startswith("ready") and seen[-1] and len(seen) < 20:  # past warnings (Node 20)
+            seen.append(self.proc.stdout.readline())  # type: ignore[attr-defined]
+        assert seen[-1].startswith("ready"), seen
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()  # type: ignore[unreachable]
+            self.proc.wait(10)
+            self.proc.stdout.close()
+            self.proc = None
+
+    def token(self, client: str) -> str:
+        """An access token for the resource "hms" (client credentials: its subject is the client)."""
+        body = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": AUDIENCE, "scope": "claims"})
+        request = urllib.request.Request(f"{self.issuer}/token", data=body.encode(), method="POST")
+        auth = urllib.parse.quote(client) + ":secret"
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        with urllib.request.urlopen(request, timeout=5) as r:  # noqa: S310
+            return str(json.load(r)["access_token"])
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[Provider]:
+    p = Provider(tmp_path)
+    yield p
+    p.stop()
+
+
+def mesh_trusting(provider: Provider, tmp_path: Path, **settings: Any) -> Flask:
+    app = create_app(
+        {
+            "HMS_INSTANCE_PATH": str(tmp_path / "instance"),
+            "HMS_JWT_ISSUER": provider.issuer,
+            "HMS_JWT_AUDIENCE": AUDIENCE,
+            "HMS_JWT_JWKS_URL": "discover",
+            "HMS_JWT_ROLES_CLAIM": "realm_access.roles",
+            "HMS_JWT_ROLE_MAP": "benefits-staff=caseworker,benefits-citizen=citizen",
+            **settings,
+        }
+    )
+    mesh_of(app).upgrade()
+    mesh_of(app).start()
+    return app
+
+
+def test_tokens_of_a_real_provider_are_accepted_by_its_discovered_keys_and_mapped_roles(
+    provider: Provider, tmp_path: Path
+) -> None:
+    provider.start([private_jwk("k1")])
+    app = mesh_trusting(provider, tmp_path)
+    try:
+        client = app.test_client()
+        staff = provider.token("hms-staff")
+        header = json.loads(
+            urllib.parse.unquote(__import__("base64").urlsafe_b64decode(staff.split(".")[0] + "==").decode())
+        )
+        assert header["typ"].lower() == "at+jwt"  # RFC 9068, as oidc-provider issues JWT access tokens
+        listed = client.get("/claims", headers={"Authorization": f"Bearer {staff}"})
+        assert listed.status_code == 200, listed.json  # benefits-staff → caseworker: all claims
+        citizen = provider.token("hms-citizen")
+        mine = client.get("/claims", headers={"Authorization": f"Bearer {citizen}"})
+        assert mine.status_code == 200 and mine.json["total"] == 0
+        refused = client.get("/audit/payouts", headers={"Authorization": f"Bearer {citizen}"})
+        assert refused.status_code == 403
+        nobody = client.get("/claims", headers={"Authorization": f"Bearer {provider.token('hms-nobody')}"})
+        assert nobody.status_code == 401 and "realm_access.roles" in nobody.json["detail"]
+
+        # The provider rotates its key: the gateway fetches the new one on the first token that names it (at most
+        # one fetch every 5 s, so a flood of made-up key ids cannot make it hammer the provider).
+        provider.stop()
+        provider.start([private_jwk("k2")])
+        rotated = provider.token("hms-staff")
+        time.sleep(5.5)
+        after = client.get("/claims", headers={"Authorization": f"Bearer {rotated}"})
+        assert after.status_code == 200, after.json
+    finally:
+        mesh_of(app).close()
+
+
+def test_provider_settings_are_checked_at_start() -> None:
+    from hms.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match="HMS_JWT_ISSUER: expected an issuer URL"):
+        load({"HMS_JWT_JWKS_URL": "discover", "HMS_JWT_ISSUER": "http://idp.example"}, "/tmp/x")
+    with pytest.raises(ConfigError, match="HMS_JWT_JWKS_URL"):
+        load({"HMS_JWT_JWKS_URL": "ftp://idp.example/jwks"}, "/tmp/x")
+    with pytest.raises(ConfigError, match="HMS_JWT_ROLE_MAP"):
+        load({"HMS_JWT_ROLE_MAP": "staff=superuser"}, "/tmp/x")
+    ok = load({"HMS_JWT_JWKS_URL": "https://idp.example/jwks", "HMS_JWT_ROLE_MAP": "a=citizen, b=admin"}, "/tmp/x")
+    assert ok["HMS_JWT_ROLE_MAP"] == {"a": "citizen", "b": "admin"}

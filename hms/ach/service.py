@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pybreaker
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from hms.bus import Event, ReplyError, iso
 from hms.contracts.vocabulary import account_number_problem, routing_number_problem
@@ -159,6 +159,10 @@ class Ach:
         )
         s.wake("payments")  # wake the payer when the payment is there to see
 
+    def forget_account(self, s: Unit, event: Event) -> None:
+        """A denied claim is never paid: the bank details given with it are deleted (they came before the decision)."""
+        s.execute(delete(Account).where(Account.claim_id == event.data["claimId"]))
+
     def pay_due(self, stop: threading.Event) -> int:
         """Recover stale sends and pay every due payment (payments.py)."""
         return self.payer.run_once(stop)
@@ -178,7 +182,10 @@ service = Service(
         "ach.payments.ledger": Ach.ledger,
         "ach.payments.get": Ach.get,
     },
-    consumers=[Consumer("claim.approved", Ach.record_payment, name="on_claim_approved")],
+    consumers=[
+        Consumer("claim.approved", Ach.record_payment, name="on_claim_approved"),
+        Consumer("claim.denied", Ach.forget_account, name="on_claim_denied"),
+    ],
     workers=[Worker("payments", Ach.pay_due, poll="HMS_ACH_POLL_S")],
     breakers=Ach.breakers,
 )

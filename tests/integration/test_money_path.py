@@ -753,6 +753,28 @@ def test_each_claims_account_is_kept_as_given(mesh: Mesh) -> None:
     assert ("lea" in {c for c, _, _ in rows.values()}) is False
 
 
+def test_a_denied_claims_bank_details_are_deleted_and_an_approved_ones_kept(
+    client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    """Details reach ach before the decision; a denial deletes them. Catches: the claim filter dropped (every
+    account deleted) or the consumer gone."""
+    from hms.ach.models import Account
+
+    approved = client.post("/claims", json=DIEGO, headers=token("kai")).json
+    other = {**DIEGO["directDeposit"], "accountNumber": "111122223333"}
+    denied = client.post(
+        "/claims", json={**DIEGO, "separationReason": "quit", "directDeposit": other}, headers=token("lea")
+    ).json
+    assert (approved["status"], denied["status"]) == ("approved", "denied")
+
+    def accounts() -> dict[str | None, str]:
+        with mesh.stores["ach"].session() as s:
+            return {a.claim_id: a.account_number for a in s.query(Account)}
+
+    eventually(lambda: denied["id"] not in accounts())
+    assert accounts() == {approved["id"]: DIEGO["directDeposit"]["accountNumber"]}
+
+
 def test_a_routing_number_failing_its_checksum_is_refused_by_ach(mesh: Mesh) -> None:
     from hms.bus import ReplyError
 

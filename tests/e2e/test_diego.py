@@ -232,7 +232,7 @@ def test_registry_lists_every_service_with_subjects_and_breakers(client: FlaskCl
     assert by_name["svc"]["publishes"] == ["claim.submitted", "claim.approved", "claim.denied"]
     assert "svc.claims.submit" in by_name["svc"]["serves"]
     assert by_name["ach"]["breakers"] == {"bank": "closed"}
-    assert by_name["ach"]["subscribes"] == ["claim.approved"]
+    assert by_name["ach"]["subscribes"] == ["claim.approved", "claim.denied"]
     assert all(s["health"]["status"] == "ok" for s in r.json["services"])
 
 

@@ -31,7 +31,7 @@ def test_service_tokens_are_short_lived_and_carry_the_policy(mesh: Mesh) -> None
     assert header["typ"] == "hms-svc+jwt" and claims["aud"] == "hms-mesh" and claims["sub"] == "ach"
     assert 0 < claims["exp"] - claims["iat"] <= 900
     assert claims["perm"]["publish"] == ["payment.sent", "payment.failed"]
-    assert claims["perm"]["subscribe"] == ["claim.approved"]
+    assert claims["perm"]["subscribe"] == ["claim.approved", "claim.denied"]
 
 
 def test_a_publish_outside_the_policy_is_refused_and_logged(mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:

@@ -22,7 +22,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -35,23 +34,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import DIEGO  # the claim every benchmark files (bench/cases.py too)
+from tests.natsd import NatsServer, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 4
-CLAIM = {
-    "claimant": {"name": "Diego Ramos", "ssnLast4": "1234", "email": "diego@example.org"},
-    "employer": "Acme Corp",
-    "separationReason": "laid_off",
-    "weeksWorked": 40,
-    "baseWages": 31200.0,
-    "directDeposit": {"routingNumber": "011000015", "accountNumber": "000123456789", "accountType": "checking"},
-}
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -223,9 +211,6 @@ class HmsNats(Hms):
     services = "gateway,svc,metrics,notifier,auth"
 
     def start(self) -> None:
-        sys.path.insert(0, str(ROOT))
-        from tests.natsd import NatsServer
-
         self.nats = NatsServer(self.dir / "jetstream")
         self.nats.start()
         super().start()
@@ -249,7 +234,7 @@ class HmsNats(Hms):
 def post(conn: http.client.HTTPConnection, token: str, key: str) -> tuple[int, dict[str, Any], float]:
     started = time.perf_counter()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Idempotency-Key": key}
-    conn.request("POST", "/claims", body=json.dumps(CLAIM), headers=headers)
+    conn.request("POST", "/claims", body=json.dumps(DIEGO), headers=headers)
     r = conn.getresponse()
     body = json.loads(r.read() or b"{}")
     return r.status, body, (time.perf_counter() - started) * 1000

@@ -130,10 +130,8 @@ def load(overrides: Mapping[str, Any] | None, instance_path: str) -> dict[str, A
     return settings
 
 
-def _role_map(entries: Any) -> dict[str, str]:
-    """HMS_JWT_ROLE_MAP: provider-role=hms-role pairs."""
-    if isinstance(entries, dict):
-        entries = [f"{k}={v}" for k, v in entries.items()]
+def _role_map(entries: list[str]) -> dict[str, str]:
+    """HMS_JWT_ROLE_MAP: provider-role=hms-role pairs (already split at the commas by _coerce)."""
     mapping = {}
     for entry in entries:
         provider, _, ours = str(entry).partition("=")

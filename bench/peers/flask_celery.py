@@ -220,7 +220,8 @@ def pay(claim_id: str) -> None:
         Transfer(key, claim_id, amount, details[0], details[1], "peer")
     )
     with Session(db("payments")) as p, p.begin():
-        p.get_one(Payment, claim_id).state, p.get_one(Payment, claim_id).reference = "sent", reference
+        paid = p.get_one(Payment, claim_id)
+        paid.state, paid.reference = "sent", reference
     with Session(db("claims")) as s, s.begin():
         s.get_one(Claim, claim_id).status = "paid"
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -321,16 +321,8 @@ class BusWrapper(Bus):
     def subscribe(self, subject: str, handler: Handler, queue: str | None = None, **kw: Any) -> Subscription:
         return self.inner.subscribe(subject, handler, queue, **kw)
 
-    def request(
-        self,
-        subject: str,
-        data: dict[str, Any],
-        timeout: float = 5.0,
-        *,
-        headers: dict[str, str] | None = None,
-        version: int = 1,
-    ) -> Any:
-        return self.inner.request(subject, data, timeout, headers=headers, version=version)
+    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, **kw: Any) -> Any:
+        return self.inner.request(subject, data, timeout, **kw)
 
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
         return self.inner.request_many(subject, data, timeout)

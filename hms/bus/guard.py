@@ -140,11 +140,11 @@ class GuardedBus(BusWrapper):
         timeout: float = 5.0,
         *,
         headers: dict[str, str] | None = None,
-        version: int = 1,
+        **kw: Any,
     ) -> Any:
         # The requester names itself (Mesh.credentials); a request without a token is refused like any other.
         self.guard.check((headers or {}).get(AUTH_HEADER), "request", subject)
-        return self.inner.request(subject, data, timeout, headers=headers, version=version)
+        return self.inner.request(subject, data, timeout, headers=headers, **kw)
 
     def subscribe(self, subject: str, handler: Handler, queue: str | None = None, **options: Any) -> Subscription:
         service = (queue or "").split(".")[0]
@@ -183,7 +183,6 @@ class Signed(BusWrapper):
         timeout: float = 5.0,
         *,
         headers: dict[str, str] | None = None,
-        version: int = 1,
+        **kw: Any,
     ) -> Any:
-        headers = {**self.credentials(), **(headers or {})}
-        return self.inner.request(subject, data, timeout, headers=headers, version=version)
+        return self.inner.request(subject, data, timeout, headers={**self.credentials(), **(headers or {})}, **kw)

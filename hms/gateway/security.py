@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -67,9 +69,6 @@ class RemoteKeys:
 
 def discover_jwks_uri(issuer: str) -> str:
     """The `jwks_uri` of an OpenID Provider's discovery document."""
-    import json
-    import urllib.request
-
     with urllib.request.urlopen(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout=5) as r:  # noqa: S310
         return str(json.load(r)["jwks_uri"])
 

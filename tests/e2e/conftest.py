@@ -5,6 +5,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.proc import HmsProcess
+from tests.natsd import NatsServer
+from tests.pg import fresh_postgres_database
 
 
 @pytest.fixture
@@ -22,6 +24,21 @@ def hms_process(tmp_path: Path) -> Iterator[Callable[..., HmsProcess]]:
     yield make
     for proc in made:
         proc.stop()
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of this test's own (it may stop or restart it), stopped when the test ends."""
+    server = NatsServer(tmp_path / "jetstream")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database of this test's own, for several processes to share (CI: never skipped)."""
+    yield from fresh_postgres_database()
 
 
 def pytest_collection_modifyitems(items: list[Any]) -> None:

@@ -59,31 +59,26 @@ def test_details_ach_refuses_leave_nothing_decided_and_the_corrected_claim_is_pa
 
 
 def test_claims_filed_while_no_ach_process_runs_are_refused_then_paid_once_it_starts(
-    tmp_path: Path, hms_process: Callable[..., HmsProcess]
+    nats: NatsServer, hms_process: Callable[..., HmsProcess]
 ) -> None:
-    nats = NatsServer(tmp_path / "jetstream")
-    nats.start()
-    try:
-        env = {**FAST, "HMS_BUS_URL": nats.url}
-        web = hms_process({**env, "HMS_SERVICES": "gateway,svc,metrics,notifier,auth"})
-        web.start()
-        caseworker = {"Authorization": "Bearer " + tokens(web.instance, ["cw"], "caseworker")["cw"]}
-        first = tokens(web.instance, ["early"])["early"]
-        status, problem = web.request("POST", "/claims", DIEGO, {"Authorization": f"Bearer {first}"})
-        assert (status, problem["title"]) == (503, "Service unavailable"), problem
-        assert "ach.accounts.register" in problem["detail"]
+    env = {**FAST, "HMS_BUS_URL": nats.url}
+    web = hms_process({**env, "HMS_SERVICES": "gateway,svc,metrics,notifier,auth"})
+    web.start()
+    caseworker = {"Authorization": "Bearer " + tokens(web.instance, ["cw"], "caseworker")["cw"]}
+    first = tokens(web.instance, ["early"])["early"]
+    status, problem = web.request("POST", "/claims", DIEGO, {"Authorization": f"Bearer {first}"})
+    assert (status, problem["title"]) == (503, "Service unavailable"), problem
+    assert "ach.accounts.register" in problem["detail"]
 
-        citizens = [f"early-{i:03d}" for i in range(40)]
-        load = Load(web, citizens)  # patient clients: they retry each 503 with the same Idempotency-Key
-        time.sleep(2)
-        assert load.accepted == {} and not load.failures
-        assert web.request("GET", "/claims", headers=caseworker)[1]["total"] == 0  # no claim decided meanwhile
+    citizens = [f"early-{i:03d}" for i in range(40)]
+    load = Load(web, citizens)  # patient clients: they retry each 503 with the same Idempotency-Key
+    time.sleep(2)
+    assert load.accepted == {} and not load.failures
+    assert web.request("GET", "/claims", headers=caseworker)[1]["total"] == 0  # no claim decided meanwhile
 
-        worker = hms_process(env, ["worker", "ach"], log="ach.log")
-        worker.start()
-        load.join(120)
-        assert_each_paid_once(web, load.accepted)
-        statement = Counter(t["claimId"] for t in read_statement(web.instance / "sandbox-bank.jsonl"))
-        assert sorted(statement.values()) == [1] * len(citizens)  # each citizen: exactly one transfer
-    finally:
-        nats.stop()
+    worker = hms_process(env, ["worker", "ach"], log="ach.log")
+    worker.start()
+    load.join(120)
+    assert_each_paid_once(web, load.accepted)
+    statement = Counter(t["claimId"] for t in read_statement(web.instance / "sandbox-bank.jsonl"))
+    assert sorted(statement.values()) == [1] * len(citizens)  # each citizen: exactly one transfer

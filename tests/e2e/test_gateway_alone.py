@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy import MetaData
 
@@ -34,62 +33,57 @@ def dead_letter_section(html: str) -> str:
 
 
 def test_a_gateway_alone_shows_and_replays_the_services_dead_letters(
-    tmp_path: Path, hms_process: Callable[..., HmsProcess], database_url: str
+    nats: NatsServer, hms_process: Callable[..., HmsProcess], database_url: str
 ) -> None:
-    nats = NatsServer(tmp_path / "jetstream")
-    nats.start()
-    try:
-        env = {
-            "HMS_BUS_URL": nats.url,
-            "HMS_DATABASE_URL": database_url,
-            "HMS_OUTBOX_POLL_S": "0.1",
-            "HMS_BUS_BACKOFF_S": "0.05",
-            "HMS_BUS_MAX_DELIVER": "2",
-        }
-        embedded = hms_process({**env, "HMS_SERVICES": "gateway,svc,ach,metrics,notifier,auth"})
-        alone = hms_process({**env, "HMS_SERVICES": "gateway"}, log="gateway.log")
-        embedded.start()
-        alone.start()
-        cookie = {"Cookie": "hms_token=" + tokens(embedded.instance, ["casey"], "caseworker")["casey"]}
+    env = {
+        "HMS_BUS_URL": nats.url,
+        "HMS_DATABASE_URL": database_url,
+        "HMS_OUTBOX_POLL_S": "0.1",
+        "HMS_BUS_BACKOFF_S": "0.05",
+        "HMS_BUS_MAX_DELIVER": "2",
+    }
+    embedded = hms_process({**env, "HMS_SERVICES": "gateway,svc,ach,metrics,notifier,auth"})
+    alone = hms_process({**env, "HMS_SERVICES": "gateway"}, log="gateway.log")
+    embedded.start()
+    alone.start()
+    cookie = {"Cookie": "hms_token=" + tokens(embedded.instance, ["casey"], "caseworker")["casey"]}
 
-        # payment.sent for a claim svc never heard of, written into ach's outbox: A's relay sends it, svc
-        # cannot apply it and gives up after two deliveries.
-        md = MetaData()
-        messaging_tables(md)
-        url = database_url or f"sqlite:///{embedded.instance / 'ach.db'}"
-        ach = ServiceStore("ach", md, url, MemoryBus(Contracts()))
-        with ach.session() as s:
-            s.emit("payment.sent", GHOST)
-        ach.engine.dispose()
+    # payment.sent for a claim svc never heard of, written into ach's outbox: A's relay sends it, svc
+    # cannot apply it and gives up after two deliveries.
+    md = MetaData()
+    messaging_tables(md)
+    url = database_url or f"sqlite:///{embedded.instance / 'ach.db'}"
+    ach = ServiceStore("ach", md, url, MemoryBus(Contracts()))
+    with ach.session() as s:
+        s.emit("payment.sent", GHOST)
+    ach.engine.dispose()
 
-        def page(proc: HmsProcess) -> str:
-            status, html = proc.request("GET", "/caseworker", headers=cookie)
-            assert status == 200, html
-            return dead_letter_section(html)
+    def page(proc: HmsProcess) -> str:
+        status, html = proc.request("GET", "/caseworker", headers=cookie)
+        assert status == 200, html
+        return dead_letter_section(html)
 
-        deadline = time.monotonic() + 30
-        while "payment.sent" not in page(embedded) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        seen = page(embedded)
-        assert "svc:" in seen and "svc.on_payment_sent" in seen and "unknown claim ghost" in seen
-        assert page(alone) == seen  # before the gateway got only a bus, this said "No dead letters."
+    deadline = time.monotonic() + 30
+    while "payment.sent" not in page(embedded) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen = page(embedded)
+    assert "svc:" in seen and "svc.on_payment_sent" in seen and "unknown claim ghost" in seen
+    assert page(alone) == seen  # before the gateway got only a bus, this said "No dead letters."
 
-        cli_env = {**os.environ, **env, "HMS_SERVICES": "gateway", "HMS_INSTANCE_PATH": str(alone.instance)}
+    cli_env = {**os.environ, **env, "HMS_SERVICES": "gateway", "HMS_INSTANCE_PATH": str(alone.instance)}
 
-        def hms(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "hms.cli", *args], env=cli_env, capture_output=True, text=True, timeout=60
-            )
+    def hms(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hms.cli", *args], env=cli_env, capture_output=True, text=True, timeout=60
+        )
 
-        listed = hms("bus", "dead-letters", "list")
-        assert listed.returncode == 0, listed.stderr
-        ref = re.search(r"^(svc:\d+)\s+payment\.sent", listed.stdout, flags=re.MULTILINE)
-        assert ref, listed.stdout
-        replayed = hms("bus", "dead-letters", "replay", ref.group(1))
-        # svc ran the handler again and it failed again (the claim is still unknown): the service's own error
-        assert replayed.returncode == 1
-        assert f"failed {ref.group(1)}: LookupError: payment.sent: unknown claim ghost" in replayed.stderr
-        unknown = hms("bus", "dead-letters", "replay", "svc:999999")
-        assert unknown.returncode == 1 and "no dead letter 999999" in unknown.stderr
-    finally:
-        nats.stop()
+    listed = hms("bus", "dead-letters", "list")
+    assert listed.returncode == 0, listed.stderr
+    ref = re.search(r"^(svc:\d+)\s+payment\.sent", listed.stdout, flags=re.MULTILINE)
+    assert ref, listed.stdout
+    replayed = hms("bus", "dead-letters", "replay", ref.group(1))
+    # svc ran the handler again and it failed again (the claim is still unknown): the service's own error
+    assert replayed.returncode == 1
+    assert f"failed {ref.group(1)}: LookupError: payment.sent: unknown claim ghost" in replayed.stderr
+    unknown = hms("bus", "dead-letters", "replay", "svc:999999")
+    assert unknown.returncode == 1 and "no dead letter 999999" in unknown.stderr

@@ -33,25 +33,20 @@ def test_two_hundred_idle_connections_do_not_keep_a_citizen_out(hms_process: Cal
             s.close()
 
 
-def test_a_worker_serves_its_metrics(tmp_path: Path, hms_process: Callable[..., HmsProcess]) -> None:
-    nats = NatsServer(tmp_path / "jetstream")
-    nats.start()
-    try:
-        port = free_port()
-        worker = hms_process({"HMS_BUS_URL": nats.url, "HMS_METRICS_PORT": str(port)}, ["worker", "ach"])
-        worker.start()
-        deadline, text = time.monotonic() + 30, ""
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                    text = r.read().decode()
-                break
-            except OSError:
-                time.sleep(0.2)
-        assert 'hms_outbox_backlog{service="ach"} 0.0' in text, text[:2000]
-        assert 'hms_breaker_state{breaker="bank",service="ach",state="closed"} 1.0' in text
-    finally:
-        nats.stop()
+def test_a_worker_serves_its_metrics(nats: NatsServer, hms_process: Callable[..., HmsProcess]) -> None:
+    port = free_port()
+    worker = hms_process({"HMS_BUS_URL": nats.url, "HMS_METRICS_PORT": str(port)}, ["worker", "ach"])
+    worker.start()
+    deadline, text = time.monotonic() + 30, ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+            break
+        except OSError:
+            time.sleep(0.2)
+    assert 'hms_outbox_backlog{service="ach"} 0.0' in text, text[:2000]
+    assert 'hms_breaker_state{breaker="bank",service="ach",state="closed"} 1.0' in text
 
 
 def test_mesh_status_shows_the_running_servers_breaker_on_memory(

@@ -19,14 +19,9 @@ CLAIMS = 200
 
 
 def test_split_mesh_survives_a_killed_worker_and_a_broker_restart(
-    tmp_path: Path, hms_process: Callable[..., HmsProcess], database_url: str
+    nats: NatsServer, hms_process: Callable[..., HmsProcess], database_url: str
 ) -> None:
-    nats = NatsServer(tmp_path / "jetstream")
-    nats.start()
-    try:
-        run_split_mesh(nats, hms_process, database_url)
-    finally:
-        nats.stop()
+    run_split_mesh(nats, hms_process, database_url)
 
 
 # Fast retries and short leases, so that kills and restarts settle within a test's time.

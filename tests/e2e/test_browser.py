@@ -105,7 +105,8 @@ def sign_in(browser: Any, server: str, identity: str) -> Any:
     page = browser.new_page()
     page.goto(server + "/signin")
     page.get_by_label(identity).check()
-    page.get_by_role("button", name="Sign in").click()
+    with page.expect_navigation():  # the next page is loaded, not just asked for, before a test looks at it
+        page.get_by_role("button", name="Sign in").click()
     return page
 
 

@@ -31,6 +31,14 @@ DEFAULTS: dict[str, Any] = {
     "HMS_JWT_ROLES_CLAIM": "role",  # a dotted path to a string or list claim, e.g. realm_access.roles
     "HMS_JWT_ROLE_MAP": [],  # provider-role=hms-role,...
     "HMS_JWT_PRIVATE_KEY_FILE": "",
+    "HMS_SECRET_KEY": "",  # signs web sessions; every gateway of a mesh needs the same (default: instance file)
+    "HMS_OIDC_ISSUER": "",  # browser sign-in at this OpenID Provider (its discovery document)
+    "HMS_OIDC_CLIENT_ID": "",
+    "HMS_OIDC_CLIENT_SECRET": "",  # client_secret_basic, or:
+    "HMS_OIDC_CLIENT_KEY_FILE": "",  # private_key_jwt: an RSA private key (PEM)
+    "HMS_OIDC_SCOPES": ["openid"],
+    "HMS_OIDC_ACR_VALUES": [],  # asked for, and required of the ID token's acr
+    "HMS_OIDC_DEFAULT_ROLE": "",  # the role of a person whose claims grant none (e.g. citizen at Login.gov)
     "HMS_JWT_TTL_S": 3600,
     "HMS_SYS_AUTH": True,
     "HMS_SERVICE_TOKEN_TTL_S": 900,
@@ -116,6 +124,7 @@ def load(overrides: Mapping[str, Any] | None, instance_path: str) -> dict[str, A
         _check_url("HMS_JWT_ISSUER", settings["HMS_JWT_ISSUER"], "an issuer URL to discover its keys from")
     elif jwks_url:
         _check_url("HMS_JWT_JWKS_URL", jwks_url, "a JWKS URL, or 'discover'")
+    _check_oidc(settings)
     instance = Path(settings.get("HMS_INSTANCE_PATH") or instance_path).resolve()
     settings["HMS_INSTANCE_PATH"] = str(instance)
     # The development identity provider publishes its keys here; the gateway trusts this file
@@ -141,6 +150,27 @@ def _role_map(entries: list[str]) -> dict[str, str]:
             )
         mapping[provider.strip()] = ours.strip()
     return mapping
+
+
+def _check_oidc(s: dict[str, Any]) -> None:
+    """Browser sign-in settings that work together, or none."""
+    for key in ("HMS_OIDC_SCOPES", "HMS_OIDC_ACR_VALUES"):  # space- or comma-separated, as OIDC writes them
+        s[key] = " ".join(s[key]).split()
+    if s["HMS_OIDC_DEFAULT_ROLE"] not in ("", *ROLES):
+        role = s["HMS_OIDC_DEFAULT_ROLE"]
+        raise ConfigError(f"HMS_OIDC_DEFAULT_ROLE: expected one of {', '.join(ROLES)}, got {role!r}")
+    if not s["HMS_OIDC_ISSUER"]:
+        return
+    _check_url("HMS_OIDC_ISSUER", s["HMS_OIDC_ISSUER"], "the OpenID Provider's issuer URL")
+    if not s["HMS_OIDC_CLIENT_ID"]:
+        raise ConfigError("HMS_OIDC_CLIENT_ID: required with HMS_OIDC_ISSUER")
+    if bool(s["HMS_OIDC_CLIENT_SECRET"]) == bool(s["HMS_OIDC_CLIENT_KEY_FILE"]):
+        raise ConfigError("HMS_OIDC_CLIENT_SECRET or HMS_OIDC_CLIENT_KEY_FILE: set exactly one (how hms authenticates)")
+    key = s["HMS_OIDC_CLIENT_KEY_FILE"]
+    if key and not Path(key).is_file():
+        raise ConfigError(f"HMS_OIDC_CLIENT_KEY_FILE: no such file {key!r}")
+    if "openid" not in s["HMS_OIDC_SCOPES"]:
+        raise ConfigError(f"HMS_OIDC_SCOPES: must include openid, got {' '.join(s['HMS_OIDC_SCOPES'])!r}")
 
 
 def _check_url(key: str, url: str, what: str) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import re
-import secrets
-
 import click
-from flask import Blueprint, Flask, abort, current_app, jsonify, make_response, redirect, render_template, request
+from flask import Blueprint, Flask, current_app, jsonify
 from flask.cli import AppGroup
 from flask.typing import ResponseReturnValue
 
@@ -17,7 +14,7 @@ from hms.runtime import mesh_of
 from .keys import IdentityProvider
 
 VERSION = "0.1.0"
-bp = Blueprint("auth", __name__, template_folder="templates")
+bp = Blueprint("auth", __name__)
 
 
 @bp.get("/.well-known/jwks.json")
@@ -26,53 +23,6 @@ def jwks() -> ResponseReturnValue:
     provider: IdentityProvider = current_app.extensions["hms.auth"]
     response = jsonify(provider.read_jwks())
     response.cache_control.max_age = 60
-    return response
-
-
-DEMO_IDENTITIES = [
-    ("diego", "citizen", "Diego Ramos, citizen"),
-    ("rosa", "citizen", "Rosa Lind, citizen"),
-    ("casey", "caseworker", "Casey, caseworker"),
-    ("ann", "auditor", "Ann, auditor"),
-    ("root", "admin", "Root, administrator"),
-]
-SESSION_COOKIE, CSRF_COOKIE = "hms_token", "hms_csrf"
-SAME_SITE_PATH = re.compile(r"/(?![/\\])[^\s\\\x00-\x1f\x7f]*")
-HOMES = {"citizen": "/", "caseworker": "/caseworker", "auditor": "/audit", "admin": "/caseworker"}
-
-
-@bp.route("/signin", methods=["GET", "POST"])
-def signin() -> ResponseReturnValue:
-    """Demo mode only: pick a demo identity and get a session (a signed token in an HttpOnly cookie)."""
-    if not current_app.config["HMS_DEMO"]:
-        abort(404)
-    csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
-    next_url = request.values.get("next", "")
-    if not SAME_SITE_PATH.fullmatch(next_url):
-        # Only a path of this site: browsers drop tabs and newlines and read a backslash as "/", so
-        # "/<TAB>/evil.example" and "/<BACKSLASH>evil.example" lead off-site as surely as "//evil.example".
-        next_url = ""
-    if request.method == "POST":
-        if not secrets.compare_digest(csrf, request.form.get("csrf", "")) or not request.cookies.get(CSRF_COOKIE):
-            abort(403)
-        choice = request.form.get("identity", "")
-        sub, _, role = choice.partition(":")
-        if (sub, role) not in {(s, r) for s, r, _ in DEMO_IDENTITIES}:
-            abort(400)
-        provider: IdentityProvider = current_app.extensions["hms.auth"]
-        response = redirect(next_url or HOMES[role], code=303)
-        response.set_cookie(
-            SESSION_COOKIE,
-            provider.issue(sub, role, ttl=8 * 3600),
-            httponly=True,
-            samesite="Lax",
-            secure=request.is_secure,
-            max_age=8 * 3600,
-        )
-        return response
-    html = render_template("signin.html", identities=DEMO_IDENTITIES, csrf=csrf, next=next_url, person=None, demo=True)
-    response = make_response(html)
-    response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="Strict", secure=request.is_secure)
     return response
 
 

@@ -16,7 +16,7 @@ from hms.bus.tokens import KeySet
 from hms.bus.tracing import bound, child_of, trace_id
 from hms.contracts.asyncapi import asyncapi
 
-from . import api, cli, problems, web
+from . import api, cli, problems, signin, web
 from .ratelimit import RateLimiter
 from .schemas import Problem
 from .security import JwksVerifier, RemoteKeys
@@ -88,6 +88,7 @@ def init_app(app: Flask) -> None:
         role_map=c["HMS_JWT_ROLE_MAP"],
     )
     app.extensions["hms.ratelimit"] = RateLimiter(bus_of(app), app.config["HMS_CLAIMS_PER_MINUTE"])
+    signin.init_app(app)
     app.register_blueprint(web.bp)
     observe(app)
 

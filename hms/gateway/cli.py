@@ -1,7 +1,9 @@
-"""Admin commands over the bus: the payout report, dead letters, reconciliation."""
+"""Admin commands: over the bus the payout report, dead letters and reconciliation; the sign-in client key."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +16,7 @@ from hms.bus.registry import discover
 from . import operations
 from .api import report_csv
 from .reconcile import reconcile
+from .signin import public_jwks
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
@@ -136,7 +139,26 @@ def reconcile_cmd(strict: bool) -> None:
         raise SystemExit(1)
 
 
+@click.group("oidc", cls=AppGroup)
+def oidc_cli() -> None:
+    """Browser sign-in at the agency's OpenID Provider."""
+
+
+@oidc_cli.command("client-jwks")
+@click.argument("key_file", required=False, type=click.Path(exists=True, dir_okay=False))
+def client_jwks(key_file: str | None) -> None:
+    """Print the public JWKS to register with the provider for private_key_jwt: of KEY_FILE (an RSA private key in
+    PEM), else of HMS_OIDC_CLIENT_KEY_FILE."""
+    path = key_file or current_app.config["HMS_OIDC_CLIENT_KEY_FILE"]
+    if not path:
+        raise click.UsageError("give KEY_FILE or set HMS_OIDC_CLIENT_KEY_FILE")
+    try:
+        click.echo(json.dumps(public_jwks(Path(path).read_bytes()), indent=2))
+    except ValueError:
+        raise click.BadParameter(f"{path}: not an RSA private key in PEM") from None
+
+
 def init_app(app: Flask) -> None:
     """Register the admin command groups."""
-    for group in (metrics_cli, bus_cli, audit_cli):
+    for group in (metrics_cli, bus_cli, audit_cli, oidc_cli):
         app.cli.add_command(group)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jwt
-from flask import current_app, g, request
+from flask import current_app, g, request, session
 
 from hms.bus.tokens import KeySet
 from hms.contracts.vocabulary import ROLES, USER_TOKEN_TYPE
@@ -144,17 +144,22 @@ class JwksVerifier:
         return Identity(sub, self.role(claims))
 
     def role(self, claims: dict[str, Any]) -> str:
-        """The hms role a token grants: its roles claim (a string or a list, at a dotted path), each name mapped;
-        of several, the one with the most rights (a staff member with two roles gets the broader one)."""
-        found: Any = claims
-        for step in self.roles_claim:
-            found = found.get(step) if isinstance(found, dict) else None
-        names = [found] if isinstance(found, str) else found if isinstance(found, list) else []
-        granted = {self.role_map.get(n, n) for n in names if isinstance(n, str)}
-        for role in PRECEDENCE:
-            if role in granted:
-                return role
-        raise unauthorized(f"token grants none of the roles {', '.join(ROLES)} ({'.'.join(self.roles_claim)})")
+        """The hms role a token grants (see `granted_role`); a 401 when it grants none."""
+        role = granted_role(claims, self.roles_claim, self.role_map)
+        if role is None:
+            raise unauthorized(f"token grants none of the roles {', '.join(ROLES)} ({'.'.join(self.roles_claim)})")
+        return role
+
+
+def granted_role(claims: dict[str, Any], roles_claim: Sequence[str], role_map: dict[str, str]) -> str | None:
+    """The hms role `claims` grant: the roles claim (a string or a list, at a dotted path), each name mapped; of
+    several, the one with the most rights (a staff member with two roles gets the broader one)."""
+    found: Any = claims
+    for step in roles_claim:
+        found = found.get(step) if isinstance(found, dict) else None
+    names = [found] if isinstance(found, str) else found if isinstance(found, list) else []
+    granted = {role_map.get(n, n) for n in names if isinstance(n, str)}
+    return next((role for role in PRECEDENCE if role in granted), None)
 
 
 def identity() -> Identity:
@@ -162,11 +167,8 @@ def identity() -> Identity:
     return g.hms_identity  # type: ignore[no-any-return]
 
 
-SESSION_COOKIE = "hms_token"
-
-
 def caller() -> Identity | None:
-    """The verified caller: the bearer token, else the web UI's session cookie; None when there is neither.
+    """The verified caller: the bearer token, else who signed in to the web session; None when neither.
 
     A present but invalid token raises a 401 Problem.
     """
@@ -174,10 +176,12 @@ def caller() -> Identity | None:
     scheme, _, token = header.partition(" ")
     if header and (scheme.lower() != "bearer" or not token.strip()):
         raise unauthorized("the Authorization header must be 'Bearer <token>'")
-    token = token.strip() or request.cookies.get(SESSION_COOKIE, "")
-    if not token:
-        return None
-    return current_app.extensions["hms.verifier"].verify(token)  # type: ignore[no-any-return]
+    if token.strip():
+        return current_app.extensions["hms.verifier"].verify(token.strip())  # type: ignore[no-any-return]
+    who = session.get("who")  # set at sign-in (hms.gateway.signin); the cookie is signed with the mesh's secret
+    if isinstance(who, dict) and isinstance(who.get("sub"), str) and isinstance(who.get("role"), str):
+        return Identity(who["sub"], who["role"])
+    return None
 
 
 def requires(*roles: str) -> Callable[[F], F]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,10 +18,10 @@ from .api import ask, submit_claim
 from .charts import histogram_svg, percentiles_svg
 from .problems import Problem, flatten
 from .schemas import ClaimIn
-from .security import SESSION_COOKIE, Identity, caller
+from .security import Identity, caller
+from .signin import csrf_ok, csrf_token
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/hms")
-CSRF_COOKIE = "hms_csrf"
 HOME = {"citizen": "web.citizen", "caseworker": "web.caseworker", "auditor": "web.audit", "admin": "web.caseworker"}
 STAFF = ("caseworker", "admin", "auditor")
 # One voice for form errors: what to do, in the words of the form, whatever the validator said.
@@ -56,7 +54,7 @@ def who(*roles: str) -> Identity:
     except Problem:
         person = None
     if person is None:
-        if current_app.config["HMS_DEMO"]:
+        if current_app.config["HMS_DEMO"] or current_app.config["HMS_OIDC_ISSUER"]:
             abort(redirect("/signin?" + urlencode({"next": request.path})))
         abort(401)
     if person.role not in roles:
@@ -64,30 +62,9 @@ def who(*roles: str) -> Identity:
     return person
 
 
-def csrf_token() -> str:
-    """The token the page's forms must send back: derived from the session when there is one (an attacker who
-    can plant cookies cannot make one that matches another person's session), else a random one in a cookie for
-    the forms shown before sign-in (double-submit)."""
-    session = request.cookies.get(SESSION_COOKIE)
-    if session:
-        return hashlib.sha256(b"hms-csrf:" + session.encode()).hexdigest()[:32]
-    return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
-
-
-def csrf_ok() -> None:
-    """Refuse a form post whose token is not the one its page was given."""
-    # Without a session or a CSRF cookie, csrf_token() is a new random token: no form can match it.
-    if not secrets.compare_digest(csrf_token(), request.form.get("csrf", "")):
-        raise Problem(403, "Forbidden", "the form is stale or forged; reload the page and try again", "csrf")
-
-
 def page(template: str, **context: Any) -> Response:
-    """Render a page, handing out a CSRF token for its forms."""
-    token = csrf_token()
-    response = Response(render_template(template, csrf=token, demo=current_app.config["HMS_DEMO"], **context))
-    if not request.cookies.get(SESSION_COOKIE):
-        response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
-    return response
+    """Render a page, with the session's CSRF token for its forms."""
+    return Response(render_template(template, csrf=csrf_token(), demo=current_app.config["HMS_DEMO"], **context))
 
 
 @bp.get("/")
@@ -225,16 +202,6 @@ def reference(claim_id: str) -> str:
     """A claim's reference number as people read it out: 12 hex digits of its id in groups of four."""
     digits = claim_id.replace("-", "").upper()[:12]
     return "-".join(digits[i : i + 4] for i in range(0, len(digits), 4))
-
-
-@bp.post("/signout")
-def signout() -> ResponseReturnValue:
-    """End the web session (the session is the gateway's: a cookie holding the signed-in person's token); a form
-    post with the page's CSRF token, so another site cannot sign a person out."""
-    csrf_ok()
-    response = redirect("/", code=303)
-    response.delete_cookie(SESSION_COOKIE)
-    return response
 
 
 @bp.get("/favicon.ico")

@@ -46,7 +46,7 @@ def test_a_gateway_alone_shows_and_replays_the_services_dead_letters(
     alone = hms_process({**env, "HMS_SERVICES": "gateway"}, log="gateway.log")
     embedded.start()
     alone.start()
-    cookie = {"Cookie": "hms_token=" + tokens(embedded.instance, ["casey"], "caseworker")["casey"]}
+    cookie = {"Authorization": "Bearer " + tokens(embedded.instance, ["casey"], "caseworker")["casey"]}
 
     # payment.sent for a claim svc never heard of, written into ach's outbox: A's relay sends it, svc
     # cannot apply it and gives up after two deliveries.

@@ -35,7 +35,8 @@ AUDIENCE = "https://hms.example/api"  # a resource indicator is an absolute URI 
 
 def private_jwk(kid: str) -> dict[str, Any]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return {**json.loads(RSAAlgorithm.to_jwk(key)), "kid": kid, "alg": "RS256", "use": "sig"}
+    jwk = {k: v for k, v in json.loads(RSAAlgorithm.to_jwk(key)).items() if k != "key_ops"}  # PyJWT says ["sign"]:
+    return {**jwk, "kid": kid, "alg": "RS256", "use": "sig"}  # published as is, it would forbid verifying
 
 
 class Provider:
@@ -49,11 +50,17 @@ class Provider:
         self.tmp, self.port, self.proc = tmp, free_port(), None
         self.issuer = f"http://127.0.0.1:{self.port}"
 
-    def start(self, keys: list[dict[str, Any]]) -> None:
+    def start(self, keys: list[dict[str, Any]], web: str = "", client_jwks: dict[str, Any] | None = None) -> None:
+        """Serve with `keys`; with `web` (an hms base URL), its browser sign-in clients too (hms-web-jwt's public
+        keys: `client_jwks`)."""
         (self.tmp / "keys.json").write_text(json.dumps({"keys": keys}))
+        (self.tmp / "client-jwks.json").write_text(json.dumps(client_jwks or {"keys": []}))
         node = shutil.which("node") or "node"
+        args = [str(self.port), str(self.tmp / "keys.json")] + (
+            [web, str(self.tmp / "client-jwks.json")] if web else []
+        )
         self.proc = subprocess.Popen(  # type: ignore[assignment]
-            [node, str(HERE / "provider.mjs"), str(self.port), str(self.tmp / "keys.json")],
+            [node, str(HERE / "provider.mjs"), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

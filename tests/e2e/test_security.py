@@ -317,21 +317,33 @@ def signed_in(app: Flask, client: FlaskClient, identity: str = "diego:citizen") 
     page = client.get("/signin")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)  # type: ignore[union-attr]
     assert client.post("/signin", data={"csrf": csrf, "identity": identity}).status_code == 303
-    home = client.get("/", headers={"Accept": "text/html"}).get_data(as_text=True)
+    home = client.get("/", headers={"Accept": "text/html"}, follow_redirects=True).get_data(as_text=True)
     return re.search(r'name="csrf" value="([^"]+)"', home).group(1)  # type: ignore[union-attr]
 
 
-def test_the_csrf_token_is_bound_to_the_session_not_to_a_cookie_an_attacker_can_set(
-    app: Flask, client: FlaskClient
-) -> None:
+def test_the_csrf_token_is_bound_to_the_session(app: Flask, client: FlaskClient) -> None:
+    before = client.get("/signin").get_data(as_text=True)  # a visitor's session, before sign-in
     token = signed_in(app, client)
-    client.set_cookie("hms_csrf", "attacker-chosen")
-    forged = client.post("/claims/new", data={"csrf": "attacker-chosen"}, headers={"Accept": "text/html"})
+    assert token not in before  # signing in starts a new session (nothing fixed beforehand carries over)
+    other = FlaskClient(app, response_wrapper=type(client.get("/livez")))
+    theirs = signed_in(app, other, "rosa:citizen")  # an attacker's own valid session and token
+    assert theirs != token
+    forged = client.post("/claims/new", data={"csrf": theirs}, headers={"Accept": "text/html"})
     assert forged.status_code == 403 and "stale or forged" in forged.get_data(as_text=True)
-    other = FlaskClient(app, response_wrapper=type(forged))  # another person's session gives another token
-    assert signed_in(app, other, "rosa:citizen") != token
     body = {"csrf": token, "name": "", "ssnLast4": "", "email": ""}
     assert client.post("/claims/new", data=body).status_code == 422  # the right token: the form is checked
+
+
+def test_a_session_cookie_not_signed_by_the_mesh_is_nobody(app: Flask, client: FlaskClient) -> None:
+    signed_in(app, client, "root:admin")
+    real = client.get_cookie("hms_session")
+    assert real is not None and client.get("/caseworker").status_code == 200
+    payload, _, signature = real.value.rpartition(".")
+    client.set_cookie("hms_session", payload + "." + signature[::-1])  # the same content, a wrong signature
+    assert client.get("/caseworker").status_code == 302  # off to sign in: the cookie says nothing
+    app.secret_key = "another mesh's secret"
+    client.set_cookie("hms_session", real.value)
+    assert client.get("/caseworker").status_code == 302
 
 
 def test_signing_out_is_a_post_with_the_pages_csrf_token(app: Flask, client: FlaskClient) -> None:
@@ -339,7 +351,8 @@ def test_signing_out_is_a_post_with_the_pages_csrf_token(app: Flask, client: Fla
     assert client.post("/signout", data={}).status_code == 403  # another site's form cannot sign anyone out
     assert client.get("/", headers={"Accept": "text/html"}).get_data(as_text=True).count("Sign out") == 1
     out = client.post("/signout", data={"csrf": token})
-    assert out.status_code == 303 and "hms_token=;" in out.headers["Set-Cookie"]
+    assert out.status_code == 303 and out.headers["Location"] == "/" and "hms_session=;" in out.headers["Set-Cookie"]
+    assert "Sign out" not in client.get("/", headers={"Accept": "text/html"}).get_data(as_text=True)
 
 
 def test_browsers_get_error_pages_and_api_clients_problem_json(app: Flask, client: FlaskClient, token: Any) -> None:

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from hms.contracts.vocabulary import ROLES
+from hms.contracts.vocabulary import ROLES, routing_number_problem
 
 ALL_SERVICES = ("gateway", "svc", "ach", "metrics", "notifier", "auth")
 
@@ -54,6 +55,19 @@ DEFAULTS: dict[str, Any] = {
     "HMS_ACH_SANDBOX_LATENCY_MS": 0,
     "HMS_ACH_SANDBOX_FAIL_RATE": 0.0,
     "HMS_ACH_SANDBOX_OUTAGE_FILE": "",
+    # The nacha provider (HMS_ACH_PROVIDER=nacha, docs/payments.md): NACHA files for the bank's drop folder.
+    "HMS_ACH_ODFI_ROUTING": "",  # the agency's bank (originating DFI), 9 digits
+    "HMS_ACH_COMPANY_ID": "",  # the company identification the bank gave the agency (10 characters)
+    "HMS_ACH_COMPANY_NAME": "",  # up to 16 characters, on the citizen's bank statement
+    "HMS_ACH_ENTRY_DESCRIPTION": "BENEFITS",  # company entry description, up to 10 characters
+    "HMS_ACH_IMMEDIATE_DESTINATION": "",  # routing number the files are addressed to (default: the ODFI)
+    "HMS_ACH_IMMEDIATE_DESTINATION_NAME": "",
+    "HMS_ACH_IMMEDIATE_ORIGIN_NAME": "",  # default: the company name
+    "HMS_ACH_OUTBOUND_DIR": "",  # default: instance/ach/outbound (the stand-in for the bank's SFTP drop)
+    "HMS_ACH_INBOUND_DIR": "",  # default: instance/ach/inbound (returns and notifications of change)
+    "HMS_ACH_CUTOFFS": ["10:30", "14:45", "16:45"],  # HH:MM in HMS_ACH_BANK_TZ: a file is made at each
+    "HMS_ACH_BANK_TZ": "America/New_York",
+    "HMS_ACH_FILE_EVERY_S": 0.0,  # development: a file every N seconds instead of at the cut-offs
     "HMS_ACH_RETRY_BASE_S": 1.0,
     "HMS_ACH_RETRY_MAX_S": 60.0,
     "HMS_ACH_BREAKER_FAIL_MAX": 5,
@@ -125,6 +139,7 @@ def load(overrides: Mapping[str, Any] | None, instance_path: str) -> dict[str, A
     elif jwks_url:
         _check_url("HMS_JWT_JWKS_URL", jwks_url, "a JWKS URL, or 'discover'")
     _check_oidc(settings)
+    _check_nacha(settings)
     instance = Path(settings.get("HMS_INSTANCE_PATH") or instance_path).resolve()
     settings["HMS_INSTANCE_PATH"] = str(instance)
     # The development identity provider publishes its keys here; the gateway trusts this file
@@ -134,6 +149,8 @@ def load(overrides: Mapping[str, Any] | None, instance_path: str) -> dict[str, A
     for key, name in (
         ("HMS_JWT_PRIVATE_KEY_FILE", "jwt-private.pem"),
         ("HMS_ACH_SANDBOX_STATEMENT", "sandbox-bank.jsonl"),
+        ("HMS_ACH_OUTBOUND_DIR", "ach/outbound"),
+        ("HMS_ACH_INBOUND_DIR", "ach/inbound"),
     ):
         settings[key] = settings[key] or str(instance / name)
     return settings
@@ -171,6 +188,37 @@ def _check_oidc(s: dict[str, Any]) -> None:
         raise ConfigError(f"HMS_OIDC_CLIENT_KEY_FILE: no such file {key!r}")
     if "openid" not in s["HMS_OIDC_SCOPES"]:
         raise ConfigError(f"HMS_OIDC_SCOPES: must include openid, got {' '.join(s['HMS_OIDC_SCOPES'])!r}")
+
+
+def _check_nacha(s: dict[str, Any]) -> None:
+    """The nacha provider's settings: what a bank would refuse is refused at start."""
+    provider = s["HMS_ACH_PROVIDER"]
+    if provider not in ("sandbox", "nacha"):
+        raise ConfigError(f"HMS_ACH_PROVIDER: expected sandbox or nacha, got {provider!r}")
+    cutoffs = []
+    for text in s["HMS_ACH_CUTOFFS"]:
+        hours, _, minutes = str(text).partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60 and len(minutes) == 2):
+            raise ConfigError(f"HMS_ACH_CUTOFFS: expected HH:MM times, comma-separated, got {text!r}")
+        cutoffs.append((int(hours), int(minutes)))
+    s["HMS_ACH_CUTOFFS"] = sorted(cutoffs)
+    try:
+        ZoneInfo(s["HMS_ACH_BANK_TZ"])
+    except (ValueError, ZoneInfoNotFoundError):
+        raise ConfigError(f"HMS_ACH_BANK_TZ: not a time zone: {s['HMS_ACH_BANK_TZ']!r}") from None
+    if provider != "nacha":
+        return
+    for key in ("HMS_ACH_ODFI_ROUTING", "HMS_ACH_IMMEDIATE_DESTINATION"):
+        problem = routing_number_problem(s[key]) if s[key] or key == "HMS_ACH_ODFI_ROUTING" else None
+        if problem:
+            raise ConfigError(f"{key}: a routing number {problem}, got {s[key]!r}")
+    if not 1 <= len(s["HMS_ACH_COMPANY_ID"]) <= 10:
+        raise ConfigError(f"HMS_ACH_COMPANY_ID: 1 to 10 characters (from the bank), got {s['HMS_ACH_COMPANY_ID']!r}")
+    for key, most in (("HMS_ACH_COMPANY_NAME", 16), ("HMS_ACH_ENTRY_DESCRIPTION", 10)):
+        if not 1 <= len(s[key]) <= most:
+            raise ConfigError(f"{key}: 1 to {most} characters, got {s[key]!r}")
+    if not s["HMS_ACH_CUTOFFS"] and not s["HMS_ACH_FILE_EVERY_S"]:
+        raise ConfigError("HMS_ACH_CUTOFFS: at least one cut-off time (or HMS_ACH_FILE_EVERY_S)")
 
 
 def _check_url(key: str, url: str, what: str) -> None:

@@ -69,8 +69,32 @@ class Payment(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     traceparent: Mapped[str | None] = mapped_column(String(128))
+    # The NACHA rail: the file the entry left in, and its trace number (unique: a return names it).
+    file_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    trace_number: Mapped[str | None] = mapped_column(String(15), unique=True)
 
     __table_args__ = (Index("ix_payments_due", "state", "next_attempt_at"),)
+
+
+class AchFile(Base):
+    """A NACHA file of the nacha provider: recorded (building) before it is written, sent once it is in the drop.
+
+    Its name, file id modifier and creation time are chosen here, before the file exists: a file written again
+    after a crash is the same file under the same name, byte for byte.
+    """
+
+    __tablename__ = "ach_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # the file sequence
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    file_id_modifier: Mapped[str] = mapped_column(String(1))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    cutoff_at: Mapped[datetime] = mapped_column(UtcDateTime(), unique=True)  # at most one file per cut-off
+    effective_date: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD: when the credits settle
+    entries: Mapped[int] = mapped_column(Integer)
+    total_cents: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(10))  # building → sent
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Setting(Base):

@@ -18,6 +18,7 @@ from hms.runtime import Consumer, Service, Unit, Worker, utcnow
 
 from .bank import BankDeclined, SandboxBank
 from .models import Account, Base, Payment, PaymentState
+from .nacha import NachaRail
 from .payments import Payer
 
 log = logging.getLogger("hms.ach")
@@ -29,9 +30,7 @@ class _LogBreaker(pybreaker.CircuitBreakerListener):
 
 
 def make_bank(config: Mapping[str, Any]) -> SandboxBank:
-    """The configured bank provider (only the sandbox bank ships)."""
-    if config["HMS_ACH_PROVIDER"] != "sandbox":
-        raise ValueError(f"HMS_ACH_PROVIDER: unknown provider {config['HMS_ACH_PROVIDER']!r}; only 'sandbox' ships")
+    """The sandbox bank (the default provider; the nacha provider sends files instead, nacha.py)."""
     return SandboxBank(
         config["HMS_ACH_SANDBOX_STATEMENT"],
         latency_ms=config["HMS_ACH_SANDBOX_LATENCY_MS"],
@@ -41,9 +40,10 @@ def make_bank(config: Mapping[str, Any]) -> SandboxBank:
 
 
 class Ach:
-    """The payments service in one process: the bank behind its breaker, and the payer."""
+    """The payments service in one process: the bank behind its breaker and the payer, or the NACHA rail."""
 
     def __init__(self, config: Mapping[str, Any], units: Callable[[], contextlib.AbstractContextManager[Unit]]):
+        self.rail = NachaRail(config, units) if config["HMS_ACH_PROVIDER"] == "nacha" else None
         self.bank = make_bank(config)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=config["HMS_ACH_BREAKER_FAIL_MAX"],
@@ -96,7 +96,10 @@ class Ach:
         The last page also lists transfers on the bank's statement that match no payment at all.
         """
         after, limit = event.data.get("after") or "", event.data["limit"]
-        transfers = self.bank.transfers_by_claim(self.payer.originator(s))
+        if self.rail is not None:  # the entries of the files in the drop
+            transfers = self.rail.transfers_by_claim(s)
+        else:
+            transfers = self.bank.transfers_by_claim(self.payer.originator(s))
         rows = s.execute(
             select(Payment.claim_id, Payment.id, Payment.state)
             .where(Payment.claim_id > after)
@@ -164,8 +167,8 @@ class Ach:
         s.execute(delete(Account).where(Account.claim_id == event.data["claimId"]))
 
     def pay_due(self, stop: threading.Event) -> int:
-        """Recover stale sends and pay every due payment (payments.py)."""
-        return self.payer.run_once(stop)
+        """Recover stale sends and pay every due payment (payments.py), or make the NACHA file due (nacha.py)."""
+        return self.rail.run_once(stop) if self.rail is not None else self.payer.run_once(stop)
 
     def breakers(self) -> dict[str, str]:
         return {"bank": self.breaker.current_state}

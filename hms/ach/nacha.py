@@ -1,0 +1,264 @@
+"""The ACH rail: due payments leave in NACHA files (PPD credits) dropped for the bank at its cut-off times.
+
+Each file is made in three steps, each safe to cut short by a crash:
+
+1. **choose** (one transaction): at the first run past a cut-off, the pending payments recorded before it get
+   trace numbers and go into a new `ach_files` row — its sequence, name, file id modifier, creation time and
+   effective date all chosen now — in state `building`. A payment is in one file or none.
+2. **write**: the file is rendered from those rows with achkit, written under a hidden name, flushed to disk and
+   renamed into the outbound folder (atomic: the bank never sees half a file).
+3. **record** (one transaction): the file is `sent`, its payments are sent, each with payment.sent.
+
+A file left `building` by a crash is written again from its rows — the same bytes under the same name — and
+recorded. If the crash came after the rename, the drop holds that same file again: the bank's duplicate-file
+check (same origin, creation date and time, file id modifier) refuses the copy; no entry is ever in two files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from achkit import AchFile as NachaFile
+from achkit import parse
+from sqlalchemy import func, select
+
+from hms.bus import iso
+from hms.runtime import Unit, utcnow
+
+from .models import Account, AchFile, Payment, PaymentState, Setting
+
+log = logging.getLogger("hms.ach")
+MODIFIERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"  # a bank takes 36 files a day from one origin
+TRACE_COUNTER = "nacha_trace"
+
+
+class NachaRail:
+    """Makes the NACHA files of one ach deployment; several processes may share its database."""
+
+    def __init__(self, config: Mapping[str, Any], units: Callable[[], contextlib.AbstractContextManager[Unit]]):
+        self.units = units
+        self.odfi: str = config["HMS_ACH_ODFI_ROUTING"]
+        self.company_id: str = config["HMS_ACH_COMPANY_ID"]
+        self.company_name: str = config["HMS_ACH_COMPANY_NAME"]
+        self.destination: str = config["HMS_ACH_IMMEDIATE_DESTINATION"] or self.odfi
+        self.destination_name: str = config["HMS_ACH_IMMEDIATE_DESTINATION_NAME"]
+        self.origin_name: str = config["HMS_ACH_IMMEDIATE_ORIGIN_NAME"] or self.company_name
+        self.description: str = config["HMS_ACH_ENTRY_DESCRIPTION"]
+        self.outbound = Path(config["HMS_ACH_OUTBOUND_DIR"])
+        self.zone = ZoneInfo(config["HMS_ACH_BANK_TZ"])
+        self.cutoffs: list[tuple[int, int]] = config["HMS_ACH_CUTOFFS"]
+        self.every: float = config["HMS_ACH_FILE_EVERY_S"]
+        self.outbound.mkdir(parents=True, exist_ok=True)
+
+    # -- when --------------------------------------------------------------------------------------------------
+    def last_cutoff(self, now: datetime) -> datetime:
+        """The latest cut-off at or before `now`: one of a weekday's HH:MM in the bank's time zone, or (for
+        development) the last multiple of HMS_ACH_FILE_EVERY_S seconds."""
+        if self.every:
+            epoch = now.timestamp() // self.every * self.every
+            return datetime.fromtimestamp(epoch, UTC)
+        local = now.astimezone(self.zone)
+        for back in range(8):
+            day = local.date() - timedelta(days=back)
+            if day.weekday() >= 5:
+                continue  # no cut-offs on a weekend: the bank does not process files then
+            past = [
+                datetime(day.year, day.month, day.day, h, m, tzinfo=self.zone)
+                for h, m in self.cutoffs
+                if datetime(day.year, day.month, day.day, h, m, tzinfo=self.zone) <= local
+            ]
+            if past:
+                return max(past).astimezone(UTC)
+        raise ValueError("HMS_ACH_CUTOFFS: no cut-off in the last week")
+
+    def effective_date(self, cutoff: datetime) -> date:
+        """The next banking day after the cut-off's date (weekends skipped; bank holidays are not known here)."""
+        day = cutoff.astimezone(self.zone).date() + timedelta(days=1)
+        while day.weekday() >= 5:
+            day += timedelta(days=1)
+        return day
+
+    # -- the steps ---------------------------------------------------------------------------------------------
+    def run_once(self, stop: threading.Event | None = None) -> int:
+        """Finish files a crash left building, then make the file of the last cut-off if it is due; returns how
+        many payments left in files."""
+        sent = 0
+        with self.units() as s:
+            building = list(s.scalars(select(AchFile.id).where(AchFile.state == "building").order_by(AchFile.id)))
+        for file_id in building:
+            sent += self.finish(file_id)
+        chosen = self.choose(self.last_cutoff(utcnow()))
+        if chosen is not None:
+            sent += self.finish(chosen)
+        return sent
+
+    def finish(self, file_id: int) -> int:
+        """Steps 2 and 3 for a file already chosen."""
+        self.write(file_id)
+        return self.record(file_id)
+
+    def choose(self, cutoff: datetime) -> int | None:
+        """Step 1: the file of `cutoff`, with every payment recorded up to it still pending; None when there is
+        no such payment or the file is made already."""
+        with self.units() as s:
+            s.lock("nacha-files")
+            if s.scalar(select(AchFile.id).where(AchFile.cutoff_at == cutoff)) is not None:
+                return None
+            due = list(
+                s.scalars(
+                    select(Payment)
+                    .where(Payment.state == PaymentState.PENDING, Payment.created_at <= cutoff)
+                    .order_by(Payment.created_at, Payment.id)
+                    .limit(10000)
+                )
+            )
+            if not due:
+                return None
+            file_id = (s.scalar(select(func.max(AchFile.id))) or 0) + 1
+            created = utcnow()
+            today = created.astimezone(self.zone).date()
+            same_day = s.scalar(
+                select(func.count()).select_from(AchFile).where(AchFile.created_at >= _midnight(today, self.zone))
+            )
+            modifier = MODIFIERS[int(same_day or 0) % len(MODIFIERS)]
+            trace = int(s.scalar(select(Setting.value).where(Setting.key == TRACE_COUNTER)) or 0)
+            for p in due:
+                trace += 1
+                p.state, p.file_id, p.trace_number = (
+                    PaymentState.SENDING,
+                    file_id,
+                    f"{self.odfi[:8]}{trace % 10**7:07d}",
+                )
+                p.claimed_at, p.claimed_by = created, f"file:{file_id}"
+            s.merge(Setting(key=TRACE_COUNTER, value=str(trace)))
+            s.add(
+                AchFile(
+                    id=file_id,
+                    name=f"HMS-{today:%Y%m%d}-{modifier}-{file_id:06d}.ach",
+                    file_id_modifier=modifier,
+                    created_at=created,
+                    cutoff_at=cutoff,
+                    effective_date=self.effective_date(cutoff).isoformat(),
+                    entries=len(due),
+                    total_cents=sum(_cents(p.amount) for p in due),
+                    state="building",
+                )
+            )
+        log.info("ACH file %d chosen: %d entries for the cut-off at %s", file_id, len(due), iso(cutoff))
+        return file_id
+
+    def write(self, file_id: int) -> Path:
+        """Step 2: the file into the outbound folder, atomically (flushed, then renamed into place)."""
+        with self.units() as s:
+            f = s.get_one(AchFile, file_id)
+            text = self.render(s, f)
+            target = self.outbound / f.name
+        part = self.outbound / f".{target.name}.part"
+        with open(part, "w", encoding="ascii", newline="\n") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(part, target)
+        folder = os.open(self.outbound, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a power cut
+        finally:
+            os.close(folder)
+        return target
+
+    def record(self, file_id: int) -> int:
+        """Step 3: the file and its payments are sent; payment.sent for each, in the same transaction."""
+        with self.units() as s:
+            f = s.get_one(AchFile, file_id)
+            if f.state == "sent":
+                return 0
+            now = utcnow()
+            f.state, f.sent_at = "sent", now
+            payments = list(
+                s.scalars(select(Payment).where(Payment.file_id == file_id, Payment.state == PaymentState.SENDING))
+            )
+            for p in payments:
+                p.state, p.bank_reference, p.sent_at, p.last_error = PaymentState.SENT, p.trace_number, now, None
+                s.emit(
+                    "payment.sent",
+                    {
+                        "claimId": p.claim_id,
+                        "paymentId": p.id,
+                        "citizen": p.citizen,
+                        "amount": float(p.amount),
+                        "sentAt": iso(now),
+                    },
+                    traceparent=p.traceparent,
+                )
+            name = f.name
+        log.info("ACH file %s sent: %d entries", name, len(payments))
+        return len(payments)
+
+    def render(self, s: Unit, f: AchFile) -> str:
+        """The NACHA text of file `f`, from its rows alone (the same bytes every time)."""
+        rows = s.execute(
+            select(Payment, Account)
+            .join(Account, Account.id == Payment.account_id)
+            .where(Payment.file_id == f.id)
+            .order_by(Payment.trace_number)
+        ).all()
+        nacha = NachaFile.create(
+            origin_dfi=self.odfi,
+            company_id=self.company_id,
+            destination_routing=self.destination,
+            destination_name=self.destination_name,
+            origin_name=self.origin_name,
+            file_id_modifier=f.file_id_modifier,
+            creation_date=f.created_at.astimezone(self.zone).replace(tzinfo=None),
+        )
+        batch = nacha.batch(
+            sec="PPD", description=self.description, effective_date=f.effective_date, company_name=self.company_name
+        )
+        for p, a in rows:
+            batch.credit(
+                name=f"CLAIM {p.claim_id[:13].upper()}",
+                routing=a.routing_number,
+                account=a.account_number,
+                amount_cents=_cents(p.amount),
+                account_type=a.account_type,
+                id_number=p.claim_id.replace("-", "")[:15].upper(),
+            )
+        lines = nacha.render().split("\n")
+        # achkit numbers the entries of each batch from 1; ours come from one counter, so that a return or a
+        # notification of change names one payment of all the files ever sent.
+        entries = iter(p.trace_number for p, _ in rows)
+        out = [line[:79] + str(next(entries)) if line.startswith("6") else line for line in lines]
+        return "\n".join(out)
+
+    # -- what the bank holds -----------------------------------------------------------------------------------
+    def transfers_by_claim(self, s: Unit) -> dict[str, int]:
+        """How many entries of the files in the drop are for each claim (more than one is a double payment); an
+        entry whose trace number no payment has counts under `trace:<number>`."""
+        traces: Counter[str] = Counter()
+        for path in sorted(self.outbound.glob("*.ach")):
+            for batch in parse(path.read_text(encoding="ascii"))["batches"]:
+                traces.update(e["trace_number"] for e in batch["entries"])
+        found = s.execute(select(Payment.trace_number, Payment.claim_id).where(Payment.trace_number.in_(traces)))
+        claims = {trace: claim for trace, claim in found}
+        out: Counter[str] = Counter()
+        for trace, n in traces.items():
+            out[claims.get(trace, f"trace:{trace}")] += n
+        return dict(out)
+
+
+def _cents(amount: Decimal | float) -> int:
+    return int((Decimal(str(amount)) * 100).to_integral_value())
+
+
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)

@@ -1,0 +1,253 @@
+"""The ACH rail (HMS_ACH_PROVIDER=nacha): payments leave in NACHA files, exactly once, files a bank would take.
+
+Every file is read back by a second, independently written parser (tests/nacha_files.py) and its totals checked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from hms import create_app
+from hms.ach.models import AchFile, Payment, PaymentState
+from hms.ach.nacha import NachaRail
+from hms.runtime import mesh_of
+from tests.conftest import DIEGO, eventually
+from tests.nacha_files import check_file
+
+NACHA = {
+    "HMS_ACH_PROVIDER": "nacha",
+    "HMS_ACH_ODFI_ROUTING": "091000019",
+    "HMS_ACH_COMPANY_ID": "1234567890",
+    "HMS_ACH_COMPANY_NAME": "STATE DOL UI",
+    "HMS_ACH_IMMEDIATE_DESTINATION_NAME": "FEDERAL RESERVE BANK",
+    "HMS_ACH_FILE_EVERY_S": 1.0,
+}
+SAVINGS = {"routingNumber": "021000021", "accountNumber": "4444", "accountType": "savings"}
+
+
+@pytest.fixture
+def settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {**settings, **NACHA}
+
+
+def file_claims(client: Any, token: Any, n: int, prefix: str = "c") -> dict[str, dict[str, Any]]:
+    """`n` eligible claims of `n` citizens, every third paid into a savings account; claim id -> bank details."""
+    filed = {}
+    for i in range(n):
+        bank = SAVINGS if i % 3 == 2 else DIEGO["directDeposit"]
+        r = client.post("/claims", json={**DIEGO, "directDeposit": bank}, headers=token(f"{prefix}{i}"))
+        assert r.status_code == 201, r.json
+        filed[r.json["id"]] = bank
+    return filed
+
+
+def payments(app: Flask) -> dict[str, Payment]:
+    with mesh_of(app).stores["ach"].session() as s:
+        return {p.claim_id: p for p in s.scalars(select(Payment))}
+
+
+def files(app: Flask) -> list[AchFile]:
+    with mesh_of(app).stores["ach"].session() as s:
+        return list(s.scalars(select(AchFile).order_by(AchFile.id)))
+
+
+def outbound(app: Flask) -> Path:
+    return Path(app.config["HMS_ACH_OUTBOUND_DIR"])
+
+
+def check_outbound(app: Flask, filed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every file in the drop passes the bank's checks, and every claim's payment is in exactly one of them, as
+    the claim asked (account, type, amount); returns the entries by trace number."""
+    assert not list(outbound(app).glob(".*")), "no half-written file is left in the drop"
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted(outbound(app).glob("*.ach")):
+        for e in check_file(path, odfi="091000019", company_id="1234567890", company_name="STATE DOL UI"):
+            trace = str(e["traceNumber"]).zfill(15)
+            assert trace not in entries, f"trace {trace} in two files"
+            entries[trace] = {**e, "file": path.name}
+    paid = payments(app)
+    assert sorted(p.trace_number or "" for p in paid.values()) == sorted(entries)  # nothing else, nothing left out
+    for claim_id, bank in filed.items():
+        e = entries[paid[claim_id].trace_number or ""]
+        assert e["dfiAccount"].strip() == bank["accountNumber"] and e["amount"] == 60000
+        assert str(e["transactionCode"]) == ("32" if bank["accountType"] == "savings" else "22")
+        assert f"{e['receivingDFIIdentification']:08d}{e['checkDigit']}" == bank["routingNumber"]
+    return entries
+
+
+def test_payments_leave_in_nacha_files_a_bank_would_take_each_once(app: Flask, client: Any, token: Any) -> None:
+    filed = file_claims(client, token, 6)
+    eventually(lambda: all(p.state == PaymentState.SENT for p in payments(app).values()) and len(payments(app)) == 6)
+    more = file_claims(client, token, 5, prefix="later")  # after the first file: in a file of a later cut-off
+    eventually(lambda: sum(p.state == PaymentState.SENT for p in payments(app).values()) == 11)
+    entries = check_outbound(app, {**filed, **more})
+    made = files(app)
+    assert len(made) >= 2 and all(f.state == "sent" for f in made)
+    assert sum(f.entries for f in made) == 11 and sum(f.total_cents for f in made) == 11 * 60000
+    assert [f.file_id_modifier for f in made] == [chr(ord("A") + i) for i in range(len(made))]  # one day's files
+    assert sorted(p.name for p in outbound(app).glob("*.ach")) == sorted(f.name for f in made)
+    rail: NachaRail = app.extensions["hms.ach"].rail
+    for f in made:  # credits settle on the next banking day after the cut-off
+        expected = rail.effective_date(f.cutoff_at).strftime("%y%m%d")
+        assert {e["effectiveDate"] for e in entries.values() if e["file"] == f.name} == {expected}
+    staff = token("casey", "caseworker")
+    eventually(lambda: all(client.get(f"/claims/{c}", headers=staff).json["status"] == "paid" for c in filed))
+    reconcile = app.test_cli_runner().invoke
+    eventually(lambda: "gaps 0, in flight 0" in reconcile(args=["audit", "reconcile", "--strict"]).output)
+
+
+def test_reconcile_finds_an_entry_sent_twice_and_one_no_payment_has(app: Flask, client: Any, token: Any) -> None:
+    filed = file_claims(client, token, 2)
+    staff = token("casey", "caseworker")
+    eventually(lambda: all(client.get(f"/claims/{c}", headers=staff).json["status"] == "paid" for c in filed))
+    (first,) = outbound(app).glob("*.ach")
+    copy = outbound(app) / "COPY.ach"
+    copy.write_bytes(first.read_bytes())  # the same entries dropped again, under another name
+    lines = first.read_text().split("\n")
+    stranger = next(i for i, line in enumerate(lines) if line.startswith("6"))
+    lines[stranger] = lines[stranger][:79] + "091000019999999"  # an entry whose trace no payment has
+    (outbound(app) / "STRANGER.ach").write_text("\n".join(lines))
+    reconciled = app.test_cli_runner().invoke(args=["audit", "reconcile"])
+    assert reconciled.exit_code == 1
+    # The copy pays both claims again; the stranger file holds one claim's entry a third time, and one unknown.
+    gaps = sorted(line.split(": ", 1)[1] for line in reconciled.output.splitlines() if line.startswith("GAP "))
+    assert gaps == [
+        "paid 2 times at the bank",
+        "paid 3 times at the bank",
+        "the bank paid a claim for which ach has no payment",
+    ], reconciled.output
+    assert "GAP trace:091000019999999:" in reconciled.output
+
+
+def test_cutoffs_in_the_banks_time_zone_and_the_next_banking_day(tmp_path: Path) -> None:
+    app = create_app({"HMS_INSTANCE_PATH": str(tmp_path), **NACHA, "HMS_ACH_FILE_EVERY_S": 0})
+    try:
+        rail: NachaRail = app.extensions["hms.ach"].rail
+        ny = "10:30,14:45,16:45 New York"
+        friday_noon = datetime(2026, 11, 27, 17, 0, tzinfo=UTC)  # 12:00 in New York
+        assert rail.last_cutoff(friday_noon) == datetime(2026, 11, 27, 15, 30, tzinfo=UTC), ny
+        early_monday = datetime(2026, 11, 30, 13, 0, tzinfo=UTC)  # 08:00 in New York: Friday's last cut-off
+        assert rail.last_cutoff(early_monday) == datetime(2026, 11, 27, 21, 45, tzinfo=UTC), ny
+        assert rail.effective_date(datetime(2026, 11, 27, 21, 45, tzinfo=UTC)) == date(2026, 11, 30)  # Friday→Monday
+        assert rail.effective_date(datetime(2026, 11, 24, 15, 30, tzinfo=UTC)) == date(2026, 11, 25)
+    finally:
+        mesh_of(app).close()
+
+
+def test_nacha_settings_are_checked_at_start(tmp_path: Path) -> None:
+    from hms.config import ConfigError, load
+
+    cases = {
+        "HMS_ACH_ODFI_ROUTING": ("091000018", "checksum"),
+        "HMS_ACH_COMPANY_ID": ("12345678901", "1 to 10 characters"),
+        "HMS_ACH_COMPANY_NAME": ("", "1 to 16 characters"),
+        "HMS_ACH_CUTOFFS": ("10:30,25:00", "HH:MM"),
+        "HMS_ACH_BANK_TZ": ("Mars/Olympus", "not a time zone"),
+        "HMS_ACH_PROVIDER": ("wire", "sandbox or nacha"),
+    }
+    for key, (value, message) in cases.items():
+        with pytest.raises(ConfigError, match=f"{key}: .*{message}"):
+            load({**NACHA, key: value}, str(tmp_path))
+    ok = load({**NACHA, "HMS_ACH_CUTOFFS": "16:45, 10:30"}, str(tmp_path))
+    assert ok["HMS_ACH_CUTOFFS"] == [(10, 30), (16, 45)]
+
+
+# -- crashes: kill -9 at every step between choosing the entries and recording the file ---------------------------
+CRASH = """
+import os, signal, sys, threading
+from hms.ach import nacha
+
+filed = threading.Event()  # no file is made before every claim is filed
+real_run_once = nacha.NachaRail.run_once
+def run_once(self, stop=None):
+    filed.wait()
+    return real_run_once(self, stop)
+nacha.NachaRail.run_once = run_once
+
+step = sys.argv[1]
+def die(*_, **__):
+    os.kill(os.getpid(), signal.SIGKILL)
+if step == "chosen":  # the file and its entries recorded; nothing written
+    real_choose = nacha.NachaRail.choose
+    def choose(self, cutoff):
+        chosen = real_choose(self, cutoff)
+        if chosen is not None:
+            die()
+        return chosen
+    nacha.NachaRail.choose = choose
+elif step == "writing":  # the file on disk under its hidden name, not renamed (this process only)
+    nacha.os.fsync = die
+elif step == "renamed":  # the file in the drop; not recorded as sent
+    nacha.NachaRail.record = lambda self, file_id: die()
+elif step == "recording":  # inside the transaction that records it, before the commit
+    from hms.runtime import unit
+    real_emit = unit.Unit.emit
+    def emit(self, subject, *args, **kw):
+        return die() if subject == "payment.sent" else real_emit(self, subject, *args, **kw)
+    unit.Unit.emit = emit
+
+from hms import create_app
+from hms.runtime import mesh_of
+from tests.conftest import DIEGO
+
+app = create_app()
+mesh_of(app).upgrade()
+mesh_of(app).start()
+client = app.test_client()
+for i in range(8):
+    auth = {"Authorization": "Bearer " + app.extensions["hms.auth"].issue(f"crash{i}", "citizen")}
+    assert client.post("/claims", json=DIEGO, headers=auth).status_code == 201
+filed.set()
+import time
+time.sleep(60)  # the payments worker dies at the step
+"""
+
+
+@pytest.mark.parametrize("step", ["chosen", "writing", "renamed", "recording"])
+def test_a_kill_at_any_step_of_making_a_file_leaves_no_entry_twice_and_no_payment_behind(
+    tmp_path: Path, step: str
+) -> None:
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in NACHA.items()},
+        "HMS_INSTANCE_PATH": str(tmp_path / "instance"),
+        "HMS_ACH_POLL_S": "0.05",
+        "HMS_OUTBOX_POLL_S": "0.05",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    started = time.monotonic()
+    killed = subprocess.run([sys.executable, "-c", CRASH, step], env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
+    assert time.monotonic() - started < 60, "the worker reached the step"
+    app = create_app(
+        {"HMS_INSTANCE_PATH": str(tmp_path / "instance"), **NACHA, "HMS_ACH_POLL_S": 0.05, "HMS_OUTBOX_POLL_S": 0.05}
+    )
+    mesh = mesh_of(app)
+    before = {p.name: p.read_bytes() for p in outbound(app).glob("*.ach")}
+    assert bool(before) == (step in ("renamed", "recording"))  # visible only once renamed
+    try:
+        mesh.upgrade()
+        mesh.start()  # the restarted worker finishes the file the crash left building
+        eventually(
+            lambda: len(payments(app)) == 8 and all(p.state == PaymentState.SENT for p in payments(app).values())
+        )
+        made = files(app)
+        assert all(f.state == "sent" for f in made) and sum(f.entries for f in made) == 8
+        for name, content in before.items():  # written again: the same file, byte for byte, under its name
+            assert (outbound(app) / name).read_bytes() == content
+        check_outbound(app, {claim: DIEGO["directDeposit"] for claim in payments(app)})
+        reconcile = app.test_cli_runner().invoke
+        eventually(lambda: reconcile(args=["audit", "reconcile", "--strict"]).exit_code == 0)  # and svc knows
+    finally:
+        mesh.close()

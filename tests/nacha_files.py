@@ -1,0 +1,72 @@
+"""NACHA files checked as a bank would check them, with a second, independently written parser.
+
+hms writes its files with achkit; here they are read by elidoran's @ach/ach (JavaScript, from the npm registry,
+run with the machine's Node.js), and every total is computed again from what that parser read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent / "nacha"
+
+
+def parse_independently(path: Path) -> dict[str, Any]:
+    """The file as @ach/ach reads it (JSON)."""
+    cli = HERE / "node_modules" / "@ach" / "ach" / "bin" / "ach.js"
+    if not cli.exists():
+        if os.environ.get("CI"):
+            pytest.fail("tests/nacha/node_modules is missing: .ci/run installs the NACHA parser with npm ci")
+        pytest.skip("the second NACHA parser is not installed: npm ci --prefix tests/nacha")
+    node = shutil.which("node") or "node"
+    with open(path, "rb") as f:
+        out = subprocess.run([node, str(cli), "to", "json"], stdin=f, capture_output=True, timeout=60, check=True)
+    return dict(json.loads(out.stdout))
+
+
+def check_file(path: Path, *, odfi: str, company_id: str, company_name: str) -> list[dict[str, Any]]:
+    """Every check an ODFI makes before it takes a file; returns the entries (as the second parser read them)."""
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n") and b"\r" not in raw
+    lines = raw.decode("ascii").split("\n")[:-1]
+    assert all(len(line) == 94 for line in lines), [len(line) for line in lines if len(line) != 94]
+    assert len(lines) % 10 == 0, f"{len(lines)} records: not blocked by 10"
+    parsed = parse_independently(path)
+    header, control = parsed["file"], parsed["file"]["footer"]
+    assert header["recordSize"] == "094" and header["blockingFactor"] == "10" and header["formatCode"] == "1"
+    assert header["origin"].strip() == odfi
+    assert control["blockCount"] == len(lines) // 10
+    assert control["batchCount"] == len(parsed["batches"]) >= 1
+    entries: list[dict[str, Any]] = []
+    file_hash = file_credit = file_debit = 0
+    for batch in parsed["batches"]:
+        head, foot = batch, batch["footer"]  # @ach/ach keeps the batch header's fields on the batch
+        assert head["entryClassCode"] == "PPD" and int(head["serviceClassCode"]) == 220  # credits only
+        assert int(foot["serviceClassCode"]) == 220 and foot["companyId"].strip() == company_id
+        assert head["companyId"].strip() == company_id
+        assert head["companyName"].strip() == company_name
+        assert str(head["originatingDFIIdentification"]).zfill(8) == odfi[:8]
+        batch_entries = batch["entries"]
+        traces = [int(e["traceNumber"]) for e in batch_entries]
+        assert traces == sorted(traces) and len(set(traces)) == len(traces), "trace numbers ascend, none twice"
+        assert all(str(t).zfill(15).startswith(odfi[:8]) for t in traces)
+        credits = sum(e["amount"] for e in batch_entries if str(e["transactionCode"]) in ("22", "32"))
+        debits = sum(e["amount"] for e in batch_entries if str(e["transactionCode"]) in ("27", "37"))
+        assert credits == sum(e["amount"] for e in batch_entries), "a benefits file holds only credits (22, 32)"
+        entry_hash = sum(int(e["receivingDFIIdentification"]) for e in batch_entries) % 10**10
+        assert foot["entryAndAddendaCount"] == len(batch_entries)
+        assert int(foot["entryHash"]) == entry_hash
+        assert (foot["totalCredit"], foot["totalDebit"]) == (credits, debits)
+        file_hash, file_credit, file_debit = file_hash + entry_hash, file_credit + credits, file_debit + debits
+        entries += [{**e, "effectiveDate": head["effectiveDate"]} for e in batch_entries]
+    assert control["entryAndAddendaCount"] == len(entries)
+    assert int(control["entryHash"]) == file_hash % 10**10
+    assert (control["totalCredit"], control["totalDebit"]) == (file_credit, file_debit)
+    return entries

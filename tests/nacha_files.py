@@ -70,3 +70,111 @@ def check_file(path: Path, *, odfi: str, company_id: str, company_name: str) -> 
     assert int(control["entryHash"]) == file_hash % 10**10
     assert (control["totalCredit"], control["totalDebit"]) == (file_credit, file_debit)
     return entries
+
+
+def bank_file(odfi: str, notices: list[dict[str, Any]]) -> str:
+    """What the agency's bank drops in the inbound folder: returns (addenda 99, R-codes) and notifications of
+    change (addenda 98, C-codes, in a COR batch) for entries hms sent, as NACHA records written here by hand, the
+    bank's side. Each notice: code, trace (of hms's entry), routing and account (as sent), amount (cents),
+    corrected (a NOC's corrected data)."""
+
+    def record(*parts: str) -> str:
+        line = "".join(parts)
+        assert len(line) == 94, (len(line), line)
+        return line
+
+    lines = [
+        record(
+            "101", " ", odfi, " 021000021", "2612011200", "A094101", "AGENCY BANK".ljust(23), "RDFI".ljust(23), " " * 8
+        )
+    ]
+    batches: dict[str, list[dict[str, Any]]] = {}
+    for n in notices:
+        batches.setdefault("COR" if n["code"].startswith("C") else "PPD", []).append(n)
+    total_entries = total_hash = total_credit = 0
+    for number, (sec, items) in enumerate(sorted(batches.items()), start=1):
+        lines.append(
+            record(
+                "5200",
+                "RECEIVING BANK".ljust(16),
+                " " * 20,
+                "9876543210",
+                sec,
+                "RETURN".ljust(10),
+                " " * 6,
+                "261201",
+                "   ",
+                "1",
+                "02100002",
+                f"{number:07d}",
+            )
+        )
+        entry_hash = credit = 0
+        for i, n in enumerate(items, start=1):
+            amount = 0 if sec == "COR" else n["amount"]
+            own_trace = f"02100002{number:03d}{i:04d}"
+            lines.append(
+                record(
+                    "6",
+                    "21",
+                    n["routing"][:8],
+                    n["routing"][8],
+                    n["account"].ljust(17),
+                    f"{amount:010d}",
+                    " " * 15,
+                    "BENEFIT".ljust(22),
+                    "  ",
+                    "1",
+                    own_trace,
+                )
+            )
+            if sec == "COR":
+                lines.append(
+                    record(
+                        "798",
+                        n["code"],
+                        n["trace"],
+                        " " * 6,
+                        n["routing"][:8],
+                        n["corrected"].ljust(29),
+                        " " * 15,
+                        own_trace,
+                    )
+                )
+            else:
+                lines.append(record("799", n["code"], n["trace"], " " * 6, n["routing"][:8], " " * 44, own_trace))
+            entry_hash, credit = entry_hash + int(n["routing"][:8]), credit + amount
+        lines.append(
+            record(
+                "8200",
+                f"{2 * len(items):06d}",
+                f"{entry_hash % 10**10:010d}",
+                f"{0:012d}",
+                f"{credit:012d}",
+                "9876543210",
+                " " * 19,
+                " " * 6,
+                "02100002",
+                f"{number:07d}",
+            )
+        )
+        total_entries, total_hash, total_credit = (
+            total_entries + 2 * len(items),
+            total_hash + entry_hash,
+            total_credit + credit,
+        )
+    blocks = -(-(len(lines) + 1) // 10)
+    lines.append(
+        record(
+            "9",
+            f"{len(batches):06d}",
+            f"{blocks:06d}",
+            f"{total_entries:08d}",
+            f"{total_hash % 10**10:010d}",
+            f"{0:012d}",
+            f"{total_credit:012d}",
+            " " * 39,
+        )
+    )
+    lines += ["9" * 94] * (blocks * 10 - len(lines))
+    return "\n".join(lines) + "\n"

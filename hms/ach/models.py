@@ -13,12 +13,13 @@ from hms.runtime.database import EnumText, UtcDateTime
 
 
 class PaymentState(enum.StrEnum):
-    """Where a payment is: pending → sending → sent, or failed."""
+    """Where a payment is: pending → sending → sent, or failed; on the ACH rail a sent payment may come back."""
 
     PENDING = "pending"  # due at next_attempt_at
     SENDING = "sending"  # claimed by a worker (claimed_by), at the bank now or cut short by a crash
     SENT = "sent"
     FAILED = "failed"
+    RETURNED = "returned"  # the receiving bank sent it back (return_code); pending again with new bank details
 
 
 class Base(DeclarativeBase):
@@ -72,6 +73,7 @@ class Payment(Base):
     # The NACHA rail: the file the entry left in, and its trace number (unique: a return names it).
     file_id: Mapped[int | None] = mapped_column(Integer, index=True)
     trace_number: Mapped[str | None] = mapped_column(String(15), unique=True)
+    return_code: Mapped[str | None] = mapped_column(String(3))  # R02, R03, …: why the last entry came back
 
     __table_args__ = (Index("ix_payments_due", "state", "next_attempt_at"),)
 
@@ -104,3 +106,29 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
+
+
+class InboundFile(Base):
+    """A file the bank dropped in the inbound folder (returns, notifications of change): read once, by content."""
+
+    __tablename__ = "ach_inbound_files"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    notices: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(300))  # a file that could not be read at all
+
+
+class Notice(Base):
+    """One return (R-code) or notification of change (C-code) from the bank, for the entry with `trace_number`."""
+
+    __tablename__ = "ach_notices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    file_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    code: Mapped[str] = mapped_column(String(3))
+    trace_number: Mapped[str] = mapped_column(String(15), index=True)
+    payment_id: Mapped[str | None] = mapped_column(String(36), index=True)  # empty: no payment has that trace
+    detail: Mapped[str | None] = mapped_column(String(300))  # a NOC's corrected data; what was done about it
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -17,9 +17,11 @@ check (same origin, creation date and time, file id modifier) refuses the copy; 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
@@ -29,17 +31,20 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from achkit import AchFile as NachaFile
-from achkit import parse
+from achkit import describe_change, describe_return, parse
+from achkit.fields import AchError
 from sqlalchemy import func, select
 
-from hms.bus import iso
+from hms.bus import ReplyError, iso
+from hms.contracts.vocabulary import account_number_problem, routing_number_problem
 from hms.runtime import Unit, utcnow
 
-from .models import Account, AchFile, Payment, PaymentState, Setting
+from .models import Account, AchFile, InboundFile, Notice, Payment, PaymentState, Setting
 
 log = logging.getLogger("hms.ach")
 MODIFIERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"  # a bank takes 36 files a day from one origin
 TRACE_COUNTER = "nacha_trace"
+REISSUABLE = ("R02", "R03", "R04")  # account closed, no account, invalid number: other details may work
 
 
 class NachaRail:
@@ -55,10 +60,12 @@ class NachaRail:
         self.origin_name: str = config["HMS_ACH_IMMEDIATE_ORIGIN_NAME"] or self.company_name
         self.description: str = config["HMS_ACH_ENTRY_DESCRIPTION"]
         self.outbound = Path(config["HMS_ACH_OUTBOUND_DIR"])
+        self.inbound = Path(config["HMS_ACH_INBOUND_DIR"])
         self.zone = ZoneInfo(config["HMS_ACH_BANK_TZ"])
         self.cutoffs: list[tuple[int, int]] = config["HMS_ACH_CUTOFFS"]
         self.every: float = config["HMS_ACH_FILE_EVERY_S"]
-        self.outbound.mkdir(parents=True, exist_ok=True)
+        for folder in (self.outbound, self.inbound, self.inbound / "read"):
+            folder.mkdir(parents=True, exist_ok=True)
 
     # -- when --------------------------------------------------------------------------------------------------
     def last_cutoff(self, now: datetime) -> datetime:
@@ -90,9 +97,9 @@ class NachaRail:
 
     # -- the steps ---------------------------------------------------------------------------------------------
     def run_once(self, stop: threading.Event | None = None) -> int:
-        """Finish files a crash left building, then make the file of the last cut-off if it is due; returns how
-        many payments left in files."""
-        sent = 0
+        """Finish files a crash left building, make the file of the last cut-off if it is due, and read what the
+        bank dropped in the inbound folder; returns how many payments left in files and notices were read."""
+        sent = self.read_inbound()
         with self.units() as s:
             building = list(s.scalars(select(AchFile.id).where(AchFile.state == "building").order_by(AchFile.id)))
         for file_id in building:
@@ -248,12 +255,146 @@ class NachaRail:
         for path in sorted(self.outbound.glob("*.ach")):
             for batch in parse(path.read_text(encoding="ascii"))["batches"]:
                 traces.update(e["trace_number"] for e in batch["entries"])
+        returned = s.scalars(select(Notice.trace_number).where(Notice.code.like("R%"), Notice.payment_id.is_not(None)))
+        for trace in set(returned):  # the money came back: that entry is no transfer any more
+            traces[trace] -= 1
+        traces = +traces
         found = s.execute(select(Payment.trace_number, Payment.claim_id).where(Payment.trace_number.in_(traces)))
         claims = {trace: claim for trace, claim in found}
         out: Counter[str] = Counter()
         for trace, n in traces.items():
             out[claims.get(trace, f"trace:{trace}")] += n
         return dict(out)
+
+    # -- what comes back ---------------------------------------------------------------------------------------
+    def read_inbound(self) -> int:
+        """Read each return or NOC file the bank dropped, once (by its content), then move it to `read/`."""
+        done = 0
+        for path in sorted(p for p in self.inbound.iterdir() if p.is_file() and not p.name.startswith(".")):
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            with self.units() as s:
+                if s.get(InboundFile, digest) is None:
+                    done += self._apply(s, path.name, digest, data)
+            os.replace(path, self.inbound / "read" / f"{digest[:12]}-{path.name}")
+        return done
+
+    def _apply(self, s: Unit, name: str, digest: str, data: bytes) -> int:
+        now, notices = utcnow(), []
+        try:
+            parsed = parse(data.decode("ascii"))
+            for batch in parsed["batches"]:
+                for entry in batch["entries"]:
+                    for addenda in entry["addenda"]:
+                        if addenda["type"] in ("98", "99"):
+                            info = addenda["info"].ljust(80)  # the addenda after its type code, padded back
+                            notices.append((info[0:3], info[3:18], info[32:61].strip()))
+        except (AchError, ValueError, KeyError) as exc:  # not NACHA at all, or not ASCII
+            return self._unreadable(s, name, digest, now, exc)
+        s.add(InboundFile(sha256=digest, name=name, received_at=now, notices=len(notices)))
+        for code, trace, corrected in notices:
+            payment = s.scalars(select(Payment).where(Payment.trace_number == trace)).first()
+            if payment is None:  # an entry that came back before: its payment has a new trace since
+                earlier = s.scalar(select(Notice.payment_id).where(Notice.trace_number == trace).limit(1))
+                payment = s.get(Payment, earlier) if earlier else None
+            if code.startswith("R"):
+                detail = self._returned(s, payment, code, now)
+            else:
+                detail = self._changed(s, payment, code, corrected)
+            s.add(
+                Notice(
+                    file_sha256=digest,
+                    code=code,
+                    trace_number=trace,
+                    payment_id=payment.id if payment else None,
+                    detail=detail,
+                    received_at=now,
+                )
+            )
+            if payment is None:
+                log.error("ACH %s in %s: no payment has trace number %s", code, name, trace)
+        log.info("ACH inbound file %s read: %d returns and notifications of change", name, len(notices))
+        return len(notices)
+
+    @staticmethod
+    def _unreadable(s: Unit, name: str, digest: str, now: datetime, exc: Exception) -> int:
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        s.add(InboundFile(sha256=digest, name=name, received_at=now, notices=0, error=error))
+        log.error("ACH inbound file %s cannot be read (%s); moved to read/ untouched", name, error)
+        return 0
+
+    @staticmethod
+    def _returned(s: Unit, payment: Payment | None, code: str, now: datetime) -> str | None:
+        """A return: the payment came back; payment.returned tells svc and the citizen."""
+        if payment is None or payment.state != PaymentState.SENT:
+            return None if payment is None else f"not applied: the payment is {payment.state}"
+        reason = describe_return(code) or "returned by the receiving bank"
+        payment.state, payment.return_code, payment.last_error = PaymentState.RETURNED, code, f"{code} {reason}"[:300]
+        s.emit(
+            "payment.returned",
+            {
+                "claimId": payment.claim_id,
+                "paymentId": payment.id,
+                "citizen": payment.citizen,
+                "amount": float(payment.amount),
+                "code": code,
+                "reason": reason,
+                "newDetailsNeeded": code in REISSUABLE,
+                "returnedAt": iso(now),
+            },
+            traceparent=payment.traceparent,
+        )
+        log.warning("payment %s for claim %s returned: %s %s", payment.id, payment.claim_id, code, reason)
+        return str(reason)
+
+    @staticmethod
+    def _changed(s: Unit, payment: Payment | None, code: str, corrected: str) -> str:
+        """A notification of change: C01 (account), C02 (routing), C03 (both) correct the stored account, so the
+        next payment goes where the bank says; other codes are kept for staff."""
+        what = describe_change(code) or "notification of change"
+        account = s.get(Account, payment.account_id) if payment and payment.account_id else None
+        routing, number = {
+            "C01": (None, corrected[:17].strip()),
+            "C02": (corrected[:9], None),
+            "C03": (corrected[:9], corrected[12:29].strip()),
+        }.get(code, (None, None))
+        problems = [
+            p for p in (routing and routing_number_problem(routing), number and account_number_problem(number)) if p
+        ]
+        if account is None or (routing is None and number is None) or problems:
+            return f"{what}: {corrected!r} not applied" + (f" ({problems[0]})" if problems else "")
+        account.routing_number = routing or account.routing_number
+        account.account_number = number or account.account_number
+        return f"{what}: account corrected for the next payment"
+
+    def reissue(self, s: Unit, req: dict[str, Any]) -> dict[str, Any]:
+        """New bank details for a payment that came back R02, R03 or R04: it goes out again at the next cut-off."""
+        for name, problem in (("routingNumber", routing_number_problem), ("accountNumber", account_number_problem)):
+            message = problem(req[name])
+            if message:
+                raise ReplyError(422, "Invalid bank details", f"{name} {message}", name)
+        payment = s.scalars(select(Payment).where(Payment.claim_id == req["claimId"])).first()
+        if payment is None or payment.citizen != req["citizen"]:
+            raise ReplyError(404, "Not found", "no payment for this claim", "claimId")
+        s.lock(f"payment:{payment.id}")
+        if payment.state != PaymentState.RETURNED or payment.return_code not in REISSUABLE:
+            raise ReplyError(
+                409, "Not waiting for bank details", f"the payment is {payment.state}, not returned for its account"
+            )
+        account = Account(
+            id=str(uuid.uuid4()),
+            citizen=payment.citizen,
+            claim_id=None,
+            routing_number=req["routingNumber"],
+            account_number=req["accountNumber"],
+            account_type=req["accountType"],
+            registered_at=utcnow(),
+        )
+        s.add(account)
+        payment.account_id, payment.state, payment.next_attempt_at = account.id, PaymentState.PENDING, utcnow()
+        payment.trace_number = payment.file_id = None  # the returned entry's trace stays with its notice
+        s.wake("payments")
+        return {"paymentId": payment.id, "account": account.masked, "accountType": account.account_type}
 
 
 def _cents(amount: Decimal | float) -> int:

@@ -17,7 +17,7 @@ from hms.contracts.vocabulary import account_number_problem, routing_number_prob
 from hms.runtime import Consumer, Service, Unit, Worker, utcnow
 
 from .bank import BankDeclined, SandboxBank
-from .models import Account, Base, Payment, PaymentState
+from .models import Account, Base, Notice, Payment, PaymentState
 from .nacha import NachaRail
 from .payments import Payer
 
@@ -131,7 +131,18 @@ class Ach:
             "sentAt": iso(p.sent_at) if p.sent_at else None,
             "account": account.masked if account else None,
             "accountType": account.account_type if account else None,
+            "returnCode": p.return_code,
+            "notices": [  # returns and notifications of change from the bank (the ACH rail)
+                {"code": n.code, "detail": n.detail, "receivedAt": iso(n.received_at)}
+                for n in s.scalars(select(Notice).where(Notice.payment_id == p.id).order_by(Notice.id))
+            ],
         }
+
+    def reissue(self, s: Unit, event: Event) -> dict[str, Any]:
+        """New bank details for a payment its bank sent back (R02, R03, R04): paid again at the next cut-off."""
+        if self.rail is None:
+            raise ReplyError(409, "No ACH rail", "payments here go through the sandbox bank, which returns none")
+        return self.rail.reissue(s, event.data)
 
     def record_payment(self, s: Unit, event: Event) -> None:
         """Phase 1: record the approved claim's payment as pending; the payer pays it."""
@@ -179,11 +190,12 @@ service = Service(
     Base.metadata,
     Ach,
     description="Direct-deposit accounts and benefit payments",
-    publishes=["payment.sent", "payment.failed"],
+    publishes=["payment.sent", "payment.failed", "payment.returned"],
     requests={
         "ach.accounts.register": Ach.register_account,
         "ach.payments.ledger": Ach.ledger,
         "ach.payments.get": Ach.get,
+        "ach.payments.reissue": Ach.reissue,
     },
     consumers=[
         Consumer("claim.approved", Ach.record_payment, name="on_claim_approved"),

@@ -20,6 +20,7 @@ class ClaimStatus(enum.StrEnum):
     DENIED = "denied"
     PAID = "paid"
     PAYMENT_FAILED = "payment_failed"
+    RETURNED = "returned"  # paid, then sent back by the citizen's bank (an ACH return); paid again on new details
 
 
 CLAIM_STATUSES = tuple(s.value for s in ClaimStatus)

@@ -124,6 +124,26 @@ class ClaimById(MethodView):
         return ask("svc.claims.get", {"claimId": claim_id, "citizen": who.sub if who.role == "citizen" else None})
 
 
+@claims.route("/<claim_id>/direct-deposit")
+class NewDirectDeposit(MethodView):
+    @claims.doc(security=BEARER)
+    @requires("citizen")
+    @claims.arguments(s.DirectDepositIn)
+    @claims.response(200, s.ReissueOut)
+    def put(self, body: dict[str, Any], claim_id: str) -> Any:
+        """New bank details for a claim whose payment the bank sent back (account closed, no account, invalid
+        account number: R02, R03, R04); the payment goes out again there, once, at the next cut-off."""
+        return reissue(identity().sub, claim_id, body)
+
+
+def reissue(citizen: str, claim_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Ask ach to pay a returned payment again into the account `body` names (API and web UI)."""
+    if len(claim_id) > 64:
+        raise Problem(404, "Not found", "no such claim", "id")
+    reply: dict[str, Any] = ask("ach.payments.reissue", {"citizen": citizen, "claimId": claim_id, **body})
+    return reply
+
+
 @audit.route("/payouts")
 @audit.doc(security=BEARER)
 @requires("auditor")

@@ -8,7 +8,7 @@ from typing import Any
 
 from hms.bus import Bus
 
-APPROVED = ("approved", "paid", "payment_failed")
+APPROVED = ("approved", "paid", "payment_failed", "returned")
 PAGE = 2000
 
 
@@ -67,6 +67,11 @@ def reconcile(bus: Bus, timeout: float = 30.0, headers: dict[str, str] | None = 
                 r.gaps.append((claim_id, f"payment sent but the claim is {status}"))
             if claim_id not in recorded:
                 r.gaps.append((claim_id, "payment sent but metrics has no payout record"))
+        elif state == "returned":  # the ACH rail: the citizen's bank sent it back
+            if transfers:
+                r.gaps.append((claim_id, "payment returned yet the bank holds a transfer"))
+            if status != "returned":
+                r.gaps.append((claim_id, f"payment returned but the claim is {status}"))
         elif state == "failed":
             if transfers:
                 r.gaps.append((claim_id, "payment failed yet the bank holds a transfer"))

@@ -70,6 +70,12 @@ class ClaimIn(Strict):
     directDeposit = fields.Nested(DirectDepositIn, required=True)
 
 
+class ReissueOut(Schema):
+    paymentId = fields.String()
+    account = fields.String(metadata={"description": "the new account, masked"})
+    accountType = fields.String()
+
+
 class SubmitHeaders(Schema):
     idempotency_key = fields.String(
         data_key="Idempotency-Key",

@@ -14,10 +14,10 @@ from hms.bus.registry import discover
 from hms.contracts.vocabulary import BAD_CHECKSUM, CLAIM_STATUSES
 
 from . import operations
-from .api import ask, submit_claim
+from .api import ask, reissue, submit_claim
 from .charts import histogram_svg, percentiles_svg
 from .problems import Problem, flatten
-from .schemas import ClaimIn
+from .schemas import ClaimIn, DirectDepositIn
 from .security import Identity, caller
 from .signin import csrf_ok, csrf_token
 
@@ -123,7 +123,33 @@ def claim(claim_id: str) -> ResponseReturnValue:
     person = who("citizen", *STAFF)
     if person.role != "citizen":
         return redirect(url_for("web.case", claim_id=claim_id))
-    return page("claim.html", person=person, claim=get_claim(claim_id, person.sub), reasons=REASONS)
+    return page("claim.html", person=person, claim=get_claim(claim_id, person.sub), reasons=REASONS, errors={}, form={})
+
+
+@bp.post("/my/claims/<claim_id>/direct-deposit")
+def new_direct_deposit(claim_id: str) -> ResponseReturnValue:
+    """Other bank details for a payment the bank sent back (works without JavaScript)."""
+    person = who("citizen")
+    csrf_ok()
+    found = get_claim(claim_id, person.sub)
+    f = request.form
+    body = {k: f.get(k, "") for k in ("routingNumber", "accountNumber", "accountType")}
+    errors: dict[str, str] = {}
+    try:
+        reissue(person.sub, found["id"], DirectDepositIn().load(body))
+    except ValidationError as exc:
+        for e in flatten(exc.messages):
+            name = e["field"].split(".")[-1]
+            errors.setdefault(name, BAD_ROUTING if e["message"] == BAD_CHECKSUM else FIELD_HELP.get(name, e["message"]))
+    except ReplyError as exc:
+        if exc.status not in (404, 409, 422):
+            raise
+        errors["accountNumber"] = exc.detail
+    if errors:
+        response = page("claim.html", person=person, claim=found, reasons=REASONS, errors=errors, form=f)
+        response.status_code = 422
+        return response
+    return redirect(url_for("web.claim", claim_id=found["id"], sent="again"), code=303)
 
 
 def get_claim(claim_id: str, citizen: str | None) -> dict[str, Any]:

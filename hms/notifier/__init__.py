@@ -27,17 +27,32 @@ class Notifier:
     def on_payment_sent(self, s: Unit, event: Event) -> None:
         notify(s, event)
 
+    def on_payment_returned(self, s: Unit, event: Event) -> None:
+        d = event.data
+        what = f"Your bank sent back your benefit payment of ${d['amount']:,.2f}: {d['reason'].lower()} ({d['code']})."
+        if d["newDetailsNeeded"]:
+            what += " Sign in and give us the details of another account; we will send the money again."
+        else:
+            what += " We will contact you about what happens next."
+        notify(s, event, what)
 
-def notify(s: Unit, event: Event) -> None:
+
+def notify(s: Unit, event: Event, message: str | None = None) -> None:
     """Record the notification and send the e-mail (logged)."""
     data = event.data
     s.add(
         Notification(
-            event_id=event.id, citizen=data["citizen"], claim_id=data["claimId"], kind=event.subject, sent_at=utcnow()
+            event_id=event.id,
+            citizen=data["citizen"],
+            claim_id=data["claimId"],
+            kind=event.subject,
+            message=message,
+            sent_at=utcnow(),
         )
     )
     # The e-mail address lives in svc; delivery goes by the citizen's id through the agency's mailer.
-    log.info("Email sent to citizen %s", data["citizen"], extra={"claim_id": data["claimId"], "event_id": event.id})
+    extra = {"claim_id": data["claimId"], "event_id": event.id}
+    log.info("Email sent to citizen %s%s", data["citizen"], f": {message}" if message else "", extra=extra)
 
 
 service = Service(
@@ -49,5 +64,6 @@ service = Service(
         # Two names: one durable consumer per subject on NATS (one name for both once made payment.sent vanish).
         Consumer("claim.denied", Notifier.on_claim_denied, name="notify"),
         Consumer("payment.sent", Notifier.on_payment_sent, name="notify_paid"),
+        Consumer("payment.returned", Notifier.on_payment_returned, name="notify_returned"),
     ],
 )

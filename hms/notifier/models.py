@@ -24,4 +24,5 @@ class Notification(Base):
     citizen: Mapped[str] = mapped_column(String(128), index=True)
     claim_id: Mapped[str] = mapped_column(String(36), index=True)
     kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(String(500))  # what the citizen was told, in plain words
     sent_at: Mapped[datetime] = mapped_column(UtcDateTime())

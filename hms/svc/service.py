@@ -21,7 +21,14 @@ from .models import Base, Claim, IdempotencyRecord, TimelineEntry
 from .rules import Application, RuleSet
 
 log = logging.getLogger("hms.svc")
-OPEN_STATUSES = (ClaimStatus.APPROVED, ClaimStatus.PAID)
+OPEN_STATUSES = (ClaimStatus.APPROVED, ClaimStatus.PAID, ClaimStatus.RETURNED)
+# The status an outcome event moves a claim to, from the statuses it may come in (a returned payment goes out
+# again once the citizen gives other bank details: paid again).
+MOVES = {
+    ClaimStatus.PAID: (ClaimStatus.APPROVED, ClaimStatus.RETURNED),
+    ClaimStatus.PAYMENT_FAILED: (ClaimStatus.APPROVED,),
+    ClaimStatus.RETURNED: (ClaimStatus.PAID,),
+}
 
 
 def money(value: Decimal | None) -> float | None:
@@ -216,15 +223,23 @@ class ClaimService:
         entry = TimelineEntry(claim_id=claim.id, status=claim.status, at=utcnow(), detail=event.data["reason"])
         s.add(entry)
 
+    def on_payment_returned(self, s: Unit, event: Event) -> None:
+        """The citizen's bank sent the payment back."""
+        claim = self._claim_for(s, event, ClaimStatus.RETURNED)
+        if claim is None:
+            return
+        claim.status = ClaimStatus.RETURNED
+        s.add(TimelineEntry(claim_id=claim.id, status=claim.status, at=utcnow(), detail=event.data["code"]))
+
     def _claim_for(self, s: Unit, event: Event, outcome: ClaimStatus) -> Claim | None:
-        """The approved claim an outcome applies to; None when it already has that outcome (a late duplicate)."""
+        """The claim an outcome applies to; None when it already has that outcome (a late duplicate)."""
         claim = s.get(Claim, event.data["claimId"])
         if claim is None:
             raise LookupError(f"{event.subject}: unknown claim {event.data['claimId']}")
         if claim.status == outcome:
             return None
-        if claim.status != ClaimStatus.APPROVED:
-            raise ValueError(f"{event.subject}: claim {claim.id} is {claim.status}, not approved")
+        if claim.status not in MOVES[outcome]:
+            raise ValueError(f"{event.subject}: claim {claim.id} is {claim.status}, not {' or '.join(MOVES[outcome])}")
         return claim
 
     # -- views ------------------------------------------------------------------------------
@@ -283,6 +298,7 @@ service = Service(
     consumers=[
         Consumer("payment.sent", ClaimService.on_payment_sent, name="on_payment_sent"),
         Consumer("payment.failed", ClaimService.on_payment_failed, name="on_payment_failed"),
+        Consumer("payment.returned", ClaimService.on_payment_returned, name="on_payment_returned"),
     ],
     chores=[ClaimService.prune],
     health=ClaimService.health,

@@ -251,3 +251,111 @@ def test_a_kill_at_any_step_of_making_a_file_leaves_no_entry_twice_and_no_paymen
         eventually(lambda: reconcile(args=["audit", "reconcile", "--strict"]).exit_code == 0)  # and svc knows
     finally:
         mesh.close()
+
+
+# -- returns and notifications of change ----------------------------------------------------------------------------
+def test_returns_and_corrections_come_back_once_and_a_returned_payment_goes_out_again_once(
+    app: Flask, client: Any, token: Any
+) -> None:
+    from hms.ach.models import Account, Notice
+    from hms.notifier.models import Notification
+    from tests.nacha_files import bank_file
+
+    filed = file_claims(client, token, 3)
+    staff = token("casey", "caseworker")
+    eventually(lambda: all(client.get(f"/claims/{c}", headers=staff).json["status"] == "paid" for c in filed))
+    (a, a_bank), (b, _), (c, _) = filed.items()
+    sent = payments(app)
+    notices = [
+        {
+            "code": "R03",
+            "trace": sent[a].trace_number,
+            "routing": a_bank["routingNumber"],
+            "account": a_bank["accountNumber"],
+            "amount": 60000,
+            "corrected": "",
+        },
+        {
+            "code": "C01",
+            "trace": sent[b].trace_number,
+            "routing": "011000015",
+            "account": "000123456789",
+            "amount": 0,
+            "corrected": "55556666",
+        },
+        {
+            "code": "R02",
+            "trace": "091000019999999",
+            "routing": "011000015",
+            "account": "1234",
+            "amount": 100,
+            "corrected": "",
+        },
+    ]
+    inbound = Path(app.config["HMS_ACH_INBOUND_DIR"])
+    (inbound / "RETURNS-1.ach").write_text(bank_file("091000019", notices))
+
+    eventually(lambda: client.get(f"/claims/{a}", headers=staff).json["status"] == "returned")
+    assert payments(app)[a].state == PaymentState.RETURNED and payments(app)[a].return_code == "R03"
+    assert client.get(f"/claims/{b}", headers=staff).json["status"] == "paid"  # a NOC returns no money
+    ach, notifier = mesh_of(app).stores["ach"], mesh_of(app).stores["notifier"]
+    with ach.session() as s:
+        assert s.get_one(Account, payments(app)[b].account_id or "").account_number == "55556666"  # next time
+        kept = {(n.code, n.payment_id) for n in s.scalars(select(Notice))}
+    assert kept == {("R03", sent[a].id), ("C01", sent[b].id), ("R02", None)}  # the stranger is kept, unmatched
+    assert not list(inbound.glob("*.ach")) and len(list((inbound / "read").glob("*RETURNS-1.ach"))) == 1
+
+    def told() -> list[str]:
+        with notifier.session() as s:
+            return [n.message or "" for n in s.scalars(select(Notification).where(Notification.claim_id == a))]
+
+    eventually(lambda: any("sent back" in m for m in told()))
+    (message,) = [m for m in told() if m]
+    assert "$600.00" in message and "no account" in message and "another account" in message
+
+    # The same file dropped again (another name): read once, applied once.
+    (inbound / "RETURNS-1-again.ach").write_text(bank_file("091000019", notices))
+    eventually(lambda: not list(inbound.glob("*.ach")))
+    time.sleep(0.3)
+    assert len([m for m in told() if m]) == 1
+
+    page = client.get(f"/my/claims/{a}", headers={**token(f"c{0}"), "Accept": "text/html"}).get_data(as_text=True)
+    assert "sent the payment back" in page and "Where to pay you instead" in page
+    case = client.get(f"/caseworker/claims/{a}", headers={**staff, "Accept": "text/html"}).get_data(as_text=True)
+    assert "R03" in case and "No account" in case
+
+    citizen = token("c0")
+    refused = client.put(f"/claims/{b}/direct-deposit", json=SAVINGS, headers=token("c1"))
+    assert refused.status_code == 409  # b's payment did not come back
+    bad = client.put(f"/claims/{a}/direct-deposit", json={**SAVINGS, "routingNumber": "021000022"}, headers=citizen)
+    assert bad.status_code == 422 and "routingNumber" in str(bad.json), bad.json  # the checksum: nothing changes
+    assert client.put(f"/claims/{a}/direct-deposit", json=SAVINGS, headers=token("c1")).status_code == 404
+    again = client.put(f"/claims/{a}/direct-deposit", json=SAVINGS, headers=citizen)
+    assert again.status_code == 200 and again.json["account"] == "****4444", again.json
+    assert client.put(f"/claims/{a}/direct-deposit", json=SAVINGS, headers=citizen).status_code == 409  # once
+
+    eventually(lambda: client.get(f"/claims/{a}", headers=staff).json["status"] == "paid")
+    entries = [
+        e
+        for path in sorted(outbound(app).glob("*.ach"))
+        for e in check_file(path, odfi="091000019", company_id="1234567890", company_name="STATE DOL UI")
+    ]
+    for_a = [e for e in entries if e["identificationNumber"].strip() == a.replace("-", "")[:15].upper()]
+    assert len(for_a) == 2  # the returned entry and the one sent again, nothing more
+    assert [(e["dfiAccount"].strip(), str(e["transactionCode"])) for e in for_a][1] == ("4444", "32")
+    assert payments(app)[a].trace_number != sent[a].trace_number
+    reconcile = app.test_cli_runner().invoke
+    eventually(lambda: "gaps 0, in flight 0" in reconcile(args=["audit", "reconcile", "--strict"]).output)
+    timeline = [t["status"] for t in client.get(f"/claims/{a}", headers=staff).json["timeline"]]
+    assert timeline == ["submitted", "approved", "paid", "returned", "paid"]
+
+
+def test_a_file_that_is_not_nacha_is_set_aside_and_read_once(app: Flask) -> None:
+    from hms.ach.models import InboundFile
+
+    inbound = Path(app.config["HMS_ACH_INBOUND_DIR"])
+    (inbound / "junk.txt").write_text("hello\n")
+    eventually(lambda: (inbound / "read").exists() and list((inbound / "read").glob("*junk.txt")))
+    with mesh_of(app).stores["ach"].session() as s:
+        (row,) = s.scalars(select(InboundFile))
+    assert row.notices == 0 and row.error and "94" in row.error

@@ -2,7 +2,7 @@
 (function () {
   const box = document.getElementById("claim");
   if (!box) return;
-  const done = ["denied", "paid", "payment_failed"];
+  const done = ["denied", "paid", "payment_failed", "returned"];
   const text = (s) => s.replace("_", " ");
   async function poll() {
     if (done.includes(box.dataset.status)) return;

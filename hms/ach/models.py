@@ -74,6 +74,7 @@ class Payment(Base):
     file_id: Mapped[int | None] = mapped_column(Integer, index=True)
     trace_number: Mapped[str | None] = mapped_column(String(15), unique=True)
     return_code: Mapped[str | None] = mapped_column(String(3))  # R02, R03, …: why the last entry came back
+    settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # its file's effective date had come
 
     __table_args__ = (Index("ix_payments_due", "state", "next_attempt_at"),)
 

@@ -107,7 +107,7 @@ class NachaRail:
         chosen = self.choose(self.last_cutoff(utcnow()))
         if chosen is not None:
             sent += self.finish(chosen)
-        return sent
+        return sent + self.settle()
 
     def finish(self, file_id: int) -> int:
         """Steps 2 and 3 for a file already chosen."""
@@ -266,6 +266,34 @@ class NachaRail:
             out[claims.get(trace, f"trace:{trace}")] += n
         return dict(out)
 
+    def settle(self, today: date | None = None) -> int:
+        """Payments whose file's effective date has come (in the bank's time zone) are settled: payment.settled
+        for each, once. A return may still follow (R02–R04 within two banking days, others later)."""
+        day = (today or utcnow().astimezone(self.zone).date()).isoformat()
+        with self.units() as s:
+            due = s.execute(
+                select(Payment, AchFile.effective_date)
+                .join(AchFile, AchFile.id == Payment.file_id)
+                .where(Payment.state == PaymentState.SENT, Payment.settled_at.is_(None), AchFile.effective_date <= day)
+                .limit(1000)
+            ).all()
+            now = utcnow()
+            for p, effective in due:
+                p.settled_at = now
+                s.emit(
+                    "payment.settled",
+                    {
+                        "claimId": p.claim_id,
+                        "paymentId": p.id,
+                        "citizen": p.citizen,
+                        "amount": float(p.amount),
+                        "effectiveDate": effective,
+                        "settledAt": iso(now),
+                    },
+                    traceparent=p.traceparent,
+                )
+        return len(due)
+
     # -- what comes back ---------------------------------------------------------------------------------------
     def read_inbound(self) -> int:
         """Read each return or NOC file the bank dropped, once (by its content), then move it to `read/`."""
@@ -392,7 +420,7 @@ class NachaRail:
         )
         s.add(account)
         payment.account_id, payment.state, payment.next_attempt_at = account.id, PaymentState.PENDING, utcnow()
-        payment.trace_number = payment.file_id = None  # the returned entry's trace stays with its notice
+        payment.trace_number = payment.file_id = payment.settled_at = None  # the old trace stays with its notice
         s.wake("payments")
         return {"paymentId": payment.id, "account": account.masked, "accountType": account.account_type}
 

@@ -190,7 +190,7 @@ service = Service(
     Base.metadata,
     Ach,
     description="Direct-deposit accounts and benefit payments",
-    publishes=["payment.sent", "payment.failed", "payment.returned"],
+    publishes=["payment.sent", "payment.failed", "payment.returned", "payment.settled"],
     requests={
         "ach.accounts.register": Ach.register_account,
         "ach.payments.ledger": Ach.ledger,

@@ -155,7 +155,15 @@ class Bucket(Schema):
     count = fields.Integer()
 
 
+class Stages(Schema):
+    submitted = fields.Integer(metadata={"description": "claims submitted"})
+    sent = fields.Integer(metadata={"description": "payments sent (in an ACH file, or to the sandbox bank)"})
+    settled = fields.Integer(metadata={"description": "payments whose ACH file's effective date came, not returned"})
+    returned = fields.Integer(metadata={"description": "payments the citizen's bank sent back, not sent again since"})
+
+
 class PayoutReport(DaySummary):
+    stages = fields.Nested(Stages)
     unit = fields.String()
     histogram = fields.List(fields.Nested(Bucket))
     sum = fields.Float(metadata={"description": "sum of all payout times, seconds"})

@@ -25,6 +25,10 @@ class Payout(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     payment_id: Mapped[str | None] = mapped_column(String(36))
     seconds: Mapped[float | None] = mapped_column(Float)
+    # The ACH rail's later stages: settled on the file's effective date; returned by the citizen's bank.
+    settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    returned_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    return_code: Mapped[str | None] = mapped_column(String(3))
     day: Mapped[str | None] = mapped_column(String(10))
 
     # The report reads percentiles straight off these indexes (see PayoutMetrics.report).

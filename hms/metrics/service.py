@@ -43,6 +43,15 @@ class PayoutMetrics:
         payout.sent_at, payout.payment_id = parse_time(event.data["sentAt"]), event.data["paymentId"]
         self._complete(payout)
 
+    def on_payment_settled(self, s: Unit, event: Event) -> None:
+        """The money is the citizen's: the file's effective date came."""
+        self._payout(s, event).settled_at = parse_time(event.data["settledAt"])
+
+    def on_payment_returned(self, s: Unit, event: Event) -> None:
+        """The citizen's bank sent it back (it may go out again, and payment.sent comes again)."""
+        payout = self._payout(s, event)
+        payout.returned_at, payout.return_code = parse_time(event.data["returnedAt"]), event.data["code"]
+
     def _payout(self, s: Unit, event: Event) -> Payout:
         payout = s.get(Payout, event.data["claimId"])
         if payout is None:
@@ -90,7 +99,28 @@ class PayoutMetrics:
         counts = [c - p for c, p in zip(cumulative, [0, *cumulative[:-1]], strict=True)]
         histogram: list[dict[str, Any]] = [{"le": b, "count": c} for b, c in zip(BUCKETS, counts, strict=True)]
         histogram.append({"le": None, "count": total - (cumulative[-1] if cumulative else 0)})
-        return {**overall, "unit": "seconds", "histogram": histogram, "sum": float(row[0] or 0.0), "byDay": by_day}
+        report = {**overall, "unit": "seconds", "histogram": histogram, "sum": float(row[0] or 0.0), "byDay": by_day}
+        return {**report, "stages": self._stages(s, since)}
+
+    @staticmethod
+    def _stages(s: Session, since: str | None) -> dict[str, int]:
+        """How many claims are at each stage of being paid: submitted; sent (in a file, or to the sandbox bank);
+        settled (the file's effective date came, and nothing came back since); returned (back from the bank, not
+        sent again since)."""
+        back = Payout.returned_at.is_not(None) & ((Payout.sent_at.is_(None)) | (Payout.returned_at >= Payout.sent_at))
+        settled = Payout.settled_at.is_not(None) & (
+            (Payout.returned_at.is_(None)) | (Payout.settled_at > Payout.returned_at)
+        )
+        scope = [Payout.submitted_at >= datetime.fromisoformat(since).replace(tzinfo=UTC)] if since else []
+        row = s.execute(
+            select(
+                func.count(Payout.submitted_at),
+                func.count(Payout.sent_at),
+                func.sum(case((settled, 1), else_=0)),
+                func.sum(case((back, 1), else_=0)),
+            ).where(*scope)
+        ).one()
+        return {"submitted": row[0], "sent": row[1], "settled": int(row[2] or 0), "returned": int(row[3] or 0)}
 
     @staticmethod
     def _summary(s: Session, scope: list[Any], count: int) -> dict[str, Any]:
@@ -121,5 +151,7 @@ service = Service(
     consumers=[
         Consumer("claim.submitted", PayoutMetrics.on_claim_submitted, name="on_claim_submitted"),
         Consumer("payment.sent", PayoutMetrics.on_payment_sent, name="on_payment_sent"),
+        Consumer("payment.settled", PayoutMetrics.on_payment_settled, name="on_payment_settled"),
+        Consumer("payment.returned", PayoutMetrics.on_payment_returned, name="on_payment_returned"),
     ],
 )

@@ -266,6 +266,15 @@ def test_returns_and_corrections_come_back_once_and_a_returned_payment_goes_out_
     eventually(lambda: all(client.get(f"/claims/{c}", headers=staff).json["status"] == "paid" for c in filed))
     (a, a_bank), (b, _), (c, _) = filed.items()
     sent = payments(app)
+    auditor = token("ann", "auditor")
+
+    def stages() -> dict[str, int]:
+        return dict(client.get("/audit/payouts", headers=auditor).json["stages"])
+
+    rail: NachaRail = app.extensions["hms.ach"].rail
+    assert rail.settle(today=date(2026, 11, 1)) == 0  # before any effective date: nothing settles
+    assert rail.settle(today=date(2099, 1, 1)) == 3 and rail.settle(today=date(2099, 1, 1)) == 0  # once each
+    eventually(lambda: stages() == {"submitted": 3, "sent": 3, "settled": 3, "returned": 0})
     notices = [
         {
             "code": "R03",
@@ -296,6 +305,7 @@ def test_returns_and_corrections_come_back_once_and_a_returned_payment_goes_out_
     (inbound / "RETURNS-1.ach").write_text(bank_file("091000019", notices))
 
     eventually(lambda: client.get(f"/claims/{a}", headers=staff).json["status"] == "returned")
+    eventually(lambda: stages() == {"submitted": 3, "sent": 3, "settled": 2, "returned": 1})
     assert payments(app)[a].state == PaymentState.RETURNED and payments(app)[a].return_code == "R03"
     assert client.get(f"/claims/{b}", headers=staff).json["status"] == "paid"  # a NOC returns no money
     ach, notifier = mesh_of(app).stores["ach"], mesh_of(app).stores["notifier"]
@@ -335,6 +345,9 @@ def test_returns_and_corrections_come_back_once_and_a_returned_payment_goes_out_
     assert client.put(f"/claims/{a}/direct-deposit", json=SAVINGS, headers=citizen).status_code == 409  # once
 
     eventually(lambda: client.get(f"/claims/{a}", headers=staff).json["status"] == "paid")
+    eventually(lambda: stages() == {"submitted": 3, "sent": 3, "settled": 2, "returned": 0})  # a's not settled yet
+    audit = client.get("/audit", headers={**auditor, "Accept": "text/html"}).get_data(as_text=True)
+    assert "<td>3</td><td>3</td><td>2</td><td>0</td>" in audit
     entries = [
         e
         for path in sorted(outbound(app).glob("*.ach"))

@@ -323,6 +323,8 @@ def test_staff_see_a_claims_payment_with_the_account_masked(
         "sentAt": None,
         "account": "****6789",
         "accountType": "checking",
+        "returnCode": None,
+        "notices": [],
     }
     app.extensions["hms.ach"].payer.run_once()
     sent = mesh.bus.request("ach.payments.get", {"claimId": claim_id}, 5, headers=gateway)
@@ -914,12 +916,12 @@ def test_every_payment_setting_reaches_the_bank_the_breaker_and_the_payer(
         mesh_of(app).close()
 
 
-def test_an_unknown_bank_provider_is_refused_by_name() -> None:
-    from hms.ach.service import make_bank
+def test_an_unknown_bank_provider_is_refused_by_name(tmp_path: Path) -> None:
+    from hms.config import ConfigError, load
 
-    with pytest.raises(ValueError) as refused:
-        make_bank({"HMS_ACH_PROVIDER": "carrier-pigeon"})
-    assert str(refused.value) == "HMS_ACH_PROVIDER: unknown provider 'carrier-pigeon'; only 'sandbox' ships"
+    with pytest.raises(ConfigError) as refused:
+        load({"HMS_ACH_PROVIDER": "carrier-pigeon"}, str(tmp_path))
+    assert str(refused.value) == "HMS_ACH_PROVIDER: expected sandbox or nacha, got 'carrier-pigeon'"
 
 
 def test_svc_decides_by_the_configured_rules_file(settings: dict[str, Any], tmp_path: Path) -> None:

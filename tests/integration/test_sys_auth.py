@@ -30,7 +30,7 @@ def test_service_tokens_are_short_lived_and_carry_the_policy(mesh: Mesh) -> None
     claims = jwt.decode(token, options={"verify_signature": False})
     assert header["typ"] == "hms-svc+jwt" and claims["aud"] == "hms-mesh" and claims["sub"] == "ach"
     assert 0 < claims["exp"] - claims["iat"] <= 900
-    assert claims["perm"]["publish"] == ["payment.sent", "payment.failed"]
+    assert claims["perm"]["publish"] == ["payment.sent", "payment.failed", "payment.returned", "payment.settled"]
     assert claims["perm"]["subscribe"] == ["claim.approved", "claim.denied"]
 
 

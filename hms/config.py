@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from hms.contracts.vocabulary import ROLES, routing_number_problem
+from hms.contracts.vocabulary import ROLES, account_number_problem, routing_number_problem
 
 ALL_SERVICES = ("gateway", "svc", "ach", "metrics", "notifier", "auth")
 
@@ -63,6 +63,9 @@ DEFAULTS: dict[str, Any] = {
     "HMS_ACH_IMMEDIATE_DESTINATION": "",  # routing number the files are addressed to (default: the ODFI)
     "HMS_ACH_IMMEDIATE_DESTINATION_NAME": "",
     "HMS_ACH_IMMEDIATE_ORIGIN_NAME": "",  # default: the company name
+    "HMS_ACH_OFFSET_ACCOUNT": "",  # balanced files: each file debits the agency's account for its credits
+    "HMS_ACH_OFFSET_ROUTING": "",  # that account's bank (default: the ODFI)
+    "HMS_ACH_OFFSET_ACCOUNT_TYPE": "checking",
     "HMS_ACH_OUTBOUND_DIR": "",  # default: instance/ach/outbound (the stand-in for the bank's SFTP drop)
     "HMS_ACH_INBOUND_DIR": "",  # default: instance/ach/inbound (returns and notifications of change)
     "HMS_ACH_CUTOFFS": ["10:30", "14:45", "16:45"],  # HH:MM in HMS_ACH_BANK_TZ: a file is made at each
@@ -208,7 +211,12 @@ def _check_nacha(s: dict[str, Any]) -> None:
         raise ConfigError(f"HMS_ACH_BANK_TZ: not a time zone: {s['HMS_ACH_BANK_TZ']!r}") from None
     if provider != "nacha":
         return
-    for key in ("HMS_ACH_ODFI_ROUTING", "HMS_ACH_IMMEDIATE_DESTINATION"):
+    offset = s["HMS_ACH_OFFSET_ACCOUNT"]
+    if offset and account_number_problem(offset):
+        raise ConfigError(f"HMS_ACH_OFFSET_ACCOUNT: an account number {account_number_problem(offset)}, got {offset!r}")
+    if s["HMS_ACH_OFFSET_ACCOUNT_TYPE"] not in ("checking", "savings"):
+        raise ConfigError(f"HMS_ACH_OFFSET_ACCOUNT_TYPE: checking or savings, got {s['HMS_ACH_OFFSET_ACCOUNT_TYPE']!r}")
+    for key in ("HMS_ACH_ODFI_ROUTING", "HMS_ACH_IMMEDIATE_DESTINATION", "HMS_ACH_OFFSET_ROUTING"):
         problem = routing_number_problem(s[key]) if s[key] or key == "HMS_ACH_ODFI_ROUTING" else None
         if problem:
             raise ConfigError(f"{key}: a routing number {problem}, got {s[key]!r}")

@@ -31,8 +31,9 @@ def parse_independently(path: Path) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def check_file(path: Path, *, odfi: str, company_id: str, company_name: str) -> list[dict[str, Any]]:
-    """Every check an ODFI makes before it takes a file; returns the entries (as the second parser read them)."""
+def check_file(path: Path, *, odfi: str, company_id: str, company_name: str, offset: str = "") -> list[dict[str, Any]]:
+    """Every check an ODFI makes before it takes a file; returns the credit entries (as the second parser read
+    them). With `offset` (the agency's account), each batch is balanced by one debit of that account."""
     raw = path.read_bytes()
     assert raw.endswith(b"\n") and b"\r" not in raw
     lines = raw.decode("ascii").split("\n")[:-1]
@@ -45,11 +46,12 @@ def check_file(path: Path, *, odfi: str, company_id: str, company_name: str) -> 
     assert control["blockCount"] == len(lines) // 10
     assert control["batchCount"] == len(parsed["batches"]) >= 1
     entries: list[dict[str, Any]] = []
-    file_hash = file_credit = file_debit = 0
+    file_hash = file_credit = file_debit = file_count = 0
     for batch in parsed["batches"]:
         head, foot = batch, batch["footer"]  # @ach/ach keeps the batch header's fields on the batch
-        assert head["entryClassCode"] == "PPD" and int(head["serviceClassCode"]) == 220  # credits only
-        assert int(foot["serviceClassCode"]) == 220 and foot["companyId"].strip() == company_id
+        mixed = 200 if offset else 220  # credits and the offset debit, or credits only
+        assert head["entryClassCode"] == "PPD" and int(head["serviceClassCode"]) == mixed
+        assert int(foot["serviceClassCode"]) == mixed and foot["companyId"].strip() == company_id
         assert head["companyId"].strip() == company_id
         assert head["companyName"].strip() == company_name
         assert str(head["originatingDFIIdentification"]).zfill(8) == odfi[:8]
@@ -59,14 +61,21 @@ def check_file(path: Path, *, odfi: str, company_id: str, company_name: str) -> 
         assert all(str(t).zfill(15).startswith(odfi[:8]) for t in traces)
         credits = sum(e["amount"] for e in batch_entries if str(e["transactionCode"]) in ("22", "32"))
         debits = sum(e["amount"] for e in batch_entries if str(e["transactionCode"]) in ("27", "37"))
-        assert credits == sum(e["amount"] for e in batch_entries), "a benefits file holds only credits (22, 32)"
+        assert credits + debits == sum(e["amount"] for e in batch_entries), "only credits (22, 32) and debits (27, 37)"
+        offsets = [e for e in batch_entries if str(e["transactionCode"]) in ("27", "37")]
+        if offset:
+            assert debits == credits, "a balanced file: the offset debit equals the credits"
+            assert [e["dfiAccount"].strip() for e in offsets] == [offset]
+        else:
+            assert not offsets, "a benefits file holds only credits"
         entry_hash = sum(int(e["receivingDFIIdentification"]) for e in batch_entries) % 10**10
         assert foot["entryAndAddendaCount"] == len(batch_entries)
         assert int(foot["entryHash"]) == entry_hash
         assert (foot["totalCredit"], foot["totalDebit"]) == (credits, debits)
         file_hash, file_credit, file_debit = file_hash + entry_hash, file_credit + credits, file_debit + debits
-        entries += [{**e, "effectiveDate": head["effectiveDate"]} for e in batch_entries]
-    assert control["entryAndAddendaCount"] == len(entries)
+        file_count += len(batch_entries)
+        entries += [{**e, "effectiveDate": head["effectiveDate"]} for e in batch_entries if e not in offsets]
+    assert control["entryAndAddendaCount"] == file_count
     assert int(control["entryHash"]) == file_hash % 10**10
     assert (control["totalCredit"], control["totalDebit"]) == (file_credit, file_debit)
     return entries

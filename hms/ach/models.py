@@ -98,6 +98,7 @@ class AchFile(Base):
     total_cents: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(10))  # building → sent
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    offset_trace: Mapped[str | None] = mapped_column(String(15))  # the balancing debit, with HMS_ACH_OFFSET_ACCOUNT
 
 
 class Setting(Base):

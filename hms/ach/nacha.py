@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import holidays
 from achkit import AchFile as NachaFile
 from achkit import describe_change, describe_return, parse
 from achkit.fields import AchError
@@ -59,11 +60,15 @@ class NachaRail:
         self.destination_name: str = config["HMS_ACH_IMMEDIATE_DESTINATION_NAME"]
         self.origin_name: str = config["HMS_ACH_IMMEDIATE_ORIGIN_NAME"] or self.company_name
         self.description: str = config["HMS_ACH_ENTRY_DESCRIPTION"]
+        self.offset_account: str = config["HMS_ACH_OFFSET_ACCOUNT"]
+        self.offset_routing: str = config["HMS_ACH_OFFSET_ROUTING"] or self.odfi
+        self.offset_type: str = config["HMS_ACH_OFFSET_ACCOUNT_TYPE"]
         self.outbound = Path(config["HMS_ACH_OUTBOUND_DIR"])
         self.inbound = Path(config["HMS_ACH_INBOUND_DIR"])
         self.zone = ZoneInfo(config["HMS_ACH_BANK_TZ"])
         self.cutoffs: list[tuple[int, int]] = config["HMS_ACH_CUTOFFS"]
         self.every: float = config["HMS_ACH_FILE_EVERY_S"]
+        self.closed = holidays.financial_holidays("XFED")  # the Federal Reserve's holidays: no ACH settlement
         for folder in (self.outbound, self.inbound, self.inbound / "read"):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -75,10 +80,10 @@ class NachaRail:
             epoch = now.timestamp() // self.every * self.every
             return datetime.fromtimestamp(epoch, UTC)
         local = now.astimezone(self.zone)
-        for back in range(8):
+        for back in range(15):
             day = local.date() - timedelta(days=back)
-            if day.weekday() >= 5:
-                continue  # no cut-offs on a weekend: the bank does not process files then
+            if not self.banking_day(day):
+                continue  # no cut-offs on a weekend or a Federal Reserve holiday: no files are processed then
             past = [
                 datetime(day.year, day.month, day.day, h, m, tzinfo=self.zone)
                 for h, m in self.cutoffs
@@ -86,12 +91,16 @@ class NachaRail:
             ]
             if past:
                 return max(past).astimezone(UTC)
-        raise ValueError("HMS_ACH_CUTOFFS: no cut-off in the last week")
+        raise ValueError("HMS_ACH_CUTOFFS: no cut-off in the last two weeks")
+
+    def banking_day(self, day: date) -> bool:
+        """A weekday the Federal Reserve's ACH operates (not one of its holidays)."""
+        return day.weekday() < 5 and day not in self.closed
 
     def effective_date(self, cutoff: datetime) -> date:
-        """The next banking day after the cut-off's date (weekends skipped; bank holidays are not known here)."""
+        """The next banking day after the cut-off's date."""
         day = cutoff.astimezone(self.zone).date() + timedelta(days=1)
-        while day.weekday() >= 5:
+        while not self.banking_day(day):
             day += timedelta(days=1)
         return day
 
@@ -147,6 +156,10 @@ class NachaRail:
                     f"{self.odfi[:8]}{trace % 10**7:07d}",
                 )
                 p.claimed_at, p.claimed_by = created, f"file:{file_id}"
+            offset_trace = None
+            if self.offset_account:  # the balancing debit gets the next trace number: last in its batch
+                trace += 1
+                offset_trace = f"{self.odfi[:8]}{trace % 10**7:07d}"
             s.merge(Setting(key=TRACE_COUNTER, value=str(trace)))
             s.add(
                 AchFile(
@@ -159,6 +172,7 @@ class NachaRail:
                     entries=len(due),
                     total_cents=sum(_cents(p.amount) for p in due),
                     state="building",
+                    offset_trace=offset_trace,
                 )
             )
         log.info("ACH file %d chosen: %d entries for the cut-off at %s", file_id, len(due), iso(cutoff))
@@ -240,10 +254,21 @@ class NachaRail:
                 account_type=a.account_type,
                 id_number=p.claim_id.replace("-", "")[:15].upper(),
             )
+        traces = [p.trace_number for p, _ in rows]
+        if f.offset_trace:  # a balanced file: one debit of the agency's own account for all the credits
+            batch.debit(
+                name=self.company_name,
+                routing=self.offset_routing,
+                account=self.offset_account,
+                amount_cents=sum(_cents(p.amount) for p, _ in rows),
+                account_type=self.offset_type,
+                id_number="OFFSET",
+            )
+            traces.append(f.offset_trace)
         lines = nacha.render().split("\n")
         # achkit numbers the entries of each batch from 1; ours come from one counter, so that a return or a
         # notification of change names one payment of all the files ever sent.
-        entries = iter(p.trace_number for p, _ in rows)
+        entries = iter(traces)
         out = [line[:79] + str(next(entries)) if line.startswith("6") else line for line in lines]
         return "\n".join(out)
 
@@ -254,7 +279,7 @@ class NachaRail:
         traces: Counter[str] = Counter()
         for path in sorted(self.outbound.glob("*.ach")):
             for batch in parse(path.read_text(encoding="ascii"))["batches"]:
-                traces.update(e["trace_number"] for e in batch["entries"])
+                traces.update(e["trace_number"] for e in batch["entries"] if e["txn_code"] in (22, 32))  # credits
         returned = s.scalars(select(Notice.trace_number).where(Notice.code.like("R%"), Notice.payment_id.is_not(None)))
         for trace in set(returned):  # the money came back: that entry is no transfer any more
             traces[trace] -= 1

@@ -107,6 +107,28 @@ def test_payments_leave_in_nacha_files_a_bank_would_take_each_once(app: Flask, c
     eventually(lambda: "gaps 0, in flight 0" in reconcile(args=["audit", "reconcile", "--strict"]).output)
 
 
+def test_with_an_offset_account_every_file_is_balanced_by_one_debit(
+    settings: dict[str, Any], client: Any, token: Any, app: Flask
+) -> None:
+    app.extensions["hms.ach"].rail.offset_account = "987654321"  # as HMS_ACH_OFFSET_ACCOUNT=987654321 would
+    filed = file_claims(client, token, 4)
+    staff = token("casey", "caseworker")
+    eventually(lambda: all(client.get(f"/claims/{c}", headers=staff).json["status"] == "paid" for c in filed))
+    debits = []
+    for path in outbound(app).glob("*.ach"):
+        entries = check_file(
+            path, odfi="091000019", company_id="1234567890", company_name="STATE DOL UI", offset="987654321"
+        )
+        debits.append(len(entries))
+    assert sum(debits) == 4
+    with mesh_of(app).stores["ach"].session() as s:
+        offsets = [f.offset_trace for f in s.scalars(select(AchFile))]
+    assert all(offsets) and len(set(offsets)) == len(offsets)
+    assert not set(offsets) & {p.trace_number for p in payments(app).values()}  # its own trace numbers
+    reconcile = app.test_cli_runner().invoke
+    eventually(lambda: "gaps 0, in flight 0" in reconcile(args=["audit", "reconcile", "--strict"]).output)
+
+
 def test_reconcile_finds_an_entry_sent_twice_and_one_no_payment_has(app: Flask, client: Any, token: Any) -> None:
     filed = file_claims(client, token, 2)
     staff = token("casey", "caseworker")
@@ -141,6 +163,11 @@ def test_cutoffs_in_the_banks_time_zone_and_the_next_banking_day(tmp_path: Path)
         assert rail.last_cutoff(early_monday) == datetime(2026, 11, 27, 21, 45, tzinfo=UTC), ny
         assert rail.effective_date(datetime(2026, 11, 27, 21, 45, tzinfo=UTC)) == date(2026, 11, 30)  # Friday→Monday
         assert rail.effective_date(datetime(2026, 11, 24, 15, 30, tzinfo=UTC)) == date(2026, 11, 25)
+        # Federal Reserve holidays: Wednesday before Thanksgiving → Friday; no cut-off on Thanksgiving itself.
+        assert rail.effective_date(datetime(2026, 11, 25, 21, 45, tzinfo=UTC)) == date(2026, 11, 27)
+        thanksgiving_evening = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)
+        assert rail.last_cutoff(thanksgiving_evening) == datetime(2026, 11, 25, 21, 45, tzinfo=UTC)
+        assert rail.effective_date(datetime(2026, 12, 24, 21, 45, tzinfo=UTC)) == date(2026, 12, 28)  # Christmas
     finally:
         mesh_of(app).close()
 
@@ -154,6 +181,8 @@ def test_nacha_settings_are_checked_at_start(tmp_path: Path) -> None:
         "HMS_ACH_COMPANY_NAME": ("", "1 to 16 characters"),
         "HMS_ACH_CUTOFFS": ("10:30,25:00", "HH:MM"),
         "HMS_ACH_BANK_TZ": ("Mars/Olympus", "not a time zone"),
+        "HMS_ACH_OFFSET_ACCOUNT": ("12", "4 to 17 digits"),
+        "HMS_ACH_OFFSET_ROUTING": ("12345678", "9 digits"),
         "HMS_ACH_PROVIDER": ("wire", "sandbox or nacha"),
     }
     for key, (value, message) in cases.items():

@@ -31,6 +31,7 @@ def upgrade() -> None:
     sa.Column('total_cents', sa.Integer(), nullable=False),
     sa.Column('state', sa.String(length=10), nullable=False),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('offset_trace', sa.String(length=15), nullable=True),
     sa.PrimaryKeyConstraint('id', name='pk_ach_files'),
     sa.UniqueConstraint('cutoff_at', name='uq_ach_files_cutoff_at'),
     sa.UniqueConstraint('name', name='uq_ach_files_name')

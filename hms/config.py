@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "HMS_ACH_ENTRY_DESCRIPTION": "BENEFITS",  # company entry description, up to 10 characters
     "HMS_ACH_IMMEDIATE_DESTINATION": "",  # routing number the files are addressed to (default: the ODFI)
     "HMS_ACH_IMMEDIATE_DESTINATION_NAME": "",
+    "HMS_ACH_IMMEDIATE_ORIGIN": "",  # 10 characters the bank gave for the file header (default: " " + the ODFI)
     "HMS_ACH_IMMEDIATE_ORIGIN_NAME": "",  # default: the company name
     "HMS_ACH_OFFSET_ACCOUNT": "",  # balanced files: each file debits the agency's account for its credits
     "HMS_ACH_OFFSET_ROUTING": "",  # that account's bank (default: the ODFI)
@@ -211,6 +212,9 @@ def _check_nacha(s: dict[str, Any]) -> None:
         raise ConfigError(f"HMS_ACH_BANK_TZ: not a time zone: {s['HMS_ACH_BANK_TZ']!r}") from None
     if provider != "nacha":
         return
+    origin = s["HMS_ACH_IMMEDIATE_ORIGIN"]
+    if origin and (len(origin) > 10 or not origin.strip().isalnum()):
+        raise ConfigError(f"HMS_ACH_IMMEDIATE_ORIGIN: up to 10 letters or digits (from the bank), got {origin!r}")
     offset = s["HMS_ACH_OFFSET_ACCOUNT"]
     if offset and account_number_problem(offset):
         raise ConfigError(f"HMS_ACH_OFFSET_ACCOUNT: an account number {account_number_problem(offset)}, got {offset!r}")

@@ -31,9 +31,12 @@ def parse_independently(path: Path) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def check_file(path: Path, *, odfi: str, company_id: str, company_name: str, offset: str = "") -> list[dict[str, Any]]:
+def check_file(
+    path: Path, *, odfi: str, company_id: str, company_name: str, offset: str = "", origin: str = ""
+) -> list[dict[str, Any]]:
     """Every check an ODFI makes before it takes a file; returns the credit entries (as the second parser read
-    them). With `offset` (the agency's account), each batch is balanced by one debit of that account."""
+    them). With `offset` (the agency's account), each batch is balanced by one debit of that account; `origin` is
+    the immediate origin the header must carry (default: the ODFI)."""
     raw = path.read_bytes()
     assert raw.endswith(b"\n") and b"\r" not in raw
     lines = raw.decode("ascii").split("\n")[:-1]
@@ -42,7 +45,7 @@ def check_file(path: Path, *, odfi: str, company_id: str, company_name: str, off
     parsed = parse_independently(path)
     header, control = parsed["file"], parsed["file"]["footer"]
     assert header["recordSize"] == "094" and header["blockingFactor"] == "10" and header["formatCode"] == "1"
-    assert header["origin"].strip() == odfi
+    assert header["origin"].strip() == (origin or odfi)
     assert control["blockCount"] == len(lines) // 10
     assert control["batchCount"] == len(parsed["batches"]) >= 1
     entries: list[dict[str, Any]] = []

@@ -59,6 +59,7 @@ class NachaRail:
         self.destination: str = config["HMS_ACH_IMMEDIATE_DESTINATION"] or self.odfi
         self.destination_name: str = config["HMS_ACH_IMMEDIATE_DESTINATION_NAME"]
         self.origin_name: str = config["HMS_ACH_IMMEDIATE_ORIGIN_NAME"] or self.company_name
+        self.origin: str = config["HMS_ACH_IMMEDIATE_ORIGIN"].rjust(10) if config["HMS_ACH_IMMEDIATE_ORIGIN"] else ""
         self.description: str = config["HMS_ACH_ENTRY_DESCRIPTION"]
         self.offset_account: str = config["HMS_ACH_OFFSET_ACCOUNT"]
         self.offset_routing: str = config["HMS_ACH_OFFSET_ROUTING"] or self.odfi
@@ -270,6 +271,8 @@ class NachaRail:
         # notification of change names one payment of all the files ever sent.
         entries = iter(traces)
         out = [line[:79] + str(next(entries)) if line.startswith("6") else line for line in lines]
+        if self.origin:  # achkit puts the ODFI there; some banks give the originator an id of its own
+            out[0] = out[0][:13] + self.origin + out[0][23:]
         return "\n".join(out)
 
     # -- what the bank holds -----------------------------------------------------------------------------------

@@ -110,17 +110,17 @@ def test_payments_leave_in_nacha_files_a_bank_would_take_each_once(app: Flask, c
 def test_with_an_offset_account_every_file_is_balanced_by_one_debit(
     settings: dict[str, Any], client: Any, token: Any, app: Flask
 ) -> None:
-    app.extensions["hms.ach"].rail.offset_account = "987654321"  # as HMS_ACH_OFFSET_ACCOUNT=987654321 would
+    rail = app.extensions["hms.ach"].rail
+    rail.offset_account = "987654321"  # as HMS_ACH_OFFSET_ACCOUNT=987654321 would
+    rail.origin = "1234567890"  # as HMS_ACH_IMMEDIATE_ORIGIN=1234567890 would
     filed = file_claims(client, token, 4)
     staff = token("casey", "caseworker")
     eventually(lambda: all(client.get(f"/claims/{c}", headers=staff).json["status"] == "paid" for c in filed))
-    debits = []
+    credits = 0
     for path in outbound(app).glob("*.ach"):
-        entries = check_file(
-            path, odfi="091000019", company_id="1234567890", company_name="STATE DOL UI", offset="987654321"
-        )
-        debits.append(len(entries))
-    assert sum(debits) == 4
+        company = {"company_id": "1234567890", "company_name": "STATE DOL UI"}
+        credits += len(check_file(path, odfi="091000019", offset="987654321", origin="1234567890", **company))
+    assert credits == 4
     with mesh_of(app).stores["ach"].session() as s:
         offsets = [f.offset_trace for f in s.scalars(select(AchFile))]
     assert all(offsets) and len(set(offsets)) == len(offsets)
@@ -150,6 +150,11 @@ def test_reconcile_finds_an_entry_sent_twice_and_one_no_payment_has(app: Flask, 
         "the bank paid a claim for which ach has no payment",
     ], reconciled.output
     assert "GAP trace:091000019999999:" in reconciled.output
+    for extra in ("COPY.ach", "STRANGER.ach"):
+        (outbound(app) / extra).unlink()
+    first.unlink()  # the bank's drop lost the file: both payments are in no file
+    lost = app.test_cli_runner().invoke(args=["audit", "reconcile"]).output
+    assert lost.count("payment sent but not on the bank's statement") == 2, lost
 
 
 def test_cutoffs_in_the_banks_time_zone_and_the_next_banking_day(tmp_path: Path) -> None:
@@ -182,6 +187,7 @@ def test_nacha_settings_are_checked_at_start(tmp_path: Path) -> None:
         "HMS_ACH_CUTOFFS": ("10:30,25:00", "HH:MM"),
         "HMS_ACH_BANK_TZ": ("Mars/Olympus", "not a time zone"),
         "HMS_ACH_OFFSET_ACCOUNT": ("12", "4 to 17 digits"),
+        "HMS_ACH_IMMEDIATE_ORIGIN": ("12345678901", "up to 10"),
         "HMS_ACH_OFFSET_ROUTING": ("12345678", "9 digits"),
         "HMS_ACH_PROVIDER": ("wire", "sandbox or nacha"),
     }

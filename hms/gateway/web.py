@@ -123,7 +123,18 @@ def claim(claim_id: str) -> ResponseReturnValue:
     person = who("citizen", *STAFF)
     if person.role != "citizen":
         return redirect(url_for("web.case", claim_id=claim_id))
-    return page("claim.html", person=person, claim=get_claim(claim_id, person.sub), reasons=REASONS, errors={}, form={})
+    found = get_claim(claim_id, person.sub)
+    return page("claim.html", person=person, claim=found, reasons=REASONS, errors={}, form={}, again=again(found))
+
+
+def again(claim: dict[str, Any]) -> bool:
+    """Whether a returned claim's payment is on its way again (the citizen gave other bank details already)."""
+    if claim["status"] != "returned":
+        return False
+    try:
+        return ask("ach.payments.get", {"claimId": claim["id"]})["state"] != "returned"  # type: ignore[no-any-return]
+    except BusError:
+        return False
 
 
 @bp.post("/my/claims/<claim_id>/direct-deposit")
@@ -146,10 +157,10 @@ def new_direct_deposit(claim_id: str) -> ResponseReturnValue:
             raise
         errors["accountNumber"] = exc.detail
     if errors:
-        response = page("claim.html", person=person, claim=found, reasons=REASONS, errors=errors, form=f)
+        response = page("claim.html", person=person, claim=found, reasons=REASONS, errors=errors, form=f, again=False)
         response.status_code = 422
         return response
-    return redirect(url_for("web.claim", claim_id=found["id"], sent="again"), code=303)
+    return redirect(url_for("web.claim", claim_id=found["id"]), code=303)
 
 
 def get_claim(claim_id: str, citizen: str | None) -> dict[str, Any]:

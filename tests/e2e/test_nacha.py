@@ -407,3 +407,45 @@ def test_a_file_that_is_not_nacha_is_set_aside_and_read_once(app: Flask) -> None
     with mesh_of(app).stores["ach"].session() as s:
         (row,) = s.scalars(select(InboundFile))
     assert row.notices == 0 and row.error and "94" in row.error
+
+
+def test_a_citizen_gives_other_bank_details_on_the_claims_page(app: Flask, client: Any, token: Any) -> None:
+    import re
+
+    from tests.nacha_files import bank_file
+
+    claim = client.post("/claims", json=DIEGO, headers=token("diego")).json["id"]
+    eventually(lambda: payments(app).get(claim) and payments(app)[claim].state == PaymentState.SENT)
+    bank = DIEGO["directDeposit"]
+    closed = {
+        "code": "R02",
+        "trace": payments(app)[claim].trace_number,
+        "routing": bank["routingNumber"],
+        "account": bank["accountNumber"],
+        "amount": 60000,
+        "corrected": "",
+    }
+    (Path(app.config["HMS_ACH_INBOUND_DIR"]) / "R.ach").write_text(bank_file("091000019", [closed]))
+    eventually(lambda: payments(app)[claim].state == PaymentState.RETURNED)
+    eventually(lambda: client.get(f"/claims/{claim}", headers=token("diego")).json["status"] == "returned")
+
+    app.config["HMS_DEMO"] = True  # a browser session: the demo sign-in, as Diego
+    web = app.test_client()
+    signin = web.get("/signin").get_data(as_text=True)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', signin).group(1)  # type: ignore[union-attr]
+    assert web.post("/signin", data={"csrf": csrf, "identity": "diego:citizen"}).status_code == 303
+    page = web.get(f"/my/claims/{claim}").get_data(as_text=True)
+    assert "account closed" in page.lower() or "could not pay it into that account" in page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    form = {"csrf": csrf, "routingNumber": "021000022", "accountNumber": "4444", "accountType": "savings"}
+    wrong = web.post(f"/my/claims/{claim}/direct-deposit", data=form)
+    assert wrong.status_code == 422 and "check digit is wrong" in wrong.get_data(as_text=True)
+    assert payments(app)[claim].state == PaymentState.RETURNED  # nothing changed
+    done = web.post(f"/my/claims/{claim}/direct-deposit", data={**form, "routingNumber": "021000021"})
+    assert done.status_code == 303 and done.headers["Location"].endswith(f"/my/claims/{claim}")
+    after = web.get(done.headers["Location"]).get_data(as_text=True)
+    assert "the next batch of payments" in after and "Where to pay you instead" not in after  # no second form
+    twice = web.post(f"/my/claims/{claim}/direct-deposit", data={**form, "routingNumber": "021000021"})
+    assert twice.status_code == 422 and "not returned for its account" in twice.get_data(as_text=True)
+    eventually(lambda: client.get(f"/claims/{claim}", headers=token("diego")).json["status"] == "paid")
+    assert payments(app)[claim].trace_number != closed["trace"]

@@ -368,6 +368,18 @@ def test_returns_and_corrections_come_back_once_and_a_returned_payment_goes_out_
     assert "sent the payment back" in page and "Where to pay you instead" in page
     case = client.get(f"/caseworker/claims/{a}", headers={**staff, "Accept": "text/html"}).get_data(as_text=True)
     assert "R03" in case and "No account" in case
+    notices = case[case.index('<ul id="notices">') :]
+    assert notices.startswith('<ul id="notices"><li><strong>R03</strong> No account / unable to locate account <time')
+    bus, gateway = mesh_of(app).bus, mesh_of(app).credentials("gateway")  # as the gateway asks
+    got = bus.request("ach.payments.get", {"claimId": a}, 5, headers=gateway)
+    assert (got["state"], got["returnCode"]) == ("returned", "R03")
+    assert [(n["code"], n["detail"]) for n in got["notices"]] == [("R03", "No account / unable to locate account")]
+    assert got["notices"][0]["receivedAt"].endswith("Z")
+    corrected = bus.request("ach.payments.get", {"claimId": b}, 5, headers=gateway)
+    assert corrected["returnCode"] is None and corrected["account"] == "****6666"
+    assert [(n["code"], n["detail"]) for n in corrected["notices"]] == [
+        ("C01", "Incorrect DFI account number: account corrected for the next payment")
+    ]
 
     citizen = token("c0")
     refused = client.put(f"/claims/{b}/direct-deposit", json=SAVINGS, headers=token("c1"))

@@ -51,8 +51,9 @@ def selection(tree: Path) -> list[str]:
     return lines(cfg["mutmut"]["pytest_add_cli_args"]) + lines(cfg["mutmut"]["pytest_add_cli_args_test_selection"])
 
 
-def recheck(tree: Path, files: list[str]) -> None:
-    """Run each surviving mutant of `files` against the tree's whole test selection; record those caught."""
+def recheck(tree: Path, files: list[str], listed: set[str]) -> None:
+    """Run each surviving mutant of `files` (but the `listed` equivalents) against the tree's whole test
+    selection; record those caught."""
     from mutmut.stats import status_by_exit_code
 
     caught: list[str] = []
@@ -60,7 +61,7 @@ def recheck(tree: Path, files: list[str]) -> None:
         meta = tree / "mutants" / (f + ".meta")
         codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
         for name, code in codes.items():
-            if status_by_exit_code[code] != "survived":
+            if status_by_exit_code[code] != "survived" or name in listed:
                 continue
             env = {**os.environ, "MUTANT_UNDER_TEST": name, "HMS_TEST_PATIENCE_S": "3"}
             try:
@@ -171,8 +172,7 @@ def main() -> int:
             if run.returncode != 0:
                 print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
                 return run.returncode
-            if tree != ROOT:
-                recheck(tree, chosen)
+            recheck(tree, chosen, listed)
         for f in chosen:
             counts = statuses(tree, f, listed)
             s = score(counts)

@@ -450,7 +450,7 @@ def test_a_payment_outcome_for_a_claim_that_was_not_approved_is_a_dead_letter(me
     ).result(5)
     dead = eventually(lambda: len(d := mesh.stores["svc"].list_dead_letters()) == 2 and d, timeout=20)
     errors = sorted(d["error"] for d in dead)
-    assert f"payment.sent: claim {denied['id']} is denied, not approved" in errors[1]
+    assert f"payment.sent: claim {denied['id']} is denied, not approved or returned" in errors[1]
     assert "payment.failed: unknown claim no-such-claim" in errors[0]
     assert ask_svc(mesh, "svc.claims.get", {"claimId": denied["id"]})["status"] == "denied"
 
@@ -914,6 +914,13 @@ def test_every_payment_setting_reaches_the_bank_the_breaker_and_the_payer(
         assert "bank breaker closed -> open" in caplog.text  # state changes are logged for operators
     finally:
         mesh_of(app).close()
+
+
+def test_the_sandbox_bank_returns_nothing_so_there_is_nothing_to_pay_again(client: FlaskClient, token: Any) -> None:
+    claim = client.post("/claims", json=DIEGO, headers=token("lee")).json
+    again = client.put(f"/claims/{claim['id']}/direct-deposit", json=DIEGO["directDeposit"], headers=token("lee"))
+    assert again.status_code == 409 and again.json["title"] == "No ACH rail"
+    assert again.json["detail"] == "payments here go through the sandbox bank, which returns none"
 
 
 def test_an_unknown_bank_provider_is_refused_by_name(tmp_path: Path) -> None:

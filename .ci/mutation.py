@@ -11,8 +11,9 @@ section — with the tests that drive those modules directly: every flow test pa
 mutant of the relay that survives would cost a run of every flow test, and there are hundreds. That group runs in
 a copy of the tree (.mutation/runtime) whose [mutmut] section is the runtime one. mutmut runs for each mutant only
 the tests it saw reach the mutated function, and it does not see calls made in background threads (the relay
-thread, the deliveries that group-commit); so each runtime mutant that survives is run again here against the
-group's whole test selection, with the mutant active, and counts as caught when those tests fail (the recheck).
+thread, the deliveries that group-commit, the bus's responders, the payments worker); so each mutant of either
+group that survives (but the listed equivalents) is run again here against the group's whole test selection, with
+the mutant active, and counts as caught when those tests fail (the recheck).
 
 A mutant counts as caught when a test failed on it (killed), or the type checker refused it; survivors, mutants
 no test reaches and timeouts count against the score. Equivalent mutants are listed in docs/mutation.md, each

@@ -47,7 +47,9 @@ log = logging.getLogger("hms.bus")
 T = TypeVar("T")
 ERROR_HEADER, CODE_HEADER = "Nats-Service-Error", "Nats-Service-Error-Code"
 # Hops a request may make between members that cannot verify it before it is dropped (the requester times out).
-FORWARDED_HEADER, MAX_HOPS = "Hms-Forwarded", 8
+# A queue group picks a member at random: with half the members unable to verify, a request still lost after n hops
+# has odds 2^-(n+1). 64 hops make that nil and still end a loop fast when no member can verify it.
+FORWARDED_HEADER, MAX_HOPS = "Hms-Forwarded", 64
 # Messages a consumer takes per pull; they go to the handler in one trip to a worker thread, one after
 # another, so a batch must finish well inside ack_wait (16 measured as fast as 64 here).
 FETCH_BATCH = 16

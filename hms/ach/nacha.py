@@ -185,12 +185,19 @@ class NachaRail:
             f = s.get_one(AchFile, file_id)
             text = self.render(s, f)
             target = self.outbound / f.name
-        part = self.outbound / f".{target.name}.part"
+        part = self.outbound / f".{target.name}.{uuid.uuid4().hex[:12]}.part"  # a writer's own: two may race
         with open(part, "w", encoding="ascii", newline="\n") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(part, target)
+        try:
+            os.replace(part, target)  # the same bytes whoever renames last
+        except FileNotFoundError:  # another writer of this file renamed its own and tidied up this one
+            if not target.exists():
+                raise
+        for stale in self.outbound.glob(f".{target.name}.*.part"):  # left by a writer killed before its rename
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         folder = os.open(self.outbound, os.O_RDONLY)
         try:
             os.fsync(folder)  # the rename itself survives a power cut
@@ -201,6 +208,7 @@ class NachaRail:
     def record(self, file_id: int) -> int:
         """Step 3: the file and its payments are sent; payment.sent for each, in the same transaction."""
         with self.units() as s:
+            s.lock(f"nacha-file:{file_id}")  # two workers finishing the same file: the second finds it sent
             f = s.get_one(AchFile, file_id)
             if f.state == "sent":
                 return 0
@@ -299,6 +307,7 @@ class NachaRail:
         for each, once. A return may still follow (R02–R04 within two banking days, others later)."""
         day = (today or utcnow().astimezone(self.zone).date()).isoformat()
         with self.units() as s:
+            s.lock("nacha-settle")  # one payment.settled per payment, however many workers
             due = s.execute(
                 select(Payment, AchFile.effective_date)
                 .join(AchFile, AchFile.id == Payment.file_id)
@@ -327,12 +336,17 @@ class NachaRail:
         """Read each return or NOC file the bank dropped, once (by its content), then move it to `read/`."""
         done = 0
         for path in sorted(p for p in self.inbound.iterdir() if p.is_file() and not p.name.startswith(".")):
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # read and moved by another worker meanwhile
+                continue
             digest = hashlib.sha256(data).hexdigest()
             with self.units() as s:
+                s.lock("nacha-inbound")  # two workers reading the same drop: each file is applied by one
                 if s.get(InboundFile, digest) is None:
                     done += self._apply(s, path.name, digest, data)
-            os.replace(path, self.inbound / "read" / f"{digest[:12]}-{path.name}")
+            with contextlib.suppress(FileNotFoundError):  # another worker moved it first
+                os.replace(path, self.inbound / "read" / f"{digest[:12]}-{path.name}")
         return done
 
     def _apply(self, s: Unit, name: str, digest: str, data: bytes) -> int:

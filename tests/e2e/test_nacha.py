@@ -461,3 +461,63 @@ def test_a_citizen_gives_other_bank_details_on_the_claims_page(app: Flask, clien
     assert twice.status_code == 422 and "not returned for its account" in twice.get_data(as_text=True)
     eventually(lambda: client.get(f"/claims/{claim}", headers=token("diego")).json["status"] == "paid")
     assert payments(app)[claim].trace_number != closed["trace"]
+
+
+def test_several_ach_workers_make_each_file_and_read_each_return_once(app: Flask, client: Any, token: Any) -> None:
+    """Rails of several processes on one database race for the same cut-off, the same file and the same return
+    file (on PostgreSQL they truly run at once): one file, one payment.sent and one return per payment."""
+    import threading
+
+    from hms.ach.models import Notice
+    from hms.notifier.models import Notification
+    from tests.nacha_files import bank_file
+
+    ach = app.extensions["hms.ach"]
+    rails = [NachaRail(app.config, mesh_of(app).stores["ach"].session) for _ in range(3)]
+
+    def race(step: Any) -> None:
+        start = threading.Barrier(len(rails))
+
+        def run(rail: NachaRail) -> None:
+            start.wait()
+            step(rail)
+
+        threads = [threading.Thread(target=run, args=(r,)) for r in rails]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+
+    mesh_of(app).workers["ach.payments"].stop()  # only the racing rails make files
+    filed = file_claims(client, token, 6)
+    eventually(lambda: len(payments(app)) == 6)
+    time.sleep(1.1)  # past the next cut-off (HMS_ACH_FILE_EVERY_S=1): all six are due in one file
+    race(lambda rail: rail.run_once())
+    assert len(files(app)) == 1
+    eventually(lambda: all(p.state == PaymentState.SENT for p in payments(app).values()))
+    check_outbound(app, filed)
+
+    def told(kind: str) -> list[str]:
+        with mesh_of(app).stores["notifier"].session() as s:
+            return [n.claim_id for n in s.scalars(select(Notification).where(Notification.kind == kind))]
+
+    eventually(lambda: len(told("payment.sent")) >= 6)
+    time.sleep(0.3)
+    assert sorted(told("payment.sent")) == sorted(filed)  # one payment.sent per payment
+
+    a = next(iter(filed))
+    bank = filed[a]
+    back = {
+        "code": "R03",
+        "trace": payments(app)[a].trace_number,
+        "routing": bank["routingNumber"],
+        "account": bank["accountNumber"],
+        "amount": 60000,
+        "corrected": "",
+    }
+    ach.rail.inbound.joinpath("R.ach").write_text(bank_file("091000019", [back]))
+    race(lambda rail: rail.read_inbound())
+    assert not list(ach.rail.inbound.glob("*.ach"))
+    eventually(lambda: told("payment.returned") == [a])
+    with mesh_of(app).stores["ach"].session() as s:
+        assert [n.code for n in s.scalars(select(Notice))] == ["R03"]

@@ -130,7 +130,11 @@ def test_with_an_offset_account_every_file_is_balanced_by_one_debit(
 
 
 def test_reconcile_finds_an_entry_sent_twice_and_one_no_payment_has(app: Flask, client: Any, token: Any) -> None:
+    mesh_of(app).workers["ach.payments"].stop()  # both claims in one file, whatever the clock says
     filed = file_claims(client, token, 2)
+    eventually(lambda: len(payments(app)) == 2)
+    time.sleep(1.1)  # past the next cut-off (HMS_ACH_FILE_EVERY_S=1)
+    assert app.extensions["hms.ach"].rail.run_once() == 2
     staff = token("casey", "caseworker")
     eventually(lambda: all(client.get(f"/claims/{c}", headers=staff).json["status"] == "paid" for c in filed))
     (first,) = outbound(app).glob("*.ach")

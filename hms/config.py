@@ -216,12 +216,13 @@ def _check_nacha(s: dict[str, Any]) -> None:
     if origin and (len(origin) > 10 or not origin.strip().isalnum()):
         raise ConfigError(f"HMS_ACH_IMMEDIATE_ORIGIN: up to 10 letters or digits (from the bank), got {origin!r}")
     offset = s["HMS_ACH_OFFSET_ACCOUNT"]
-    if offset and account_number_problem(offset):
-        raise ConfigError(f"HMS_ACH_OFFSET_ACCOUNT: an account number {account_number_problem(offset)}, got {offset!r}")
+    if offset and (problem := account_number_problem(offset)):
+        raise ConfigError(f"HMS_ACH_OFFSET_ACCOUNT: an account number {problem}, got {offset!r}")
     if s["HMS_ACH_OFFSET_ACCOUNT_TYPE"] not in ("checking", "savings"):
         raise ConfigError(f"HMS_ACH_OFFSET_ACCOUNT_TYPE: checking or savings, got {s['HMS_ACH_OFFSET_ACCOUNT_TYPE']!r}")
     for key in ("HMS_ACH_ODFI_ROUTING", "HMS_ACH_IMMEDIATE_DESTINATION", "HMS_ACH_OFFSET_ROUTING"):
-        problem = routing_number_problem(s[key]) if s[key] or key == "HMS_ACH_ODFI_ROUTING" else None
+        optional = key != "HMS_ACH_ODFI_ROUTING"  # the others default to the ODFI
+        problem = None if optional and not s[key] else routing_number_problem(s[key])
         if problem:
             raise ConfigError(f"{key}: a routing number {problem}, got {s[key]!r}")
     if not 1 <= len(s["HMS_ACH_COMPANY_ID"]) <= 10:

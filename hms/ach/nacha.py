@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -85,11 +85,7 @@ class NachaRail:
             day = local.date() - timedelta(days=back)
             if not self.banking_day(day):
                 continue  # no cut-offs on a weekend or a Federal Reserve holiday: no files are processed then
-            past = [
-                datetime(day.year, day.month, day.day, h, m, tzinfo=self.zone)
-                for h, m in self.cutoffs
-                if datetime(day.year, day.month, day.day, h, m, tzinfo=self.zone) <= local
-            ]
+            past = [c for h, m in self.cutoffs if (c := datetime.combine(day, time(h, m), self.zone)) <= local]
             if past:
                 return max(past).astimezone(UTC)
         raise ValueError("HMS_ACH_CUTOFFS: no cut-off in the last two weeks")
@@ -151,16 +147,12 @@ class NachaRail:
             trace = int(s.scalar(select(Setting.value).where(Setting.key == TRACE_COUNTER)) or 0)
             for p in due:
                 trace += 1
-                p.state, p.file_id, p.trace_number = (
-                    PaymentState.SENDING,
-                    file_id,
-                    f"{self.odfi[:8]}{trace % 10**7:07d}",
-                )
+                p.state, p.file_id, p.trace_number = PaymentState.SENDING, file_id, self._trace(trace)
                 p.claimed_at, p.claimed_by = created, f"file:{file_id}"
             offset_trace = None
             if self.offset_account:  # the balancing debit gets the next trace number: last in its batch
                 trace += 1
-                offset_trace = f"{self.odfi[:8]}{trace % 10**7:07d}"
+                offset_trace = self._trace(trace)
             s.merge(Setting(key=TRACE_COUNTER, value=str(trace)))
             s.add(
                 AchFile(
@@ -178,6 +170,10 @@ class NachaRail:
             )
         log.info("ACH file %d chosen: %d entries for the cut-off at %s", file_id, len(due), iso(cutoff))
         return file_id
+
+    def _trace(self, n: int) -> str:
+        """Trace number `n` of this originator: the ODFI's first 8 digits and 7 of the counter."""
+        return f"{self.odfi[:8]}{n % 10**7:07d}"
 
     def write(self, file_id: int) -> Path:
         """Step 2: the file into the outbound folder, atomically (flushed, then renamed into place)."""

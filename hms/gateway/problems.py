@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, current_app, json, render_template, request
+from flask import Flask, Response, json, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from hms.bus import BusTimeout, ContractError, NoResponders, ReplyError
@@ -54,7 +54,7 @@ def wants_html() -> bool:
 def problem_response(p: Problem) -> Response:
     """Render a problem as an HTTP response: a page for a browser, problem+json for everyone else."""
     if wants_html():
-        html = render_template("error.html", problem=p, person=None, csrf="", demo=current_app.config.get("HMS_DEMO"))
+        html = render_template("error.html", problem=p, person=None, csrf="")
         return Response(html, status=p.status, mimetype="text/html", headers=p.headers)  # CSP: _secure_headers
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + SLUGS.get(p.status, "error"),

@@ -36,7 +36,7 @@ DEMO_IDENTITIES = [
     ("ann", "auditor", "Ann, auditor"),
     ("root", "admin", "Root, administrator"),
 ]
-HOMES = {"citizen": "/", "caseworker": "/caseworker", "auditor": "/audit", "admin": "/caseworker"}
+HOME = {"citizen": "web.citizen", "caseworker": "web.caseworker", "auditor": "web.audit", "admin": "web.caseworker"}
 # Only a path of this site: browsers drop tabs and newlines and read a backslash as "/", so "/<TAB>/evil.example"
 # and "/<BACKSLASH>evil.example" lead off-site as surely as "//evil.example".
 SAME_SITE_PATH = re.compile(r"/(?![/\\])[^\s\\\x00-\x1f\x7f]*")
@@ -64,8 +64,13 @@ def init_app(app: Flask) -> None:
     )
     if c["HMS_OIDC_ISSUER"]:
         app.extensions["hms.oidc"] = _register(OAuth(app), c)
-    app.context_processor(lambda: {"can_sign_in": bool(c["HMS_OIDC_ISSUER"]) or bool(c["HMS_DEMO"])})
+    app.context_processor(lambda: {"can_sign_in": sign_in_offered()})
     app.register_blueprint(bp)
+
+
+def sign_in_offered() -> bool:
+    """Whether browsers can sign in here: at the identity provider, or with the demo picker."""
+    return bool(current_app.config["HMS_OIDC_ISSUER"] or current_app.config["HMS_DEMO"])
 
 
 def _instance_secret(path: Path) -> str:
@@ -154,18 +159,16 @@ def signin() -> ResponseReturnValue:
     oidc = _oidc()
     if oidc is not None:
         session["next"] = next_url
-        extra = {"acr_values": " ".join(current_app.config["HMS_OIDC_ACR_VALUES"])}
+        acr = current_app.config["HMS_OIDC_ACR_VALUES"]
         try:
             return oidc.authorize_redirect(  # type: ignore[no-any-return]
-                url_for("signin.callback", _external=True), **{k: v for k, v in extra.items() if v}
+                url_for("signin.callback", _external=True), **({"acr_values": " ".join(acr)} if acr else {})
             )
         except (OSError, ValueError) as exc:  # discovery document unreachable or not JSON
             raise _unreachable(exc) from None
     if not current_app.config["HMS_DEMO"]:
         abort(404)
-    return render_template(
-        "signin.html", identities=DEMO_IDENTITIES, csrf=csrf_token(), next=next_url, person=None, demo=True
-    )
+    return render_template("signin.html", identities=DEMO_IDENTITIES, csrf=csrf_token(), next=next_url, person=None)
 
 
 @bp.post("/signin")
@@ -178,7 +181,7 @@ def demo_signin() -> ResponseReturnValue:
     if (sub, role) not in {(s, r) for s, r, _ in DEMO_IDENTITIES}:
         raise Problem(400, "Bad request", "choose one of the demo identities", "identity")
     begin_session(sub, role)
-    return redirect(safe_next(request.form.get("next")) or HOMES[role], code=303)
+    return redirect(safe_next(request.form.get("next")) or url_for(HOME[role]), code=303)
 
 
 @bp.get("/signin/callback")
@@ -218,7 +221,7 @@ def callback() -> ResponseReturnValue:
     if not role:
         raise Problem(403, "Forbidden", "your account has no role in this service; ask the agency for access")
     begin_session(sub, role, id_token=token.get("id_token"))
-    return redirect(next_url or HOMES[role], code=303)
+    return redirect(next_url or url_for(HOME[role]), code=303)
 
 
 @bp.post("/signout")

@@ -19,10 +19,9 @@ from .charts import histogram_svg, percentiles_svg
 from .problems import Problem, flatten
 from .schemas import ClaimIn, DirectDepositIn
 from .security import Identity, caller
-from .signin import csrf_ok, csrf_token
+from .signin import HOME, csrf_ok, csrf_token, sign_in_offered
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/hms")
-HOME = {"citizen": "web.citizen", "caseworker": "web.caseworker", "auditor": "web.audit", "admin": "web.caseworker"}
 STAFF = ("caseworker", "admin", "auditor")
 # One voice for form errors: what to do, in the words of the form, whatever the validator said.
 FIELD_HELP = {
@@ -54,7 +53,7 @@ def who(*roles: str) -> Identity:
     except Problem:
         person = None
     if person is None:
-        if current_app.config["HMS_DEMO"] or current_app.config["HMS_OIDC_ISSUER"]:
+        if sign_in_offered():
             abort(redirect("/signin?" + urlencode({"next": request.path})))
         abort(401)
     if person.role not in roles:
@@ -62,9 +61,18 @@ def who(*roles: str) -> Identity:
     return person
 
 
+def form_errors(exc: ValidationError) -> dict[str, str]:
+    """A form's validation errors by field, in the form's own words (one voice, whatever the validator said)."""
+    errors: dict[str, str] = {}
+    for e in flatten(exc.messages):
+        name = e["field"].split(".")[-1]
+        errors.setdefault(name, BAD_ROUTING if e["message"] == BAD_CHECKSUM else FIELD_HELP.get(name, e["message"]))
+    return errors
+
+
 def page(template: str, **context: Any) -> Response:
     """Render a page, with the session's CSRF token for its forms."""
-    return Response(render_template(template, csrf=csrf_token(), demo=current_app.config["HMS_DEMO"], **context))
+    return Response(render_template(template, csrf=csrf_token(), **context))
 
 
 @bp.get("/")
@@ -105,10 +113,7 @@ def file_claim() -> ResponseReturnValue:
         body["weeksWorked"] = int(weeks) if str(weeks).strip().lstrip("-").isdigit() else weeks
         checked = ClaimIn().load(body)
     except ValidationError as exc:
-        errors: dict[str, str] = {}
-        for e in flatten(exc.messages):
-            name = e["field"].split(".")[-1]
-            errors.setdefault(name, BAD_ROUTING if e["message"] == BAD_CHECKSUM else FIELD_HELP.get(name, e["message"]))
+        errors = form_errors(exc)
         claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
         response = page("citizen.html", person=person, claims=claims, reasons=REASONS, form=f, errors=errors)
         response.status_code = 422
@@ -149,9 +154,7 @@ def new_direct_deposit(claim_id: str) -> ResponseReturnValue:
     try:
         reissue(person.sub, found["id"], DirectDepositIn().load(body))
     except ValidationError as exc:
-        for e in flatten(exc.messages):
-            name = e["field"].split(".")[-1]
-            errors.setdefault(name, BAD_ROUTING if e["message"] == BAD_CHECKSUM else FIELD_HELP.get(name, e["message"]))
+        errors = form_errors(exc)
     except ReplyError as exc:
         if exc.status not in (404, 409, 422):
             raise

@@ -18,7 +18,7 @@ from hms.contracts.vocabulary import MESH_AUDIENCE, SERVICE_TOKEN_TYPE
 
 from .base import Bus, BusWrapper, Event, Handler, Refused, Subscription, Unverifiable
 from .subjects import matches
-from .tokens import KeySet
+from .tokens import KeySet, Verified
 
 log = logging.getLogger("hms.bus.guard")
 AUTH_HEADER = "Hms-Sys-Auth"
@@ -51,7 +51,7 @@ class Guard:
     def __init__(self, policy: Policy, keys: KeySet, issue: Callable[[str], str] | None, *, issuer: str) -> None:
         self.policy, self.keys, self.issue, self.issuer = policy, keys, issue, issuer
         self._tokens: dict[str, tuple[str, float]] = {}
-        self._known: dict[str, tuple[str, float]] = {}
+        self._verified = Verified()
         self._lock = threading.Lock()
 
     def token(self, service: str) -> str:
@@ -75,10 +75,9 @@ class Guard:
         """The service a token belongs to; Refused for a missing, forged, expired or user token."""
         if not token:
             raise Refused("no service token (Hms-Sys-Auth header)")
-        now = time.time()
-        known = self._known.get(token)
-        if known and known[1] > now:
-            return known[0]
+        known = self._verified.get(token, self.keys)
+        if known is not None:
+            return str(known)
         try:
             header = jwt.get_unverified_header(token)
             if header.get("typ") != SERVICE_TOKEN_TYPE:
@@ -100,9 +99,7 @@ class Guard:
         service = str(claims["sub"])
         if service not in self.policy.services:
             raise Refused(f"service token for unknown service {service!r}")
-        if len(self._known) > 1000:
-            self._known = {t: v for t, v in self._known.items() if v[1] > now}
-        self._known[token] = (service, float(claims["exp"]))
+        self._verified.put(token, service, float(claims["exp"]), str(kid), key)
         return service
 
     def check(self, token: str | None, verb: str, subject: str) -> str:

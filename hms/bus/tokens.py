@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from typing import Any
 
 import jwt
 
@@ -50,3 +51,31 @@ class KeySet:
                     entry, entry.get("alg") or ("RS256" if entry["kty"] == "RSA" else "ES256")
                 )
         return keys
+
+
+class Verified:
+    """Tokens whose signature and claims were checked, by token: what they proved, until they expire or the key
+    that signed them leaves its key set (a removed key revokes its tokens here as it does for a fresh check)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._seen: dict[str, tuple[object, float, str, object]] = {}
+
+    def get(self, token: str, keys: Any) -> Any:
+        """What `token` proved when it was checked, or None if it was not, has expired or its key is gone."""
+        hit = self._seen.get(token)
+        if hit is None:
+            return None
+        proved, expires, kid, key = hit
+        if expires <= time.time() or keys.get(kid) is not key:
+            self._seen.pop(token, None)
+            return None
+        return proved
+
+    def put(self, token: str, proved: object, expires: float, kid: str, key: object) -> None:
+        """Remember that `token`, signed with `key` (`kid`), proved `proved` until `expires` (epoch seconds)."""
+        if len(self._seen) >= self.size:  # drop the expired; if all are live, start again (a bound, not a policy)
+            now = time.time()
+            live = {t: hit for t, hit in self._seen.items() if hit[1] > now}
+            self._seen = live if len(live) < self.size else {}
+        self._seen[token] = (proved, expires, kid, key)

@@ -68,3 +68,14 @@ def test_side_by_side_runs_hms_and_the_flask_celery_peer_and_checks_their_transf
         assert sorted(figures) == ["cpu_ms", "payout_p50", "payout_p99", "post_p50", "post_p99", "rate"]
         assert all(v > 0 for v in figures.values()), figures
     assert "| claims paid per second |" in result.stdout
+
+
+def test_the_statement_count_sees_each_consumer_record_each_claim_once() -> None:
+    from bench.statements import count
+
+    transactions, statements = count(3)
+    inbox = {sql.split(":")[0]: k for sql, k in statements.items() if "INSERT INTO inbox" in sql}
+    # consumers on a paid claim's path: ach (claim.approved), metrics (claim.submitted, payment.sent), svc
+    # (payment.sent), the notifier (payment.sent); the warm-up claim is not counted
+    assert inbox == {"ach": 3, "metrics": 6, "svc": 3, "notifier": 3}
+    assert set(transactions) == {"ach", "metrics", "notifier", "svc"}

@@ -221,8 +221,13 @@ class Bus(ABC):
         time: str | None = None,
         traceparent: str | None = None,
         headers: dict[str, str] | None = None,
+        checked: bool = False,
     ) -> Future[None]:
-        """Send an event; returns at once with a future that completes when the bus holds it safely."""
+        """Send an event; returns at once with a future that completes when the bus holds it safely.
+
+        `checked`: the data met its contract where it was written (the outbox checks each event in the
+        transaction that emits it), so publishing does not check it again; consumers in other processes do.
+        """
 
     @abstractmethod
     def subscribe(
@@ -281,12 +286,14 @@ class Engine(Bus):
         if self.contracts is not None:
             self.contracts.validate(event.subject, event.data, event.version)
 
-    def _envelope(self, subject: str, data: dict[str, Any], **fields: Any) -> Event:
-        """A checked envelope for an outgoing message: a valid subject, an open bus, data that meets its contract."""
+    def _envelope(self, subject: str, data: dict[str, Any], *, checked: bool = False, **fields: Any) -> Event:
+        """A checked envelope for an outgoing message: a valid subject, an open bus, data that meets its contract
+        (unless the caller checked it already: `checked`)."""
         check_subject(subject)
         self._check_open()
         event = Event.create(subject, data, **fields)
-        self._validate(event)
+        if not checked:
+            self._validate(event)
         return event
 
     def _options(

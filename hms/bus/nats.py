@@ -213,9 +213,17 @@ class NatsBus(Engine):
         time: str | None = None,
         traceparent: str | None = None,
         headers: dict[str, str] | None = None,
+        checked: bool = False,
     ) -> Future[None]:
         event = self._envelope(
-            subject, data, source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers
+            subject,
+            data,
+            source=source,
+            event_id=event_id,
+            time=time,
+            traceparent=traceparent,
+            headers=headers,
+            checked=checked,
         )
         wire_headers = {**event.headers, "Nats-Msg-Id": event.id}
         if traceparent:

@@ -137,6 +137,7 @@ class Relay:
                     time=row.time,
                     traceparent=row.traceparent,
                     headers=self.credentials(),
+                    checked=True,  # Outbox.emit checked it in the transaction that wrote it
                 )
             except Exception:
                 log.exception("publishing %s %s failed; will retry", row.subject, row.event_id)

@@ -91,6 +91,28 @@ def test_the_relay_publishes_after_commit_and_empties_the_outbox(make_store: Mak
     store.stop()
 
 
+def test_an_event_is_checked_against_its_contract_once_on_its_way_through_one_process(
+    make_store: Maker, bus: MemoryBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox checks it in the emitting transaction; the relay's publish and the in-process delivery do not
+    check it again (they used to: three checks per hop)."""
+    checks: list[str] = []
+    validate = bus.contracts.validate
+    monkeypatch.setattr(bus.contracts, "validate", lambda subject, *a: checks.append(subject) or validate(subject, *a))
+    store, _ = make_store()
+    store.events.contracts = bus.contracts
+    got: list[Event] = []
+    bus.subscribe("claim.submitted", got.append)
+    with store.session() as s:
+        s.emit("claim.submitted", SUBMITTED)
+    store.start()
+    eventually(lambda: got and count(store, store.outbox) == 0)
+    store.stop()
+    assert checks == ["claim.submitted"]
+    bus.publish("claim.submitted", SUBMITTED).result(5)  # a publish not from an outbox is checked where it is made
+    assert checks == ["claim.submitted"] * 2 and len(got) == 2
+
+
 def test_rows_left_by_a_crash_are_sent_on_the_next_start(make_store: Maker, bus: MemoryBus) -> None:
     store, _ = make_store()
     with store.session() as s:

@@ -286,6 +286,25 @@ class Engine(Bus):
         if self.contracts is not None:
             self.contracts.validate(event.subject, event.data, event.version)
 
+    def publish(
+        self,
+        subject: str,
+        data: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        source: str = "hms",
+        time: str | None = None,
+        traceparent: str | None = None,
+        headers: dict[str, str] | None = None,
+        checked: bool = False,
+    ) -> Future[None]:
+        fields = dict(source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers)
+        return self._publish_event(self._envelope(subject, data, checked=checked, **fields))
+
+    @abstractmethod
+    def _publish_event(self, event: Event) -> Future[None]:
+        """Hand a checked envelope to the engine; the future completes when the bus holds it safely."""
+
     def _envelope(self, subject: str, data: dict[str, Any], *, checked: bool = False, **fields: Any) -> Event:
         """A checked envelope for an outgoing message: a valid subject, an open bus, data that meets its contract
         (unless the caller checked it already: `checked`)."""

@@ -150,28 +150,7 @@ class MemoryBus(Engine):
         self._timer_thread.start()
 
     # -- publishing -------------------------------------------------------------------------
-    def publish(
-        self,
-        subject: str,
-        data: dict[str, Any],
-        *,
-        event_id: str | None = None,
-        source: str = "hms",
-        time: str | None = None,
-        traceparent: str | None = None,
-        headers: dict[str, str] | None = None,
-        checked: bool = False,
-    ) -> Future[None]:
-        event = self._envelope(
-            subject,
-            data,
-            source=source,
-            event_id=event_id,
-            time=time,
-            traceparent=traceparent,
-            headers=headers,
-            checked=checked,
-        )
+    def _publish_event(self, event: Event) -> Future[None]:
         with self._lock:
             first = self._recent_publish(event.id)
             if first is not None:
@@ -180,7 +159,7 @@ class MemoryBus(Engine):
             self._recent[event.id] = (time_now() + DUPLICATE_WINDOW_S, future)
         future.add_done_callback(partial(self._settled, event.id))
         settlement = _Settlement(future)
-        for signal in self._signals_for(subject):
+        for signal in self._signals_for(event.subject):
             signal.send(self, event=event, settlement=settlement)
         settlement.done()
         return future

@@ -203,32 +203,11 @@ class NatsBus(Engine):
         return any(overlaps(pattern, s) for s in self.event_subjects)
 
     # -- publishing -------------------------------------------------------------------------
-    def publish(
-        self,
-        subject: str,
-        data: dict[str, Any],
-        *,
-        event_id: str | None = None,
-        source: str = "hms",
-        time: str | None = None,
-        traceparent: str | None = None,
-        headers: dict[str, str] | None = None,
-        checked: bool = False,
-    ) -> Future[None]:
-        event = self._envelope(
-            subject,
-            data,
-            source=source,
-            event_id=event_id,
-            time=time,
-            traceparent=traceparent,
-            headers=headers,
-            checked=checked,
-        )
+    def _publish_event(self, event: Event) -> Future[None]:
         wire_headers = {**event.headers, "Nats-Msg-Id": event.id}
-        if traceparent:
-            wire_headers["traceparent"] = traceparent
-        durable = any(matches(s, subject) for s in self.event_subjects)
+        if event.traceparent:
+            wire_headers["traceparent"] = event.traceparent
+        durable = any(matches(s, event.subject) for s in self.event_subjects)
         done: Future[None] = Future()
         with self._outgoing_lock:  # one loop wake-up per burst of publishes, not one per publish
             self._outgoing.append((durable, event, wire_headers, done))

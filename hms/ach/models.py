@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Index, Integer, MetaData, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -77,6 +78,16 @@ class Payment(Base):
     settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # its file's effective date had come
 
     __table_args__ = (Index("ix_payments_due", "state", "next_attempt_at"),)
+
+    def event(self, **more: Any) -> dict[str, Any]:
+        """The data of an event about this payment (payment.sent, .returned, .settled): whose, how much, and `more`."""
+        return {
+            "claimId": self.claim_id,
+            "paymentId": self.id,
+            "citizen": self.citizen,
+            "amount": float(self.amount),
+            **more,
+        }
 
 
 class AchFile(Base):

@@ -37,7 +37,7 @@ from achkit.fields import AchError
 from sqlalchemy import func, select
 
 from hms.bus import ReplyError, iso
-from hms.contracts.vocabulary import account_number_problem, routing_number_problem
+from hms.contracts.vocabulary import account_number_problem, bank_details_problem, routing_number_problem
 from hms.runtime import Unit, utcnow
 
 from .models import Account, AchFile, InboundFile, Notice, Payment, PaymentState, Setting
@@ -217,13 +217,7 @@ class NachaRail:
                 p.state, p.bank_reference, p.sent_at, p.last_error = PaymentState.SENT, p.trace_number, now, None
                 s.emit(
                     "payment.sent",
-                    {
-                        "claimId": p.claim_id,
-                        "paymentId": p.id,
-                        "citizen": p.citizen,
-                        "amount": float(p.amount),
-                        "sentAt": iso(now),
-                    },
+                    p.event(sentAt=iso(now)),
                     traceparent=p.traceparent,
                 )
             name = f.name
@@ -315,14 +309,7 @@ class NachaRail:
                 p.settled_at = now
                 s.emit(
                     "payment.settled",
-                    {
-                        "claimId": p.claim_id,
-                        "paymentId": p.id,
-                        "citizen": p.citizen,
-                        "amount": float(p.amount),
-                        "effectiveDate": effective,
-                        "settledAt": iso(now),
-                    },
+                    p.event(effectiveDate=effective, settledAt=iso(now)),
                     traceparent=p.traceparent,
                 )
         return len(due)
@@ -398,16 +385,7 @@ class NachaRail:
         payment.state, payment.return_code, payment.last_error = PaymentState.RETURNED, code, f"{code} {reason}"[:300]
         s.emit(
             "payment.returned",
-            {
-                "claimId": payment.claim_id,
-                "paymentId": payment.id,
-                "citizen": payment.citizen,
-                "amount": float(payment.amount),
-                "code": code,
-                "reason": reason,
-                "newDetailsNeeded": code in REISSUABLE,
-                "returnedAt": iso(now),
-            },
+            payment.event(code=code, reason=reason, newDetailsNeeded=code in REISSUABLE, returnedAt=iso(now)),
             traceparent=payment.traceparent,
         )
         log.warning("payment %s for claim %s returned: %s %s", payment.id, payment.claim_id, code, reason)
@@ -435,10 +413,9 @@ class NachaRail:
 
     def reissue(self, s: Unit, req: dict[str, Any]) -> dict[str, Any]:
         """New bank details for a payment that came back R02, R03 or R04: it goes out again at the next cut-off."""
-        for name, problem in (("routingNumber", routing_number_problem), ("accountNumber", account_number_problem)):
-            message = problem(req[name])
-            if message:
-                raise ReplyError(422, "Invalid bank details", f"{name} {message}", name)
+        wrong = bank_details_problem(req)
+        if wrong:
+            raise ReplyError(422, "Invalid bank details", " ".join(wrong), wrong[0])
         payment = s.scalars(select(Payment).where(Payment.claim_id == req["claimId"])).first()
         if payment is None or payment.citizen != req["citizen"]:
             raise ReplyError(404, "Not found", "no payment for this claim", "claimId")

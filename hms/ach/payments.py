@@ -223,13 +223,7 @@ class Payer:
             p.state, p.bank_reference, p.sent_at, p.last_error = PaymentState.SENT, reference, utcnow(), None
             s.emit(
                 "payment.sent",
-                {
-                    "claimId": p.claim_id,
-                    "paymentId": p.id,
-                    "citizen": p.citizen,
-                    "amount": float(p.amount),
-                    "sentAt": iso(p.sent_at),
-                },
+                p.event(sentAt=iso(p.sent_at)),
                 traceparent=p.traceparent,
             )
         log.info(

@@ -13,7 +13,7 @@ import pybreaker
 from sqlalchemy import delete, select
 
 from hms.bus import Event, ReplyError, iso
-from hms.contracts.vocabulary import account_number_problem, routing_number_problem
+from hms.contracts.vocabulary import bank_details_problem
 from hms.runtime import Consumer, Service, Unit, Worker, utcnow
 
 from .bank import BankDeclined, SandboxBank
@@ -67,10 +67,9 @@ class Ach:
         Version 2 (the gateway's) names the claim: a retry of it finds the account stored the first time.
         """
         req = event.data
-        for name, problem in (("routingNumber", routing_number_problem), ("accountNumber", account_number_problem)):
-            message = problem(req[name])
-            if message:
-                raise ReplyError(422, "Invalid bank details", f"{name} {message}", f"directDeposit.{name}")
+        wrong = bank_details_problem(req)
+        if wrong:
+            raise ReplyError(422, "Invalid bank details", " ".join(wrong), f"directDeposit.{wrong[0]}")
         row = {
             "id": str(uuid.uuid4()),
             "citizen": req["citizen"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
+from typing import Any
 
 ROLES = ("citizen", "caseworker", "auditor", "admin")
 USER_TOKEN_TYPE = "at+jwt"  # RFC 9068 access tokens; service tokens carry a type of their own
@@ -46,6 +48,16 @@ def routing_number_problem(value: str) -> str | None:
 def account_number_problem(value: str) -> str | None:
     """What is wrong with an account number (None when it is 4 to 17 digits)."""
     return None if ACCOUNT_NUMBER.fullmatch(value) else "must be 4 to 17 digits"
+
+
+def bank_details_problem(details: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first of `routingNumber` and `accountNumber` that is wrong, with what is wrong with it; None when both
+    are right."""
+    for name, problem in (("routingNumber", routing_number_problem), ("accountNumber", account_number_problem)):
+        message = problem(details[name])
+        if message:
+            return name, message
+    return None
 
 
 def aba_checksum_ok(routing: str) -> bool:

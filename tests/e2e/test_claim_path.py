@@ -36,9 +36,11 @@ def test_details_ach_refuses_leave_nothing_decided_and_the_corrected_claim_is_pa
     """ach refuses an account the gateway's checks let through (here: one its bank has closed to new payees)."""
     ach = importlib.import_module("hms.ach.service")  # the module (the package's `service` is the declaration)
     closed = DIEGO["directDeposit"]["accountNumber"]
-    check = ach.account_number_problem
+    check = ach.bank_details_problem
     monkeypatch.setattr(
-        ach, "account_number_problem", lambda n: "is closed to new payments" if n == closed else check(n)
+        ach,
+        "bank_details_problem",
+        lambda d: ("accountNumber", "is closed to new payments") if d["accountNumber"] == closed else check(d),
     )
     headers = {**token("diego"), "Idempotency-Key": "first-try"}
     refused = client.post("/claims", json=DIEGO, headers=headers)

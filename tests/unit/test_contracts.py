@@ -85,7 +85,18 @@ def test_the_gateway_and_ach_use_the_shared_bank_detail_checks() -> None:
     import importlib
     import inspect
 
-    for name in ("hms.ach.service", "hms.gateway.schemas"):
+    from hms.contracts.vocabulary import BAD_CHECKSUM, bank_details_problem
+
+    uses = {
+        "hms.ach.service": ("bank_details_problem",),  # both checks below, in one place for ach and its rail
+        "hms.ach.nacha": ("bank_details_problem",),
+        "hms.gateway.schemas": ("routing_number_problem", "account_number_problem"),
+    }
+    for name, checks in uses.items():
         source = inspect.getsource(importlib.import_module(name))
-        assert "routing_number_problem" in source and "account_number_problem" in source
+        assert all(check in source for check in checks), name
         assert "[0-9]{9}" not in source and "[0-9]{4,17}" not in source
+    good = {"routingNumber": "011000015", "accountNumber": "000123456789"}
+    assert bank_details_problem(good) is None
+    assert bank_details_problem({**good, "routingNumber": "011000016"}) == ("routingNumber", BAD_CHECKSUM)
+    assert bank_details_problem({**good, "accountNumber": "12\n"}) == ("accountNumber", "must be 4 to 17 digits")

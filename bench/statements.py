@@ -11,6 +11,7 @@ the commits that give them work, as in every deployment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sqlite3
 import time
 from collections import Counter
@@ -26,13 +27,11 @@ from tests.conftest import DIEGO, eventually
 Transaction = tuple[str, list[tuple[str, Any, bool]]]  # a database, and its statements with their parameters
 
 
-def count(claims: int) -> tuple[Counter[str], Counter[str], list[Transaction]]:
-    """Transactions and statements per database over `claims` claims, and every counted transaction as it ran."""
+def count(claims: int) -> list[Transaction]:
+    """Every transaction of `claims` claims, with its statements, as it ran (`tally` counts them)."""
     app, mesh = running_mesh({**LOAD, "HMS_OUTBOX_POLL_S": 60, "HMS_ACH_POLL_S": 60})
     statement = Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])
     idp, client = app.extensions["hms.auth"], app.test_client()
-    transactions: Counter[str] = Counter()
-    statements: Counter[str] = Counter()
     counting = [False]
     recorded: list[Transaction] = []
     open_: dict[Any, list[tuple[str, Any, bool]]] = {}
@@ -42,13 +41,11 @@ def count(claims: int) -> tuple[Counter[str], Counter[str], list[Transaction]]:
 
     def on_begin(conn: Any) -> None:
         if counting[0]:
-            transactions[database(conn)] += 1
             open_[conn] = []
             recorded.append((database(conn), open_[conn]))
 
     def on_statement(conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, many: bool) -> None:
         if counting[0] and conn in open_:
-            statements[f"{database(conn)}: {' '.join(sql.split())[:70]}"] += 1
             # insertmanyvalues with RETURNING reports each row's execute as "many" with that one row's tuple
             open_[conn].append((sql, params, many and isinstance(params, list)))
 
@@ -75,50 +72,50 @@ def count(claims: int) -> tuple[Counter[str], Counter[str], list[Transaction]]:
         for name, fn in listeners:
             event.remove(Engine, name, fn)
         mesh.close()
-    return transactions, statements, recorded
+    return recorded
+
+
+def tally(recorded: list[Transaction]) -> tuple[Counter[str], Counter[str]]:
+    """Transactions by database, and statements by database and their first 70 characters."""
+    transactions = Counter(db for db, _ in recorded)
+    statements = Counter(f"{db}: {' '.join(sql.split())[:70]}" for db, work in recorded for sql, _, _ in work)
+    return transactions, statements
 
 
 def replay(recorded: list[Transaction], *, through_sqlalchemy: bool) -> float:
     """CPU seconds to run the recorded transactions again, nothing else, on a fresh mesh's migrated databases:
     straight through the sqlite3 driver, or through SQLAlchemy's thinnest path (`exec_driver_sql`)."""
-    _app, mesh = running_mesh({}, start=False)
-    engines = {name: store.engine for name, store in mesh.stores.items()}
-    try:
-        conns: dict[str, Any] = {}
-        for name, engine in engines.items():
-            if through_sqlalchemy:
-                conns[name] = engine
-            else:
-                raw = sqlite3.connect(str(engine.url.database), isolation_level=None, check_same_thread=False)
-                raw.execute("PRAGMA journal_mode=WAL")
-                raw.execute("PRAGMA synchronous=NORMAL")
-                conns[name] = raw
-        started = time.process_time()
-        for db, work in recorded:
-            if through_sqlalchemy:
-                with conns[db].begin() as c:
+    _app, mesh = running_mesh({}, start=False)  # its databases are WAL already: the migration made them
+    with contextlib.ExitStack() as stack:
+        stack.callback(mesh.close)
+        if through_sqlalchemy:
+            engines = {name: store.engine for name, store in mesh.stores.items()}
+            started = time.process_time()
+            for db, work in recorded:
+                with engines[db].begin() as c:
                     for sql, params, many in work:
                         c.exec_driver_sql(sql, params if many else tuple(params))
-            else:
-                raw = conns[db]
-                raw.execute("BEGIN IMMEDIATE")
-                for sql, params, many in work:
-                    (raw.executemany if many else raw.execute)(sql, params).fetchall()
-                raw.execute("COMMIT")
-        spent = time.process_time() - started
-        for c in conns.values():
-            if not through_sqlalchemy:
-                c.close()
-        return spent
-    finally:
-        mesh.close()
+            return time.process_time() - started
+        raw: dict[str, sqlite3.Connection] = {}
+        for name, store in mesh.stores.items():
+            raw[name] = sqlite3.connect(str(store.engine.url.database), isolation_level=None)
+            stack.callback(raw[name].close)
+            raw[name].execute("PRAGMA synchronous=NORMAL")  # as the mesh's own connections
+        started = time.process_time()
+        for db, work in recorded:
+            raw[db].execute("BEGIN IMMEDIATE")
+            for sql, params, many in work:
+                (raw[db].executemany if many else raw[db].execute)(sql, params).fetchall()
+            raw[db].execute("COMMIT")
+        return time.process_time() - started
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claims", type=int, default=100)
     args = parser.parse_args(argv)
-    transactions, statements, recorded = count(args.claims)
+    recorded = count(args.claims)
+    transactions, statements = tally(recorded)
     n = args.claims
     driver = min(replay(recorded, through_sqlalchemy=False) for _ in range(3)) / n * 1000
     core = min(replay(recorded, through_sqlalchemy=True) for _ in range(3)) / n * 1000

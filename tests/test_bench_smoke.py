@@ -71,14 +71,14 @@ def test_side_by_side_runs_hms_and_the_flask_celery_peer_and_checks_their_transf
 
 
 def test_the_statement_count_sees_each_consumer_record_each_claim_once() -> None:
-    from bench.statements import count, replay
+    from bench.statements import count, replay, tally
 
-    transactions, statements, recorded = count(3)
+    recorded = count(3)
+    transactions, statements = tally(recorded)
     inbox = {sql.split(":")[0]: k for sql, k in statements.items() if "INSERT INTO inbox" in sql}
     # consumers on a paid claim's path: ach (claim.approved), metrics (claim.submitted, payment.sent), svc
     # (payment.sent), the notifier (payment.sent); the warm-up claim is not counted
     assert inbox == {"ach": 3, "metrics": 6, "svc": 3, "notifier": 3}
     assert set(transactions) == {"ach", "metrics", "notifier", "svc"}
-    # what was recorded runs again on fresh databases, both ways, statement for statement
-    assert sum(len(work) for _, work in recorded) == sum(statements.values())
+    # what was recorded runs again on fresh databases, both ways (a statement the databases refuse raises)
     assert replay(recorded, through_sqlalchemy=False) > 0 and replay(recorded, through_sqlalchemy=True) > 0

@@ -212,7 +212,7 @@ def _ours_nats(n: int, url: str) -> float:
         for f in futures:
             f.result(60)
         # Woken by the last delivery, as the baselines' awaits are: a polling loop here would take the GIL
-        # from the engine's threads thousands of times a second (it cost ours about a third at 2,000 messages).
+        # from the engine's threads thousands of times a second (ours ran about a fifth faster at 2,000 without it).
         if not done.wait(120):
             raise TimeoutError(f"{got[0]} of {n} delivered")
 

@@ -286,19 +286,8 @@ class Engine(Bus):
         if self.contracts is not None:
             self.contracts.validate(event.subject, event.data, event.version)
 
-    def publish(
-        self,
-        subject: str,
-        data: dict[str, Any],
-        *,
-        event_id: str | None = None,
-        source: str = "hms",
-        time: str | None = None,
-        traceparent: str | None = None,
-        headers: dict[str, str] | None = None,
-        checked: bool = False,
-    ) -> Future[None]:
-        fields = dict(source=source, event_id=event_id, time=time, traceparent=traceparent, headers=headers)
+    def publish(self, subject: str, data: dict[str, Any], *, checked: bool = False, **fields: Any) -> Future[None]:
+        # `fields` are Bus.publish's envelope keywords (event_id, source, time, traceparent, headers)
         return self._publish_event(self._envelope(subject, data, checked=checked, **fields))
 
     @abstractmethod

@@ -91,6 +91,19 @@ def delivered(msg: Msg) -> int:
     return msg.metadata.num_delivered
 
 
+def ack_problem(msg: Msg, subject: str) -> str | None:
+    """What JetStream's answer to a publish on `subject` says went wrong; None when the stream stored it."""
+    if msg.headers and msg.headers.get("Status") == "503":
+        return f"no stream takes {subject}"
+    if not msg.headers and msg.data.startswith(b'{"stream":') and b'"error"' not in msg.data:
+        return None  # the usual answer, {"stream":…,"seq":…}: read without parsing it (2 µs a publish here)
+    try:
+        answer = json.loads(msg.data)
+    except ValueError as exc:
+        return f"unreadable answer: {exc}"
+    return answer.get("error") if isinstance(answer, dict) else f"unexpected answer {answer!r}"
+
+
 def decode(subject: str, data: bytes, headers: dict[str, str] | None, attempt: int = 1) -> Event:
     """Bytes from the wire as an envelope; a bare JSON body (NATS tooling) becomes the data of a new envelope."""
     body = json.loads(data) if data else {}
@@ -264,17 +277,7 @@ class NatsBus(Engine):
         if entry is None or entry[1].done():
             return
         event, done = entry
-        problem = None
-        if not msg.headers and msg.data.startswith(b'{"stream":') and b'"error"' not in msg.data:
-            pass  # the usual answer, {"stream":…,"seq":…}: no need to parse it
-        elif msg.headers and msg.headers.get("Status") == "503":
-            problem = f"no stream takes {event.subject}"
-        else:
-            try:
-                answer = json.loads(msg.data)
-                problem = answer.get("error") if isinstance(answer, dict) else f"unexpected answer {answer!r}"
-            except ValueError as exc:
-                problem = f"unreadable answer: {exc}"
+        problem = ack_problem(msg, event.subject)
         if problem:
             done.set_exception(BusError(f"{event.subject}: broker did not take {event.id}: {problem}"))
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from nats.aio.msg import Msg
 
-from hms.bus.nats import delivered
+from hms.bus.nats import ack_problem, delivered
 
 REPLIES = [
     ("$JS.ACK.HMS_EVENTS.svc_on_payment_sent.1.7.7.1764400000000000000.0", 1),
@@ -20,3 +20,25 @@ REPLIES = [
 def test_the_delivery_count_is_what_nats_py_reads_from_the_reply_subject(reply: str, count: int) -> None:
     msg = Msg(None, subject="claim.submitted", reply=reply)  # type: ignore[arg-type]  # no client: nothing is sent
     assert delivered(msg) == count == Msg(None, reply=reply).metadata.num_delivered  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("headers", "data", "problem"),
+    [
+        (None, b'{"stream":"HMS_EVENTS","seq":7}', None),
+        (None, b'{"stream":"HMS_EVENTS","seq":7,"duplicate":true}', None),
+        (None, b'{"seq":7,"stream":"HMS_EVENTS"}', None),  # another key order: parsed, the same answer
+        (None, b'{"error":{"code":503,"description":"no leader"}}', {"code": 503, "description": "no leader"}),
+        (None, b'{"stream":"HMS_EVENTS","error":{"code":400}}', {"code": 400}),
+        ({"Status": "503"}, b"", "no stream takes claim.approved"),
+        (None, b"[]", "unexpected answer []"),
+    ],
+)
+def test_what_a_publish_acknowledgement_says(headers: dict[str, str] | None, data: bytes, problem: object) -> None:
+    msg = Msg(None, subject="_INBOX.x.1", data=data, headers=headers)  # type: ignore[arg-type]
+    assert ack_problem(msg, "claim.approved") == problem
+
+
+def test_an_unreadable_acknowledgement_is_a_problem() -> None:
+    msg = Msg(None, subject="_INBOX.x.1", data=b"{not json")  # type: ignore[arg-type]
+    assert str(ack_problem(msg, "claim.approved")).startswith("unreadable answer:")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,8 +87,30 @@ def make_engine(url: str, service: str) -> Engine:
     raise ValueError(f"database URL for {service}: unsupported backend {u.get_backend_name()!r}")
 
 
+def dialect_insert(engine: Engine | Connection, table: Any) -> Any:
+    """The INSERT of the engine's dialect (PostgreSQL or SQLite), which can say what to do with a conflicting row."""
+    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(table)
+
+
 def insert_new(engine: Engine | Connection, table: Any) -> Any:
     """An INSERT into `table` (a Table, or a mapped class's `__table__`) that skips a row whose key is already there;
     it returns a row only when it inserted one."""
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return dialect_insert(engine, table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
+def upsert(engine: Engine | Connection, table: Any, *, update: Sequence[str], returning: Sequence[str] = ()) -> Any:
+    """An INSERT into `table`, executed with the row as its parameters, that, when a row with the same primary key
+    is there, sets that row's `update` columns to the given values instead (one statement: two transactions that
+    both find no row cannot both insert), and returns the `returning` columns of the row either way.
+
+    Built once per table and set of columns: a statement built on every call costs more than running it.
+    """
+    return _upsert(engine.dialect.name, table, tuple(update), tuple(returning))
+
+
+@functools.lru_cache(maxsize=128)
+def _upsert(dialect: str, table: Any, update: tuple[str, ...], returning: tuple[str, ...]) -> Any:
+    ins = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    keys = [c.name for c in table.primary_key.columns]
+    stmt = ins.on_conflict_do_update(index_elements=keys, set_={c: ins.excluded[c] for c in update})
+    return stmt.returning(*(table.c[c] for c in returning)) if returning else stmt

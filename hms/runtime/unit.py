@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from .database import insert_new
+from .database import insert_new, upsert
 from .outbox import Outbox
 
 
@@ -49,3 +49,8 @@ class Unit(Session):
     def insert_new(self, table: Any) -> Any:
         """An INSERT that skips a row whose key is already there; it returns a row only when it inserted one."""
         return insert_new(self.get_bind(), table)
+
+    def upsert(self, table: Any, *, update: Sequence[str], returning: Sequence[str] = ()) -> Any:
+        """An INSERT, run with the row as parameters, that sets the `update` columns of the row already there under
+        its key instead, and returns the `returning` columns (database.upsert)."""
+        return upsert(self.get_bind(), table, update=update, returning=returning)

@@ -81,13 +81,18 @@ class Payment(Base):
 
     def event(self, **more: Any) -> dict[str, Any]:
         """The data of an event about this payment (payment.sent, .returned, .settled): whose, how much, and `more`."""
-        return {
-            "claimId": self.claim_id,
-            "paymentId": self.id,
-            "citizen": self.citizen,
-            "amount": float(self.amount),
-            **more,
-        }
+        return payment_event(self, **more)
+
+
+def payment_event(p: Any, **more: Any) -> dict[str, Any]:
+    """The data of an event about a payment (a Payment, or a row of its columns): whose, how much, and `more`."""
+    return {
+        "claimId": p.claim_id,
+        "paymentId": p.id,
+        "citizen": p.citizen,
+        "amount": float(p.amount),
+        **more,
+    }
 
 
 class AchFile(Base):

@@ -20,17 +20,34 @@ from datetime import timedelta
 from typing import Any, cast
 
 import pybreaker
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, bindparam, select, update
 
 from hms.bus import iso
 from hms.bus.tracing import trace_id
-from hms.runtime import Unit, utcnow
+from hms.runtime import Unit, table_of, utcnow
 
 from .bank import BankDeclined, BankProvider, BankUnavailable, Transfer
-from .models import Account, Payment, PaymentState, Setting
+from .models import Account, Payment, PaymentState, Setting, payment_event
 
 log = logging.getLogger("hms.ach")
 NEVER = threading.Event()
+ACCOUNTS, PAYMENTS = table_of(Account), table_of(Payment)
+# Core statements built once, not the ORM: each runs once per payment (bench/ANALYSIS.md).
+TAKE = (
+    update(PAYMENTS)
+    .where(PAYMENTS.c.id == bindparam("payment"), PAYMENTS.c.state == PaymentState.PENDING)
+    .values(state=PaymentState.SENDING, attempts=PAYMENTS.c.attempts + 1)  # with claimed_at and claimed_by
+)
+TRANSFER_OF = (
+    select(PAYMENTS, ACCOUNTS.c.routing_number, ACCOUNTS.c.account_number)
+    .select_from(PAYMENTS.outerjoin(ACCOUNTS, ACCOUNTS.c.id == PAYMENTS.c.account_id))
+    .where(PAYMENTS.c.id == bindparam("payment"))
+)
+SENT = (  # with the state, the bank's reference, sent_at and last_error
+    update(PAYMENTS)
+    .where(PAYMENTS.c.id == bindparam("payment"), PAYMENTS.c.state != PaymentState.SENT)
+    .returning(*(PAYMENTS.c[c] for c in ("id", "claim_id", "citizen", "amount", "traceparent")))
+)
 
 
 class Attempt(enum.StrEnum):
@@ -109,30 +126,20 @@ class Payer:
             originator = self.originator(s)
             claimed = cast(
                 CursorResult[Any],
-                s.execute(
-                    update(Payment)
-                    .where(Payment.id == payment_id, Payment.state == PaymentState.PENDING)
-                    .values(
-                        state=PaymentState.SENDING,
-                        attempts=Payment.attempts + 1,
-                        claimed_at=utcnow(),
-                        claimed_by=self.instance,
-                    )
-                ),
+                s.execute(TAKE, {"payment": payment_id, "claimed_at": utcnow(), "claimed_by": self.instance}),
             )
             if claimed.rowcount != 1:
                 return Attempt.TAKEN
-            p = s.get_one(Payment, payment_id)
-            account = s.get(Account, p.account_id) if p.account_id else None
-            if account is None:  # only a payment recorded before claims carried their account can have none
-                self._fail(s, p, "NO_ACCOUNT")
+            p = s.execute(TRANSFER_OF, {"payment": payment_id}).one()
+            if p.routing_number is None:  # only a payment recorded before claims carried their account has none
+                self._fail(s, s.get_one(Payment, payment_id), "NO_ACCOUNT")
                 return Attempt.FAILED
             transfer = Transfer(
                 p.idempotency_key,
                 p.claim_id,
                 p.amount,
-                account.routing_number,
-                account.account_number,
+                p.routing_number,
+                p.account_number,
                 originator,
             )
         try:
@@ -217,15 +224,12 @@ class Payer:
     def _sent(self, payment_id: str, reference: str) -> None:
         """Phase 3: record the payment sent and publish payment.sent, in one transaction."""
         with self.units() as s:
-            p = s.get(Payment, payment_id)
-            if p is None or p.state == PaymentState.SENT:
+            sent_at = utcnow()
+            values = {"state": PaymentState.SENT, "bank_reference": reference, "sent_at": sent_at, "last_error": None}
+            p = s.execute(SENT, {"payment": payment_id, **values}).first()
+            if p is None:  # no such payment, or recorded sent already
                 return
-            p.state, p.bank_reference, p.sent_at, p.last_error = PaymentState.SENT, reference, utcnow(), None
-            s.emit(
-                "payment.sent",
-                p.event(sentAt=iso(p.sent_at)),
-                traceparent=p.traceparent,
-            )
+            s.emit("payment.sent", payment_event(p, sentAt=iso(sent_at)), traceparent=p.traceparent)
         log.info(
             "payment %s sent for claim %s",
             payment_id,

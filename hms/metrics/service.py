@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from hms.bus import Event
-from hms.runtime import Consumer, Service, Unit
+from hms.runtime import Consumer, Service, Unit, table_of
 
 from .models import Base, Payout
 
@@ -22,7 +22,7 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-PAYOUTS = Payout.__table__
+PAYOUTS = table_of(Payout)
 COMPLETE = update(PAYOUTS).where(PAYOUTS.c.claim_id == bindparam("claim"))  # with seconds and day
 BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400)
 

@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hms.bus import Event
-from hms.runtime import Consumer, Service, Unit, utcnow
+from hms.runtime import Consumer, Service, Unit, table_of, utcnow
 
 from .models import Base, Notification
 
 log = logging.getLogger("hms.notifier")
-NOTIFICATIONS = Notification.__table__
+NOTIFICATIONS = table_of(Notification)
 
 
 class Notifier:

@@ -5,7 +5,7 @@ A service declares its face with `Service` (service.py); `Mesh.host` brings it t
 imports this package: it gets a bus (`hms.bus.bus_of`).
 """
 
-from .database import UtcDateTime, utcnow
+from .database import UtcDateTime, table_of, utcnow
 from .host import Mesh, mesh_of
 from .service import Consumer, Service, Worker
 from .store import ServiceStore, messaging_tables
@@ -21,5 +21,6 @@ __all__ = [
     "UtcDateTime",
     "mesh_of",
     "messaging_tables",
+    "table_of",
     "utcnow",
 ]

@@ -7,9 +7,9 @@ import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import DateTime, String, TypeDecorator
@@ -85,6 +85,11 @@ def make_engine(url: str, service: str) -> Engine:
         engine = create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 10})
         return engine.execution_options(schema_translate_map={None: service})
     raise ValueError(f"database URL for {service}: unsupported backend {u.get_backend_name()!r}")
+
+
+def table_of(model: Any) -> Table:
+    """A mapped class's table, for Core statements built once (typed: `__table__` is only a FromClause to mypy)."""
+    return cast(Table, model.__table__)
 
 
 def dialect_insert(engine: Engine | Connection, table: Any) -> Any:

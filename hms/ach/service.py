@@ -22,6 +22,7 @@ from .nacha import NachaRail
 from .payments import Payer
 
 log = logging.getLogger("hms.ach")
+PAGE = 100  # payments the payer takes a pass
 ACCOUNTS, PAYMENTS = table_of(Account), table_of(Payment)
 ACCOUNT_OF = select(ACCOUNTS.c.id).where(ACCOUNTS.c.claim_id == bindparam("claim"))
 PAYMENT_OF = select(PAYMENTS.c.id).where(PAYMENTS.c.claim_id == bindparam("claim"))
@@ -82,8 +83,10 @@ class Ach:
             "account_type": req["accountType"],
             "registered_at": utcnow(),
         }
-        s.execute(s.insert_new(Account.__table__).values(row))  # skipped when the claim has its account already
-        account = s.get_one(Account, row["id"]) if not row["claim_id"] else self._account_of(s, row["claim_id"])
+        if s.execute(s.insert_new(ACCOUNTS), row).first():
+            account: Account | None = Account(**row)  # stored as given (not added to the session: nothing to flush)
+        else:  # the claim has its account already: a retry, or another citizen's claim id
+            account = self._account_of(s, row["claim_id"])
         if account is None or account.citizen != req["citizen"]:
             raise ReplyError(409, "Claim exists", "this claim id belongs to another citizen", "claimId")
         return {"accountId": account.id, "account": account.masked, "accountType": account.account_type}
@@ -183,8 +186,16 @@ class Ach:
         s.execute(delete(Account).where(Account.claim_id == event.data["claimId"]))
 
     def pay_due(self, stop: threading.Event) -> int:
-        """Recover stale sends and pay every due payment (payments.py), or make the NACHA file due (nacha.py)."""
-        return self.rail.run_once(stop) if self.rail is not None else self.payer.run_once(stop)
+        """Recover stale sends and pay every due payment (payments.py), or make the NACHA file due (nacha.py).
+
+        The payer's worker goes again at once only when a page was full. A payment recorded meanwhile wakes it
+        (`Unit.wake`) and one that comes due later is found by its poll, so a pass after each payment that
+        finds nothing is not needed.
+        """
+        if self.rail is not None:
+            return self.rail.run_once(stop)
+        tried = self.payer.run_once(stop, limit=PAGE)
+        return tried if tried >= PAGE else 0
 
     def breakers(self) -> dict[str, str]:
         return {"bank": self.breaker.current_state}

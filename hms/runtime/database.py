@@ -92,15 +92,15 @@ def table_of(model: Any) -> Table:
     return cast(Table, model.__table__)
 
 
-def dialect_insert(engine: Engine | Connection, table: Any) -> Any:
-    """The INSERT of the engine's dialect (PostgreSQL or SQLite), which can say what to do with a conflicting row."""
-    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(table)
-
-
 def insert_new(engine: Engine | Connection, table: Any) -> Any:
     """An INSERT into `table` (a Table, or a mapped class's `__table__`) that skips a row whose key is already there;
-    it returns a row only when it inserted one."""
-    return dialect_insert(engine, table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    it returns a row only when it inserted one. Built once per table: run it with the row as parameters."""
+    return _insert_new(engine.dialect.name, table)
+
+
+@functools.lru_cache(maxsize=128)
+def _insert_new(dialect: str, table: Any) -> Any:
+    return _insert(dialect, table).on_conflict_do_nothing().returning(*table.primary_key.columns)
 
 
 def upsert(engine: Engine | Connection, table: Any, *, update: Sequence[str], returning: Sequence[str] = ()) -> Any:
@@ -115,7 +115,12 @@ def upsert(engine: Engine | Connection, table: Any, *, update: Sequence[str], re
 
 @functools.lru_cache(maxsize=128)
 def _upsert(dialect: str, table: Any, update: tuple[str, ...], returning: tuple[str, ...]) -> Any:
-    ins = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    ins = _insert(dialect, table)
     keys = [c.name for c in table.primary_key.columns]
     stmt = ins.on_conflict_do_update(index_elements=keys, set_={c: ins.excluded[c] for c in update})
     return stmt.returning(*(table.c[c] for c in returning)) if returning else stmt
+
+
+def _insert(dialect: str, table: Any) -> Any:
+    """The INSERT of the dialect, which can say what to do with a row whose key is there already."""
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)

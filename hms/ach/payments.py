@@ -38,6 +38,17 @@ TAKE = (
     .where(PAYMENTS.c.id == bindparam("payment"), PAYMENTS.c.state == PaymentState.PENDING)
     .values(state=PaymentState.SENDING, attempts=PAYMENTS.c.attempts + 1)  # with claimed_at and claimed_by
 )
+STALE = (
+    select(PAYMENTS.c.id)
+    .where(PAYMENTS.c.state == PaymentState.SENDING, PAYMENTS.c.claimed_at < bindparam("before"))
+    .limit(bindparam("limit"))
+)
+DUE = (
+    select(PAYMENTS.c.id)
+    .where(PAYMENTS.c.state == PaymentState.PENDING, PAYMENTS.c.next_attempt_at <= bindparam("now"))
+    .order_by(PAYMENTS.c.next_attempt_at)
+    .limit(bindparam("limit"))
+)
 TRANSFER_OF = (
     select(PAYMENTS, ACCOUNTS.c.routing_number, ACCOUNTS.c.account_number)
     .select_from(PAYMENTS.outerjoin(ACCOUNTS, ACCOUNTS.c.id == PAYMENTS.c.account_id))
@@ -95,23 +106,9 @@ class Payer:
         now = utcnow()
         with self.units() as s:
             # A send older than the lease was cut short (crash, kill): its worker is gone.
-            stale = list(
-                s.scalars(
-                    select(Payment.id)
-                    .where(
-                        Payment.state == PaymentState.SENDING, Payment.claimed_at < now - timedelta(seconds=self.lease)
-                    )
-                    .limit(limit)
-                )
-            )
-            due = list(
-                s.scalars(
-                    select(Payment.id)
-                    .where(Payment.state == PaymentState.PENDING, Payment.next_attempt_at <= now)
-                    .order_by(Payment.next_attempt_at)
-                    .limit(limit)
-                )
-            )
+            before = now - timedelta(seconds=self.lease)
+            stale = list(s.execute(STALE, {"before": before, "limit": limit}).scalars())
+            due = list(s.execute(DUE, {"now": now, "limit": limit}).scalars())
         for pid in stale:
             self._recover(pid)
         for pid in due:

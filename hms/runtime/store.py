@@ -55,6 +55,7 @@ class ServiceStore:
         # handler, which sleeps in steps of up to 50 ms; other processes still wait in the busy handler.
         self._serial: Any = threading.RLock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
         self.events = Outbox(name, self.outbox, getattr(bus, "contracts", None))
+        self._idle = threading.local()
         self.Session = sessionmaker(self.engine, class_=Unit, expire_on_commit=False, outbox=self.events, wake=wake)
         event.listen(self.Session, "after_commit", self._after_commit)
         self.relay = Relay(
@@ -67,9 +68,21 @@ class ServiceStore:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Unit]:
-        """A unit of work: commits when the block ends, rolls back when it raises."""
-        with self._serial, self.Session() as s, s.begin():
-            yield s
+        """A unit of work: commits when the block ends, rolls back when it raises.
+
+        Each thread keeps its last closed session and begins the next unit on it (a closed session is as new);
+        a unit begun inside another one on the same thread gets a session of its own.
+        """
+        s = getattr(self._idle, "unit", None)
+        if s is None or s.in_transaction():
+            s = self.Session()
+        self._idle.unit = None
+        try:
+            with self._serial, s, s.begin():
+                yield s
+        finally:
+            s.info.clear()  # what a rolled-back unit meant to run after its commit
+            self._idle.unit = s
 
     def _after_commit(self, session: Session) -> None:
         if session.info.pop("outbox", False):

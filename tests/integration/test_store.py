@@ -346,3 +346,26 @@ def test_a_commit_that_wrote_events_wakes_the_relay_at_once(tmp_path: Path, data
         eventually(lambda: len(got) == 1, 5)  # woken by the commit, not by its poll
     finally:
         store.dispose()
+
+
+def test_units_on_one_thread_reuse_a_session_but_never_share_one(make_store: Maker) -> None:
+    """A thread begins its next unit on its last closed session; a unit inside a unit gets its own, and what a
+    rolled-back unit asked to run after its commit never runs after the next one's."""
+    store, effects = make_store()
+    ran: list[str] = []
+    with store.session() as outer:
+        with store.session() as inner:  # (on SQLite the outer one must not have written yet: one writer)
+            assert inner is not outer
+            inner.execute(effects.insert(), {"event_id": "inner"})
+        assert outer.in_transaction()
+        outer.execute(effects.insert(), {"event_id": "outer"})
+    with pytest.raises(RuntimeError), store.session() as failed:
+        failed.after_commit(lambda: ran.append("rolled back"))
+        failed.execute(effects.insert(), {"event_id": "rolled back"})
+        raise RuntimeError("refused")
+    with store.session() as again:
+        assert again is failed  # the same session, begun again
+        again.after_commit(lambda: ran.append("committed"))
+    assert ran == ["committed"]
+    with store.engine.connect() as c:
+        assert sorted(c.execute(select(effects.c.event_id)).scalars()) == ["inner", "outer"]

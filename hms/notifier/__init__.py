@@ -13,7 +13,7 @@ from hms.runtime import Consumer, Service, Unit, table_of, utcnow
 from .models import Base, Notification
 
 log = logging.getLogger("hms.notifier")
-NOTIFICATIONS = table_of(Notification)
+ADD_NOTIFICATION = table_of(Notification).insert()  # built once: it runs once per event
 
 
 class Notifier:
@@ -49,7 +49,7 @@ def notify(s: Unit, event: Event, message: str | None = None) -> None:
         "message": message,
         "sent_at": utcnow(),
     }
-    s.execute(NOTIFICATIONS.insert(), row)  # a Core insert: no object to load or flush, once per event
+    s.execute(ADD_NOTIFICATION, row)  # Core: no object to flush
     # The e-mail address lives in svc; delivery goes by the citizen's id through the agency's mailer.
     extra = {"claim_id": data["claimId"], "event_id": event.id}
     log.info("Email sent to citizen %s%s", data["citizen"], f": {message}" if message else "", extra=extra)

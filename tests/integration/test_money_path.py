@@ -151,6 +151,24 @@ def test_the_backoff_doubles_from_the_base_up_to_the_cap(
     assert transfers(app) == []
 
 
+def test_a_payment_sent_after_a_failed_attempt_no_longer_shows_its_error(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh, tmp_path: Path
+) -> None:
+    """Catches: recording a payment sent without clearing the error of the attempt before."""
+    payments = app.extensions["hms.ach"].payer
+    claim_id = stop_worker_and_submit(app, client, token, mesh)
+    pid = payment_for(mesh, claim_id).id
+    (tmp_path / "down").touch()
+    payments.bank.outage_file = tmp_path / "down"
+    assert payments.pay(pid) == "retry"
+    assert payment_for(mesh, claim_id).last_error == "sandbox bank is down (outage file present)"
+    (tmp_path / "down").unlink()
+    assert payments.pay(pid) == "sent"
+    p = payment_for(mesh, claim_id)
+    assert (p.state, p.attempts, p.last_error) == ("sent", 2, None)
+    assert [t["claimId"] for t in read_statement(Path(app.config["HMS_ACH_SANDBOX_STATEMENT"]))] == [claim_id]
+
+
 def test_an_open_breaker_waits_half_its_reset_without_counting_an_attempt(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:

@@ -60,6 +60,33 @@ def running_mesh(settings: dict[str, Any], *, start: bool = True) -> tuple[Any, 
     return app, mesh
 
 
+def one_at_a_time(claims: int, *, warm: int, counting: Callable[[bool], None], pause: float = 0.0) -> None:
+    """An in-process mesh (SQLite, the in-process bus; idle polls a minute apart, so only the commits that give
+    them work wake the relays and the payer) takes `warm` + `claims` claims one at a time, each until its transfer is
+    on the sandbox bank's statement, then `pause` s for what follows it (payment.sent to svc, metrics, the
+    notifier). `counting(True)` comes before the first of the `claims`, `counting(False)` once the last settled."""
+    app, mesh = running_mesh({**LOAD, "HMS_OUTBOX_POLL_S": 60, "HMS_ACH_POLL_S": 60})
+    statement = Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])
+    idp, client = app.extensions["hms.auth"], app.test_client()
+    tokens = [idp.issue(f"one-{i}", "citizen") for i in range(warm + claims)]
+
+    def paid() -> int:
+        return len(statement.read_text().splitlines()) if statement.exists() else 0
+
+    try:
+        for i, token in enumerate(tokens):
+            if i == warm:
+                counting(True)
+            if client.post("/claims", json=DIEGO, headers={"Authorization": f"Bearer {token}"}).status_code != 201:
+                raise RuntimeError("claim refused")
+            eventually(lambda i=i: paid() > i, 30, interval=0.001)
+            time.sleep(pause)
+        time.sleep(0.3)  # what follows the last transfer
+    finally:
+        counting(False)
+        mesh.close()
+
+
 def payout_report(mesh: Any) -> dict[str, Any]:
     """The auditors' report, asked for as the gateway asks for it."""
     return mesh.bus.request("metrics.payouts.report", {}, 10, headers=mesh.credentials("gateway"))  # type: ignore[no-any-return]

@@ -19,39 +19,19 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
+
+from bench.cases import one_at_a_time
 
 WARM = 10
 
 
-def claims_one_at_a_time(claims: int) -> None:
-    """File `claims` claims after WARM more, counting instructions only for those (run under callgrind)."""
-    from bench.cases import LOAD, running_mesh
-    from tests.conftest import DIEGO, eventually
-
-    app, mesh = running_mesh({**LOAD, "HMS_OUTBOX_POLL_S": 60, "HMS_ACH_POLL_S": 60})
-    statement = Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])
-    idp, client = app.extensions["hms.auth"], app.test_client()
-    tokens = [idp.issue(f"i-{i}", "citizen") for i in range(WARM + claims)]
-
-    def paid() -> int:
-        return len(statement.read_text().splitlines()) if statement.exists() else 0
+def counted(claims: int) -> None:
+    """WARM claims, then `claims` claims with callgrind's counting on (this process runs under callgrind)."""
 
     def counting(on: bool) -> None:
         subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(os.getpid())], capture_output=True)
 
-    try:
-        for i, token in enumerate(tokens):
-            if i == WARM:
-                counting(True)
-            if client.post("/claims", json=DIEGO, headers={"Authorization": f"Bearer {token}"}).status_code != 201:
-                raise RuntimeError("claim refused")
-            eventually(lambda i=i: paid() > i, 30, interval=0.002)
-        time.sleep(0.3)  # what follows the transfer: payment.sent to svc, metrics and the notifier
-        counting(False)
-    finally:
-        mesh.close()
+    one_at_a_time(claims, warm=WARM, counting=counting)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)  # the run valgrind starts
     args = parser.parse_args(argv)
     if args.inside:
-        claims_one_at_a_time(args.claims)
+        counted(args.claims)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         run = subprocess.run(

@@ -21,17 +21,13 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from bench.cases import LOAD, running_mesh
-from tests.conftest import DIEGO, eventually
+from bench.cases import one_at_a_time, running_mesh
 
 Transaction = tuple[str, list[tuple[str, Any, bool]]]  # a database, and its statements with their parameters
 
 
 def count(claims: int) -> list[Transaction]:
     """Every transaction of `claims` claims, with its statements, as it ran (`tally` counts them)."""
-    app, mesh = running_mesh({**LOAD, "HMS_OUTBOX_POLL_S": 60, "HMS_ACH_POLL_S": 60})
-    statement = Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])
-    idp, client = app.extensions["hms.auth"], app.test_client()
     counting = [False]
     recorded: list[Transaction] = []
     open_: dict[Any, list[tuple[str, Any, bool]]] = {}
@@ -55,23 +51,11 @@ def count(claims: int) -> list[Transaction]:
     listeners = [("begin", on_begin), ("before_cursor_execute", on_statement), ("commit", on_end), ("rollback", on_end)]
     for name, fn in listeners:
         event.listen(Engine, name, fn)
-
-    def paid() -> int:
-        return len(statement.read_text().splitlines()) if statement.exists() else 0
-
-    try:
-        for i in range(claims + 1):  # the first warms up (imports, connections) and is not counted
-            counting[0] = i > 0
-            token = idp.issue(f"count-{i}", "citizen")
-            if client.post("/claims", json=DIEGO, headers={"Authorization": f"Bearer {token}"}).status_code != 201:
-                raise RuntimeError("claim refused")
-            eventually(lambda i=i: paid() > i, 30, interval=0.001)
-            time.sleep(0.05)  # what follows the transfer: payment.sent to svc, metrics and the notifier
+    try:  # the first claim warms up (imports, connections) and is not counted
+        one_at_a_time(claims, warm=1, counting=lambda on: counting.__setitem__(0, on), pause=0.05)
     finally:
-        counting[0] = False
         for name, fn in listeners:
             event.remove(Engine, name, fn)
-        mesh.close()
     return recorded
 
 

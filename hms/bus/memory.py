@@ -371,14 +371,14 @@ def _fields(event: Event) -> dict[str, Any]:
 
 def _first_done(futures: list[Future[Any]], timeout: float) -> Future[Any] | None:
     """The first future to finish (successful replies preferred), or None at the timeout."""
-    from concurrent.futures import FIRST_COMPLETED, wait
-
     if len(futures) == 1:  # the usual case, one responder: no waiter to set up
         try:
             futures[0].exception(timeout)
         except FutureTimeout:
             return None
         return futures[0]
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     deadline = time.monotonic() + timeout
     pending = set(futures)
     first_error: Future[Any] | None = None

@@ -91,8 +91,9 @@ def delivered(msg: Msg) -> int:
     return msg.metadata.num_delivered
 
 
-def ack_problem(msg: Msg, subject: str) -> str | None:
-    """What JetStream's answer to a publish on `subject` says went wrong; None when the stream stored it."""
+def ack_problem(msg: Msg, subject: str) -> Any:
+    """What JetStream's answer to a publish on `subject` says went wrong (a message, or the answer's `error`
+    object as JetStream sent it); None when the stream stored it."""
     if msg.headers and msg.headers.get("Status") == "503":
         return f"no stream takes {subject}"
     if not msg.headers and msg.data.startswith(b'{"stream":') and b'"error"' not in msg.data:

@@ -35,12 +35,12 @@ class PayoutMetrics:
 
     def on_claim_submitted(self, s: Unit, event: Event) -> None:
         """The clock starts at the claim's own submit time."""
-        self._record(s, event, submitted_at=parse_time(event.data["submittedAt"]), complete=True)
+        self._record(s, event, submitted_at=parse_time(event.data["submittedAt"]))
 
     def on_payment_sent(self, s: Unit, event: Event) -> None:
         """The clock stops at the bank's acceptance time."""
         sent_at = parse_time(event.data["sentAt"])
-        self._record(s, event, sent_at=sent_at, payment_id=event.data["paymentId"], complete=True)
+        self._record(s, event, sent_at=sent_at, payment_id=event.data["paymentId"])
 
     def on_payment_settled(self, s: Unit, event: Event) -> None:
         """The money is the citizen's: the file's effective date came."""
@@ -51,15 +51,15 @@ class PayoutMetrics:
         self._record(s, event, returned_at=parse_time(event.data["returnedAt"]), return_code=event.data["code"])
 
     @staticmethod
-    def _record(s: Unit, event: Event, *, complete: bool = False, **values: Any) -> None:
-        """Set these columns of the claim's payout row, made by whichever event of the claim comes first; with
-        `complete`, the payout time once both ends of it are known.
+    def _record(s: Unit, event: Event, **values: Any) -> None:
+        """Set these columns of the claim's payout row, made by whichever event of the claim comes first; when they
+        set one end of the payout time (submitted or sent) and the row has both, the payout time too.
 
         Core statements, not the ORM: a consumer runs once per event, and loading and flushing an object cost
         more than the statements themselves (bench/ANALYSIS.md).
         """
         row = {"claim_id": event.data["claimId"], "citizen": event.data["citizen"], **values}
-        if not complete:
+        if not values.keys() & {"submitted_at", "sent_at"}:  # a later stage: the payout time stays
             s.execute(s.upsert(PAYOUTS, update=list(values)), row)
             return
         write = s.upsert(PAYOUTS, update=list(values), returning=("submitted_at", "sent_at"))

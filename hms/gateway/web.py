@@ -23,6 +23,7 @@ from .signin import HOME, csrf_ok, csrf_token, sign_in_offered
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/hms")
 STAFF = ("caseworker", "admin", "auditor")
+CLAIM_IN, DEPOSIT_IN = ClaimIn(), DirectDepositIn()  # built once: a schema is costly to build per request
 # One voice for form errors: what to do, in the words of the form, whatever the validator said.
 FIELD_HELP = {
     "name": "Enter your full name.",
@@ -111,7 +112,7 @@ def file_claim() -> ResponseReturnValue:
     try:
         weeks = body["weeksWorked"]
         body["weeksWorked"] = int(weeks) if str(weeks).strip().lstrip("-").isdigit() else weeks
-        checked = ClaimIn().load(body)
+        checked = CLAIM_IN.load(body)
     except ValidationError as exc:
         errors = form_errors(exc)
         claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
@@ -152,7 +153,7 @@ def new_direct_deposit(claim_id: str) -> ResponseReturnValue:
     body = {k: f.get(k, "") for k in ("routingNumber", "accountNumber", "accountType")}
     errors: dict[str, str] = {}
     try:
-        reissue(person.sub, found["id"], DirectDepositIn().load(body))
+        reissue(person.sub, found["id"], DEPOSIT_IN.load(body))
     except ValidationError as exc:
         errors = form_errors(exc)
     except ReplyError as exc:

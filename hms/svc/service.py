@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -32,10 +32,16 @@ MOVES = {
 CLAIMS, TIMELINE = table_of(Claim), table_of(TimelineEntry)
 STATUS_OF = select(CLAIMS.c.status).where(CLAIMS.c.id == bindparam("claim"))
 MOVE = update(CLAIMS).where(CLAIMS.c.id == bindparam("claim"))  # with the status and the columns it sets
-ADD_ENTRY = TIMELINE.insert()
+ADD_CLAIM, ADD_ENTRY = CLAIMS.insert(), TIMELINE.insert()
 KEYS = table_of(IdempotencyRecord)
+KEEP = KEYS.insert()
 KEPT = select(KEYS.c.fingerprint, KEYS.c.response).where(
     KEYS.c.citizen == bindparam("citizen"), KEYS.c.key == bindparam("key")
+)
+TIMELINE_OF = (
+    select(TIMELINE.c.status, TIMELINE.c.at, TIMELINE.c.detail)
+    .where(TIMELINE.c.claim_id == bindparam("claim"))
+    .order_by(TIMELINE.c.id)
 )
 OPEN_CLAIM = (
     select(CLAIMS.c.id)
@@ -90,7 +96,7 @@ class ClaimService:
         view = self._decide(s, req)
         if key:
             kept = {"citizen": req["citizen"], "key": key, "fingerprint": req.get("fingerprint") or ""}
-            s.execute(KEYS.insert(), {**kept, "claim_id": view["id"], "response": view, "created_at": utcnow()})
+            s.execute(KEEP, {**kept, "claim_id": view["id"], "response": view, "created_at": utcnow()})
         return view
 
     def _replay(self, found: Any, req: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +120,7 @@ class ClaimService:
                 has_open_claim=open_claim is not None,
             )
         )
-        claim = self._record(s, req, reasons, open_claim)
+        claim, timeline = self._record(s, req, reasons, open_claim)
         self._announce(s, claim, req.get("traceparent"))
         log.info(
             "claim %s %s",
@@ -122,11 +128,13 @@ class ClaimService:
             claim.status,
             extra={"claim_id": claim.id, "trace_id": trace_id(req.get("traceparent"))},
         )
-        return self.view(s, claim)
+        return self.view(s, claim, timeline=timeline)
 
-    def _record(self, s: Unit, req: dict[str, Any], reasons: list[str], open_claim: str | None) -> Claim:
+    def _record(
+        self, s: Unit, req: dict[str, Any], reasons: list[str], open_claim: str | None
+    ) -> tuple[Claim, list[dict[str, Any]]]:
         """The decided claim and its first two timeline entries, written with Core statements (the claim object
-        returned is not in the session: nothing is flushed)."""
+        returned is not in the session: nothing is flushed); returns the claim and the entries written."""
         now = utcnow()
         approved = not reasons
         claim = Claim(
@@ -147,17 +155,14 @@ class ClaimService:
             submitted_at=now,
             decided_at=now,
         )
-        s.execute(CLAIMS.insert(), {c.name: getattr(claim, c.name) for c in CLAIMS.columns})
-        decision = {
-            "claim_id": claim.id,
-            "status": claim.status,
-            "at": now,
-            "detail": None if approved else ",".join(reasons),
-        }
-        s.execute(
-            ADD_ENTRY, [{"claim_id": claim.id, "status": ClaimStatus.SUBMITTED, "at": now, "detail": None}, decision]
-        )
-        return claim
+        s.execute(ADD_CLAIM, {c.name: getattr(claim, c.name) for c in CLAIMS.columns})
+        detail = None if approved else ",".join(reasons)
+        timeline = [
+            {"claim_id": claim.id, "status": ClaimStatus.SUBMITTED, "at": now, "detail": None},
+            {"claim_id": claim.id, "status": claim.status, "at": now, "detail": detail},
+        ]
+        s.execute(ADD_ENTRY, timeline)
+        return claim, timeline
 
     def _announce(self, s: Unit, claim: Claim, trace: str | None) -> None:
         """claim.submitted, then claim.approved or claim.denied, in the claim's transaction."""
@@ -249,8 +254,9 @@ class ClaimService:
             reason["claimId"] = claim.duplicate_of
         return reason
 
-    def view(self, s: Unit, claim: Claim, *, timeline: bool = True) -> dict[str, Any]:
-        """The claim as the API shows it."""
+    def view(self, s: Unit, claim: Claim, *, timeline: bool | Sequence[Mapping[str, Any]] = True) -> dict[str, Any]:
+        """The claim as the API shows it; `timeline` True reads its timeline, a list is the timeline (as written),
+        False leaves it out."""
         out: dict[str, Any] = {
             "id": claim.id,
             "citizen": claim.citizen,
@@ -274,11 +280,9 @@ class ClaimService:
             "paymentId": claim.payment_id,
             "failureReason": claim.failure_reason,
         }
-        if timeline:
-            entries = s.scalars(
-                select(TimelineEntry).where(TimelineEntry.claim_id == claim.id).order_by(TimelineEntry.id)
-            )
-            out["timeline"] = [{"status": e.status, "at": iso(e.at), "detail": e.detail} for e in entries]
+        entries = s.execute(TIMELINE_OF, {"claim": claim.id}).mappings().all() if timeline is True else timeline
+        if entries:
+            out["timeline"] = [{"status": e["status"], "at": iso(e["at"]), "detail": e["detail"]} for e in entries]
         return out
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Index, Integer, MetaData, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from hms.runtime.database import EnumText, UtcDateTime
+from hms.runtime.database import EnumText, UtcDateTime, table_of
 
 
 class PaymentState(enum.StrEnum):
@@ -82,6 +82,9 @@ class Payment(Base):
     def event(self, **more: Any) -> dict[str, Any]:
         """The data of an event about this payment (payment.sent, .returned, .settled): whose, how much, and `more`."""
         return payment_event(self, **more)
+
+
+ACCOUNTS, PAYMENTS = table_of(Account), table_of(Payment)  # their tables, for Core statements
 
 
 def payment_event(p: Any, **more: Any) -> dict[str, Any]:

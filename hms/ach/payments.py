@@ -24,14 +24,14 @@ from sqlalchemy import CursorResult, bindparam, select, update
 
 from hms.bus import iso
 from hms.bus.tracing import trace_id
-from hms.runtime import Unit, table_of, utcnow
+from hms.runtime import Unit, utcnow
 
 from .bank import BankDeclined, BankProvider, BankUnavailable, Transfer
-from .models import Account, Payment, PaymentState, Setting, payment_event
+from .models import ACCOUNTS, PAYMENTS, Payment, PaymentState, Setting, payment_event
 
 log = logging.getLogger("hms.ach")
 NEVER = threading.Event()
-ACCOUNTS, PAYMENTS = table_of(Account), table_of(Payment)
+PAGE = 100  # payments the payer takes a pass
 # Core statements built once, not the ORM: each runs once per payment (bench/ANALYSIS.md).
 TAKE = (
     update(PAYMENTS)
@@ -101,7 +101,7 @@ class Payer:
                 self._originator = u.get_one(Setting, "originator").value
         return self._originator
 
-    def run_once(self, stop: threading.Event = NEVER, limit: int = 100) -> int:
+    def run_once(self, stop: threading.Event = NEVER, limit: int = PAGE) -> int:
         """Recover stale sends, then pay every due payment until `stop`; returns how many were tried."""
         now = utcnow()
         with self.units() as s:

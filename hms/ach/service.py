@@ -14,17 +14,16 @@ from sqlalchemy import bindparam, delete, select
 
 from hms.bus import Event, ReplyError, iso
 from hms.contracts.vocabulary import bank_details_problem
-from hms.runtime import Consumer, Service, Unit, Worker, table_of, utcnow
+from hms.runtime import Consumer, Service, Unit, Worker, utcnow
 
 from .bank import BankDeclined, SandboxBank
-from .models import Account, Base, Notice, Payment, PaymentState
+from .models import ACCOUNTS, PAYMENTS, Account, Base, Notice, Payment, PaymentState
 from .nacha import NachaRail
-from .payments import Payer
+from .payments import PAGE, Payer
 
 log = logging.getLogger("hms.ach")
-PAGE = 100  # payments the payer takes a pass
-ACCOUNTS, PAYMENTS = table_of(Account), table_of(Payment)
-ACCOUNT_OF = select(ACCOUNTS.c.id).where(ACCOUNTS.c.claim_id == bindparam("claim"))
+ACCOUNT_OF = select(ACCOUNTS).where(ACCOUNTS.c.claim_id == bindparam("claim"))
+ADD_PAYMENT = PAYMENTS.insert()
 PAYMENT_OF = select(PAYMENTS.c.id).where(PAYMENTS.c.claim_id == bindparam("claim"))
 
 
@@ -86,14 +85,11 @@ class Ach:
         if s.execute(s.insert_new(ACCOUNTS), row).first():
             account: Account | None = Account(**row)  # stored as given (not added to the session: nothing to flush)
         else:  # the claim has its account already: a retry, or another citizen's claim id
-            account = self._account_of(s, row["claim_id"])
+            found = s.execute(ACCOUNT_OF, {"claim": row["claim_id"]}).first()
+            account = Account(**found._mapping) if found else None
         if account is None or account.citizen != req["citizen"]:
             raise ReplyError(409, "Claim exists", "this claim id belongs to another citizen", "claimId")
         return {"accountId": account.id, "account": account.masked, "accountType": account.account_type}
-
-    @staticmethod
-    def _account_of(s: Unit, claim_id: str) -> Account | None:
-        return s.scalars(select(Account).where(Account.claim_id == claim_id)).first()
 
     def ledger(self, s: Unit, event: Event) -> dict[str, Any]:
         """A page of payments with the bank's transfer count for each claim.
@@ -157,7 +153,8 @@ class Ach:
         claim_id, citizen = event.data["claimId"], event.data["citizen"]
         if s.execute(PAYMENT_OF, {"claim": claim_id}).first():
             return  # the unique constraint would refuse it too: one payment per claim
-        account_id = s.execute(ACCOUNT_OF, {"claim": claim_id}).scalar()
+        account = s.execute(ACCOUNT_OF, {"claim": claim_id}).first()
+        account_id = account.id if account else None
         if account_id is None:
             # A claim submitted under contract v1 (before claims carried their account): the citizen's latest.
             latest = select(Account.id).where(Account.citizen == citizen, Account.claim_id.is_(None))
@@ -178,7 +175,7 @@ class Ach:
             "created_at": now,
             "traceparent": event.traceparent,
         }
-        s.execute(PAYMENTS.insert(), payment)
+        s.execute(ADD_PAYMENT, payment)
         s.wake("payments")  # wake the payer when the payment is there to see
 
     def forget_account(self, s: Unit, event: Event) -> None:
@@ -194,7 +191,7 @@ class Ach:
         """
         if self.rail is not None:
             return self.rail.run_once(stop)
-        tried = self.payer.run_once(stop, limit=PAGE)
+        tried = self.payer.run_once(stop)
         return tried if tried >= PAGE else 0
 
     def breakers(self) -> dict[str, str]:

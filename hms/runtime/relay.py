@@ -48,6 +48,7 @@ class Relay:
         self._retry: dict[str, float] = {}
         self._lock = threading.Lock()
         self._delete_sent = delete(table).where(table.c.event_id == bindparam("eid"))
+        self._unsent = select(table).order_by(table.c.seq).limit(bindparam("n"))
 
     def wake(self) -> None:
         """New rows were committed: look at the outbox now."""
@@ -115,9 +116,8 @@ class Relay:
         # No high-water mark: rows commit out of sequence order on PostgreSQL, and other processes
         # (a CLI replay) write rows too. Every committed row not in flight is a candidate; those in flight are
         # skipped here rather than in SQL (a NOT IN of thousands of ids costs more to build than to read past).
-        q = select(self.table).order_by(self.table.c.seq).limit(limit + len(skip))
         with self.serial, self.engine.connect() as c:
-            rows = [r for r in c.execute(q) if r.event_id not in skip]
+            rows = [r for r in c.execute(self._unsent, {"n": limit + len(skip)}) if r.event_id not in skip]
             c.rollback()
         if len(rows) >= limit:
             rows = rows[:limit]

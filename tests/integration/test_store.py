@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 from hms.bus import Contracts, Event
 from hms.bus.memory import MemoryBus
 from hms.runtime import ServiceStore, messaging_tables
+from hms.runtime.database import make_engine
 from tests.conftest import eventually
 
 SUBMITTED = {"claimId": "c1", "citizen": "diego", "submittedAt": "2026-11-27T10:00:00Z"}
@@ -369,3 +371,23 @@ def test_units_on_one_thread_reuse_a_session_but_never_share_one(make_store: Mak
     assert ran == ["committed"]
     with store.engine.connect() as c:
         assert sorted(c.execute(select(effects.c.event_id)).scalars()) == ["inner", "outer"]
+
+
+def test_a_sqlite_transaction_holds_the_write_lock_from_its_begin(tmp_path: Path) -> None:
+    """Every transaction on SQLite begins IMMEDIATE: one that only read so far already keeps other writers out, so
+    a reader that later writes never deadlocks with another. Checked from a plain sqlite3 connection."""
+    path = tmp_path / "lock.db"
+    engine = make_engine(f"sqlite:///{path}", "svc")
+    with engine.begin() as c:
+        c.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with engine.connect() as c:
+            c.execute(select(func.count()).select_from(Table("t", MetaData(), Column("x", Integer))))
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # free again once that transaction ended
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        engine.dispose()

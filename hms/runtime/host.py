@@ -76,13 +76,10 @@ class Mesh:
         # What the gateway gets: the bus, its requests signed as the gateway; nothing of the runtime.
         self.client: Bus = Signed(self.bus, lambda: self.credentials("gateway"))
         self.telemetry.add_collector(lambda: outbox_gauge({n: st.outbox_backlog for n, st in self.stores.items()}))
+        # Breakers from the services declared, not those registered: /metrics may be asked before the mesh opens.
         self.telemetry.add_collector(
             lambda: breaker_gauge(
-                {
-                    (name, breaker): state
-                    for name, reg in self.registrations.items()
-                    for breaker, state in reg.info.breakers().items()
-                }
+                {(info.name, breaker): state for info in self._infos for breaker, state in info.breakers().items()}
             )
         )
 

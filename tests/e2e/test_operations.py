@@ -10,6 +10,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client import generate_latest
+
+from hms import create_app
+from hms.runtime import mesh_of
 from tests.conftest import DIEGO
 from tests.e2e.proc import HmsProcess, free_port
 from tests.e2e.test_faults import tokens
@@ -31,6 +35,19 @@ def test_two_hundred_idle_connections_do_not_keep_a_citizen_out(hms_process: Cal
     finally:
         for s in idle:
             s.close()
+
+
+def test_the_breakers_are_in_the_metrics_before_the_mesh_opens(tmp_path: Path, nats: NatsServer) -> None:
+    """`hms worker` serves /metrics before its mesh opens: the first scrape already has every breaker's state."""
+    settings = {"HMS_INSTANCE_PATH": str(tmp_path / "instance"), "HMS_BUS_URL": nats.url, "HMS_SERVICES": ["ach"]}
+    app = create_app(settings)
+    mesh = mesh_of(app)
+    try:
+        mesh.upgrade()
+        text = generate_latest(mesh.telemetry.registry).decode()
+        assert 'hms_breaker_state{breaker="bank",service="ach",state="closed"} 1.0' in text
+    finally:
+        mesh.close()
 
 
 def test_a_worker_serves_its_metrics(nats: NatsServer, hms_process: Callable[..., HmsProcess]) -> None:

@@ -27,6 +27,8 @@ claims = Blueprint("claims", __name__, url_prefix="/claims", description="Unempl
 audit = Blueprint("audit", __name__, url_prefix="/audit", description="Reports for auditors")
 mesh = Blueprint("mesh", __name__, url_prefix="/mesh", description="The service registry")
 health = Blueprint("health", __name__, description="Liveness and readiness")
+# Schemas built once (webargs builds a schema given to `arguments` as a class again on every request).
+CLAIM_IN, DEPOSIT_IN, REPORT_QUERY = s.ClaimIn(), s.DirectDepositIn(), s.ReportQuery()
 
 
 def ask(subject: str, data: dict[str, Any], version: int = 1) -> Any:
@@ -86,13 +88,12 @@ def fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-# Schemas are passed to `arguments` built (webargs builds a schema given as a class again on every request).
 @claims.route("")
 class Claims(MethodView):
     @claims.doc(security=BEARER)
     @requires("citizen")
     @claims.arguments(s.SubmitHeaders(), location="headers", as_kwargs=True)
-    @claims.arguments(s.ClaimIn())
+    @claims.arguments(CLAIM_IN)
     @claims.response(201, s.ClaimOut)
     def post(self, body: dict[str, Any], idempotency_key: str | None = None) -> Any:
         """Submit a claim; a retry with the same Idempotency-Key returns the first result."""
@@ -129,7 +130,7 @@ class ClaimById(MethodView):
 class NewDirectDeposit(MethodView):
     @claims.doc(security=BEARER)
     @requires("citizen")
-    @claims.arguments(s.DirectDepositIn())
+    @claims.arguments(DEPOSIT_IN)
     @claims.response(200, s.ReissueOut)
     def put(self, body: dict[str, Any], claim_id: str) -> Any:
         """New bank details for a claim whose payment the bank sent back (account closed, no account, invalid
@@ -148,7 +149,7 @@ def reissue(citizen: str, claim_id: str, body: dict[str, Any]) -> dict[str, Any]
 @audit.route("/payouts")
 @audit.doc(security=BEARER)
 @requires("auditor")
-@audit.arguments(s.ReportQuery(), location="query", unknown=RAISE)
+@audit.arguments(REPORT_QUERY, location="query", unknown=RAISE)
 @audit.response(200, s.PayoutReport)
 def payouts(query: dict[str, Any]) -> Any:
     """Payout time (submitted to payment sent): count, p50, p90, p99, max, by day."""
@@ -158,7 +159,7 @@ def payouts(query: dict[str, Any]) -> Any:
 @audit.route("/payouts.csv")
 @audit.doc(security=BEARER)
 @requires("auditor")
-@audit.arguments(s.ReportQuery(), location="query", unknown=RAISE)
+@audit.arguments(REPORT_QUERY, location="query", unknown=RAISE)
 @audit.response(200, content_type="text/csv", description="the report by day, as CSV")
 def payouts_csv(query: dict[str, Any]) -> Response:
     """The payout-time report as CSV, one row a day and one for the whole period."""

@@ -14,16 +14,14 @@ from hms.bus.registry import discover
 from hms.contracts.vocabulary import BAD_CHECKSUM, CLAIM_STATUSES
 
 from . import operations
-from .api import ask, reissue, submit_claim
+from .api import CLAIM_IN, DEPOSIT_IN, ask, reissue, submit_claim
 from .charts import histogram_svg, percentiles_svg
 from .problems import Problem, flatten
-from .schemas import ClaimIn, DirectDepositIn
 from .security import Identity, caller
 from .signin import HOME, csrf_ok, csrf_token, sign_in_offered
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/hms")
 STAFF = ("caseworker", "admin", "auditor")
-CLAIM_IN, DEPOSIT_IN = ClaimIn(), DirectDepositIn()  # built once: a schema is costly to build per request
 # One voice for form errors: what to do, in the words of the form, whatever the validator said.
 FIELD_HELP = {
     "name": "Enter your full name.",

@@ -190,3 +190,11 @@ def bank_file(odfi: str, notices: list[dict[str, Any]]) -> str:
     )
     lines += ["9" * 94] * (blocks * 10 - len(lines))
     return "\n".join(lines) + "\n"
+
+
+def drop(folder: Path, name: str, text: str) -> None:
+    """Put a file in hms's inbound folder as docs/payments.md asks the bank's SFTP tooling to: written under a hidden
+    name, then renamed, so a running rail never reads half of it."""
+    hidden = folder / f".{name}"
+    hidden.write_text(text)
+    os.replace(hidden, folder / name)

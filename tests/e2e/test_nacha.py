@@ -23,7 +23,7 @@ from hms.ach.models import AchFile, Payment, PaymentState
 from hms.ach.nacha import NachaRail
 from hms.runtime import mesh_of
 from tests.conftest import DIEGO, eventually
-from tests.nacha_files import check_file
+from tests.nacha_files import check_file, drop
 
 NACHA = {
     "HMS_ACH_PROVIDER": "nacha",
@@ -337,7 +337,7 @@ def test_returns_and_corrections_come_back_once_and_a_returned_payment_goes_out_
     }  # an entry hms never sent
     notices = [notice("R03", sent[a], a_bank), notice("C01", sent[b], filed[b], "55556666"), stranger]
     inbound = Path(app.config["HMS_ACH_INBOUND_DIR"])
-    (inbound / "RETURNS-1.ach").write_text(bank_file("091000019", notices))
+    drop(inbound, "RETURNS-1.ach", bank_file("091000019", notices))
 
     eventually(lambda: client.get(f"/claims/{a}", headers=staff).json["status"] == "returned")
     eventually(lambda: stages() == {"submitted": 3, "sent": 3, "settled": 2, "returned": 1})
@@ -359,7 +359,7 @@ def test_returns_and_corrections_come_back_once_and_a_returned_payment_goes_out_
     assert "$600.00" in message and "no account" in message and "another account" in message
 
     # The same file dropped again (another name): read once, applied once.
-    (inbound / "RETURNS-1-again.ach").write_text(bank_file("091000019", notices))
+    drop(inbound, "RETURNS-1-again.ach", bank_file("091000019", notices))
     eventually(lambda: not list(inbound.glob("*.ach")))
     time.sleep(0.3)
     assert len([m for m in told() if m]) == 1
@@ -429,7 +429,7 @@ def test_a_citizen_gives_other_bank_details_on_the_claims_page(app: Flask, clien
     claim = client.post("/claims", json=DIEGO, headers=token("diego")).json["id"]
     eventually(lambda: payments(app).get(claim) and payments(app)[claim].state == PaymentState.SENT)
     closed = notice("R02", payments(app)[claim], DIEGO["directDeposit"])
-    (Path(app.config["HMS_ACH_INBOUND_DIR"]) / "R.ach").write_text(bank_file("091000019", [closed]))
+    drop(Path(app.config["HMS_ACH_INBOUND_DIR"]), "R.ach", bank_file("091000019", [closed]))
     eventually(lambda: payments(app)[claim].state == PaymentState.RETURNED)
     eventually(lambda: client.get(f"/claims/{claim}", headers=token("diego")).json["status"] == "returned")
 
@@ -499,7 +499,7 @@ def test_several_ach_workers_make_each_file_and_read_each_return_once(app: Flask
 
     a = next(iter(filed))
     back = notice("R03", payments(app)[a], filed[a])
-    ach.rail.inbound.joinpath("R.ach").write_text(bank_file("091000019", [back]))
+    drop(ach.rail.inbound, "R.ach", bank_file("091000019", [back]))
     race(lambda rail: rail.read_inbound())
     assert not list(ach.rail.inbound.glob("*.ach"))
     eventually(lambda: told("payment.returned") == [a])

@@ -21,14 +21,17 @@ def test_a_process_with_another_signing_key_joining_mid_load_loses_and_refuses_n
 ) -> None:
     env = {**FAST, "HMS_BUS_URL": nats.url}
     web, workers, registry = start_split_mesh(hms_process, env)
-    load = Load(web, [f"foreign-{i:04d}" for i in range(200)])
+    # Half the claims, then the rest once the other process has joined: it joins while the first half are paid,
+    # and however long it takes to start, it is a member for the second half.
+    load = Load(web, [f"foreign-{i:04d}" for i in range(200)], hold=0.5)
     load.until(0.15)
     other = hms_process(env, ["worker", "ach"], name="other-mesh", log="other-mesh.log")
     other.start()
     deadline = time.monotonic() + 30
     while not any(s["pid"] == other.proc.pid for s in registry()) and time.monotonic() < deadline:  # type: ignore[union-attr]
         time.sleep(0.2)
-    load.until(0.6)
+    load.release()
+    load.until(0.8)
     shown = {s["pid"]: s["health"].get("unverifiable") for s in registry() if s["name"] == "ach"}
     other.stop()
     load.join(180)

@@ -65,18 +65,26 @@ class Load:
     """Citizens filing claims from four threads like patient clients (retrying a dropped connection or a 5xx with
     the same Idempotency-Key); what was accepted, and what was refused for good."""
 
-    def __init__(self, web: HmsProcess, citizens: list[str]) -> None:
+    def __init__(self, web: HmsProcess, citizens: list[str], hold: float = 1.0) -> None:
+        """With `hold` below 1, the clients stop after that share of the citizens until `release()`."""
         self.web, self.citizens = web, citizens
         self.bearer = tokens(web.instance, citizens)
         self.accepted: dict[str, str] = {}
         self.failures: list[str] = []
         self._lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=lambda part=citizens[i::4]: [self._submit(c) for c in part], daemon=True)
-            for i in range(4)
-        ]
+        self._released = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(citizens[i::4], hold), daemon=True) for i in range(4)]
         for t in self.threads:
             t.start()
+
+    def _run(self, part: list[str], hold: float) -> None:
+        for n, citizen in enumerate(part):
+            if n == int(len(part) * hold) and hold < 1:
+                self._released.wait()
+            self._submit(citizen)
+
+    def release(self) -> None:
+        self._released.set()
 
     def _submit(self, citizen: str) -> None:
         headers = {"Authorization": f"Bearer {self.bearer[citizen]}", "Idempotency-Key": f"key-{citizen}"}

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import MetaData, Table, event, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import MetaData, Table, select, text
+from sqlalchemy.orm import sessionmaker
 
 from hms.bus import DEFAULT_BACKOFF, Bus, Event, Subscription
 
@@ -56,8 +56,14 @@ class ServiceStore:
         self._serial: Any = threading.RLock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
         self.events = Outbox(name, self.outbox, getattr(bus, "contracts", None))
         self._idle = threading.local()
-        self.Session = sessionmaker(self.engine, class_=Unit, expire_on_commit=False, outbox=self.events, wake=wake)
-        event.listen(self.Session, "after_commit", self._after_commit)
+        self.Session = sessionmaker(
+            class_=Unit,
+            engine=self.engine,
+            expire_on_commit=False,
+            join_transaction_mode="rollback_only",
+            outbox=self.events,
+            wake=wake,
+        )
         self.relay = Relay(
             name, self.outbox, self.engine, self._serial, bus, poll_interval=poll_interval, credentials=credentials
         )
@@ -78,17 +84,20 @@ class ServiceStore:
             s = self.Session()
         self._idle.unit = None
         try:
-            with self._serial, s, s.begin():
-                yield s
+            with self._serial:
+                with s:
+                    yield s
+                    if s.in_transaction():  # the ORM was used: flush it (the unit's connection commits below)
+                        s.commit()
+                    s.end(commit=True)
+            if s.info.get("outbox"):
+                self.relay.wake()
+            for callback in s.info.get("after_commit", ()):
+                callback()
         finally:
+            s.end(commit=False)  # a unit that raised: its transaction rolls back
             s.info.clear()  # what a rolled-back unit meant to run after its commit
             self._idle.unit = s
-
-    def _after_commit(self, session: Session) -> None:
-        if session.info.pop("outbox", False):
-            self.relay.wake()
-        for callback in session.info.pop("after_commit", []):
-            callback()
 
     # -- consuming --------------------------------------------------------------------------
     def consume(

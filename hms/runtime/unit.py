@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from .database import insert_new, upsert
@@ -20,16 +20,41 @@ class Unit(Session):
     wakes one of the service's workers then (for what this transaction wrote).
     """
 
-    def __init__(self, *args: Any, outbox: Outbox, wake: Callable[[str], Callable[[], None]], **kw: Any) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, *, engine: Engine, outbox: Outbox, wake: Callable[[str], Callable[[], None]], **kw: Any) -> None:
+        """A unit on `engine`; the store opens it (`ServiceStore.session`) and ends it."""
+        self._engine = engine
+        self._connection: Connection | None = None
+        super().__init__(**kw)
         self.outbox, self._wake = outbox, wake
+
+    # The unit's transaction is a connection's, begun by the first statement and ended by the store (`end`). Core
+    # statements run on it directly; the ORM joins it (as its bind) only when a handler uses the ORM: a session
+    # transaction of its own would cost about half as much again as the connection's for each unit.
+    @property
+    def bind(self) -> Connection:
+        if self._connection is None:
+            self._connection = self._engine.connect()
+            self._connection.begin()
+        return self._connection
+
+    @bind.setter
+    def bind(self, value: Any) -> None:  # Session.__init__ sets it; the unit's is always its own connection
+        pass
+
+    def end(self, *, commit: bool) -> None:
+        """Commit (or roll back) the unit's transaction, if a statement began one, and give its connection back."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with connection:
+                if commit:
+                    connection.commit()
 
     def execute(self, statement: Any, params: Any = None, **kw: Any) -> Any:
         """As `Session.execute`; a Core statement (no ORM entity, no option) goes straight to the transaction's
         connection: the session's path adds nothing to it (no autoflush, no loading) but costs a third more."""
         if kw or getattr(statement, "_propagate_attrs", True):  # SQLAlchemy marks ORM statements so
             return super().execute(statement, params, **kw)
-        return self.connection().execute(statement, params)
+        return self.bind.execute(statement, params)
 
     def emit(self, subject: str, data: dict[str, Any], *, traceparent: str | None = None) -> str:
         """Put an event in the outbox inside this transaction; returns its id."""

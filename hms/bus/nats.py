@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -148,6 +149,7 @@ class NatsBus(Engine):
         self._thread.start()
         self._subs: list[_NatsSubscription] = []
         self._buckets: dict[str, Any] = {}  # update(): key-value buckets by name
+        self._written: dict[tuple[str, str], tuple[bytes | None, int, float]] = {}  # update(): last value, revision
         self._outgoing: list[tuple[bool, Event, dict[str, str], Future[None]]] = []
         self._outgoing_lock = threading.Lock()
         self._awaiting_ack: dict[str, tuple[Event, Future[None]]] = {}
@@ -366,22 +368,29 @@ class NatsBus(Engine):
         return kv
 
     async def _update(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], ttl: float) -> bytes:
+        """A compare-and-set on the key's revision. It starts from what this process last wrote there (nothing, if
+        that is older than `ttl`), not from a read: the usual update is one round trip, and a wrong guess (another
+        process wrote since, or the value expired) fails the revision check, reads, and changes what it read."""
         kv = await self._bucket(bucket, ttl)
+        now = time.monotonic()
+        old, revision, until = self._written.get((bucket, key), (None, 0, now))
+        if until <= now:
+            old, revision = None, 0  # 0: the key must not exist
         for _ in range(100):
-            try:
-                entry = await kv.get(key)
-                old, revision = entry.value, entry.revision
-            except nats.js.errors.KeyNotFoundError:
-                old, revision = None, None
             new = change(old)
             try:
-                if revision is None:
-                    await kv.create(key, new)
-                else:
-                    await kv.update(key, new, last=revision)
-                return new
+                revision = await kv.update(key, new, last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # another process changed it since we read it: read again
+                try:
+                    entry = await kv.get(key)
+                    old, revision = entry.value, entry.revision
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError) as gone:
+                    old, revision = None, getattr(gone.entry, "revision", None) or 0
+                continue
+            if len(self._written) > 10_000:  # forget what has expired, so memory stays bounded
+                self._written = {k: v for k, v in self._written.items() if v[2] > now}
+            self._written[(bucket, key)] = (new, revision, now + ttl)
+            return new
         raise BusError(f"{bucket}/{key}: changed by others 100 times in a row")
 
     # -- subscribing ------------------------------------------------------------------------

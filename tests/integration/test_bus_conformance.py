@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -363,3 +364,29 @@ def test_update_changes_a_shared_value_atomically_and_forgets_it_after_its_ttl(r
     if hasattr(raw_bus, "js"):  # the next run starts with no buckets
         for bucket in ("t_counts", "t_short"):
             raw_bus._call(raw_bus.js.delete_key_value(bucket))  # type: ignore[attr-defined]
+
+
+def test_update_by_two_processes_loses_no_change(nats_server: Any) -> None:
+    """Two connections (two processes) on one key: each starts an update from what it last wrote, which the other
+    has changed since; the revision check makes it read again, so no increment is lost."""
+    a, b = (connect(nats_server.url, None, stream="TWO", event_subjects=["t.>"]) for _ in range(2))
+
+    def add_one(old: bytes | None) -> bytes:
+        return str(int(old or b"0") + 1).encode()
+
+    try:
+        assert [bus.update("t_two", "k", add_one, ttl=5) for bus in (a, b, a, a, b)] == [b"1", b"2", b"3", b"4", b"5"]
+        threads = [
+            threading.Thread(target=lambda bus=bus: [bus.update("t_two", "k", add_one, ttl=5) for _ in range(50)])
+            for bus in (a, b, a, b)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert b.update("t_two", "k", lambda old: old or b"", ttl=5) == b"205"
+    finally:
+        a._call(a.js.delete_key_value("t_two"))  # type: ignore[attr-defined]
+        a._call(a.js.delete_stream("TWO"))  # type: ignore[attr-defined]
+        a.close()
+        b.close()

@@ -127,7 +127,7 @@ def test_reconcile_counts_only_its_own_transfers_on_a_shared_statement(
             assert other_client.post("/claims", json=DIEGO, headers=headers).status_code == 201
         assert client.post("/claims", json=DIEGO, headers=token("diego")).status_code == 201
         statement = Path(app.config["HMS_ACH_SANDBOX_STATEMENT"])
-        eventually(lambda: len(statement.read_text().splitlines()) == 3)
+        eventually(lambda: statement.exists() and len(statement.read_text().splitlines()) == 3)
         for deployment, claims in ((app, 1), (other, 2)):
             runner = deployment.test_cli_runner()
             eventually(lambda r=runner: r.invoke(args=["audit", "reconcile", "--strict"]).exit_code == 0)

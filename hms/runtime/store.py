@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from hms.bus import DEFAULT_BACKOFF, Bus, Event, Subscription
 
 from . import migrations
-from .database import make_engine
+from .database import Checkpointer, make_engine
 from .deadletters import DeadLetters, dead_letters_table
 from .inbox import Inbox, inbox_table
 from .outbox import Outbox, outbox_table
@@ -67,6 +67,7 @@ class ServiceStore:
         self.relay = Relay(
             name, self.outbox, self.engine, self._serial, bus, poll_interval=poll_interval, credentials=credentials
         )
+        self.checkpointer = Checkpointer(self.engine)
         self.consumed = Inbox(self.inbox, self.session, self.engine)
         self.dead = DeadLetters(name, self.dead_letters, self.session)
         self._subscriptions: list[dict[str, Any]] = []
@@ -147,10 +148,12 @@ class ServiceStore:
 
     # -- running ----------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the consumers, and relaying committed outbox rows to the bus (also those left by a crash)."""
+        """Start the consumers, relaying committed outbox rows to the bus (also those left by a crash), and (SQLite)
+        checkpointing the write-ahead log in the background."""
         if not self._active:
             self._active = [self.bus.subscribe(**sub) for sub in self._subscriptions]
         self.relay.start()
+        self.checkpointer.start()
 
     def stop(self) -> None:
         """Stop the consumers and the relay; unpublished rows stay in the outbox for the next start."""
@@ -158,6 +161,7 @@ class ServiceStore:
             sub.unsubscribe()
         self._active = []
         self.relay.stop()
+        self.checkpointer.stop()
 
     def relay_once(self, limit: int = 500) -> int:
         """Publish the outbox rows not in flight now (tests and tools; the relay thread does this on its own)."""

@@ -166,7 +166,11 @@ class Checkpointer:
 
     def _run(self) -> None:
         assert self.path is not None
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:  # commits fall back to AUTOCHECKPOINT_PAGES
+            log.warning("checkpoints of %s: cannot open it: %s", self.path, exc)
+            return
         try:
             while not self._stop.wait(self.interval):
                 try:

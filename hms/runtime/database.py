@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import logging
-import sqlite3
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,10 +14,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import DateTime, String, TypeDecorator
 
-log = logging.getLogger("hms.mesh")
 # A commit that fills SQLite's write-ahead log past this many pages copies it back into the database file and syncs
-# it, inside that commit: 3-4 ms, on whichever claim's transaction comes then. The Checkpointer does it in a thread of
-# its own long before; the threshold stays as a floor for tools that run without one (SQLite's default is 1,000).
+# it, inside that commit: 3-4 ms, on whichever claim's transaction comes then. A started store does it in a worker of
+# its own long before (ServiceStore.checkpoint); the threshold stays as a floor for tools that run without one
+# (SQLite's default is 1,000).
 AUTOCHECKPOINT_PAGES = 100_000
 
 
@@ -136,46 +133,3 @@ def _upsert(dialect: str, table: Any, update: tuple[str, ...], returning: tuple[
 def _insert(dialect: str, table: Any) -> Any:
     """The INSERT of the dialect, which can say what to do with a row whose key is there already."""
     return (postgresql if dialect == "postgresql" else sqlite).insert(table)
-
-
-class Checkpointer:
-    """Copies a SQLite database's write-ahead log back into the database file every `interval` seconds, in a
-    thread and on a connection of its own (`PRAGMA wal_checkpoint(PASSIVE)`: it waits for no reader and no writer),
-    so that no unit of work pays for it in its commit. Nothing to do for another database."""
-
-    def __init__(self, engine: Engine, interval: float = 1.0) -> None:
-        u = engine.url
-        on_file = u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:")
-        self.path = u.database if on_file else None
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self.path is None or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"hms-checkpoint-{Path(self.path).stem}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            thread.join(timeout=10)
-
-    def _run(self) -> None:
-        assert self.path is not None
-        try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:  # commits fall back to AUTOCHECKPOINT_PAGES
-            log.warning("checkpoints of %s: cannot open it: %s", self.path, exc)
-            return
-        try:
-            while not self._stop.wait(self.interval):
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:  # the next round tries again; commits never wait for it
-                    log.warning("checkpoint of %s: %s", self.path, exc)
-        finally:
-            db.close()

@@ -14,12 +14,13 @@ from sqlalchemy.orm import sessionmaker
 from hms.bus import DEFAULT_BACKOFF, Bus, Event, Subscription
 
 from . import migrations
-from .database import Checkpointer, make_engine
+from .database import make_engine
 from .deadletters import DeadLetters, dead_letters_table
 from .inbox import Inbox, inbox_table
 from .outbox import Outbox, outbox_table
 from .relay import Relay
 from .unit import Unit
+from .worker import BackgroundWorker
 
 
 def messaging_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
@@ -53,7 +54,8 @@ class ServiceStore:
         self.engine = make_engine(url, name)
         # SQLite has one writer at a time. Threads of this process queue on a lock instead of in SQLite's busy
         # handler, which sleeps in steps of up to 50 ms; other processes still wait in the busy handler.
-        self._serial: Any = threading.RLock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._serial: Any = threading.RLock() if sqlite else contextlib.nullcontext()
         self.events = Outbox(name, self.outbox, getattr(bus, "contracts", None))
         self._idle = threading.local()
         self.Session = sessionmaker(
@@ -67,7 +69,8 @@ class ServiceStore:
         self.relay = Relay(
             name, self.outbox, self.engine, self._serial, bus, poll_interval=poll_interval, credentials=credentials
         )
-        self.checkpointer = Checkpointer(self.engine)
+        # SQLite: commits leave the write-ahead log to this worker (database.AUTOCHECKPOINT_PAGES).
+        self.checkpoints = BackgroundWorker(f"{name}.checkpoint", self.checkpoint, 1.0) if sqlite else None
         self.consumed = Inbox(self.inbox, self.session, self.engine)
         self.dead = DeadLetters(name, self.dead_letters, self.session)
         self._subscriptions: list[dict[str, Any]] = []
@@ -153,7 +156,8 @@ class ServiceStore:
         if not self._active:
             self._active = [self.bus.subscribe(**sub) for sub in self._subscriptions]
         self.relay.start()
-        self.checkpointer.start()
+        if self.checkpoints:
+            self.checkpoints.start()
 
     def stop(self) -> None:
         """Stop the consumers and the relay; unpublished rows stay in the outbox for the next start."""
@@ -161,7 +165,18 @@ class ServiceStore:
             sub.unsubscribe()
         self._active = []
         self.relay.stop()
-        self.checkpointer.stop()
+        if self.checkpoints:
+            self.checkpoints.stop()
+
+    def checkpoint(self, stop: threading.Event | None = None) -> int:
+        """Copy SQLite's write-ahead log back into the database file, waiting for no reader and no writer (PASSIVE),
+        outside any unit of work; the checkpoint worker does it every second. Returns 0: it never has more to do."""
+        connection = self.engine.raw_connection()  # no transaction: a checkpoint cannot run inside one
+        try:
+            connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            connection.close()
+        return 0
 
     def relay_once(self, limit: int = 500) -> int:
         """Publish the outbox rows not in flight now (tests and tools; the relay thread does this on its own)."""

@@ -394,7 +394,7 @@ def test_a_sqlite_transaction_holds_the_write_lock_from_its_begin(tmp_path: Path
 
 def test_commits_leave_the_write_ahead_log_to_the_checkpointer(tmp_path: Path) -> None:
     """No unit's commit copies SQLite's log back into the database file (3-4 ms, in someone's claim, each time the
-    log passes 1,000 pages at SQLite's default); a started store's Checkpointer does, in its own thread. Checked
+    log passes 1,000 pages at SQLite's default); a started store's checkpoint worker does, in its own thread. Checked
     from a copy of the database file alone, which holds only what was checkpointed."""
     path = tmp_path / "svc.db"
     store = ServiceStore("svc", MetaData(), f"sqlite:///{path}", MemoryBus())
@@ -413,7 +413,8 @@ def test_commits_leave_the_write_ahead_log_to_the_checkpointer(tmp_path: Path) -
         with store.session() as s:
             s.execute(text("INSERT INTO t VALUES (:x)"), {"x": x})
     assert rows_in_the_file() == 0
-    store.checkpointer.interval = 0.05
+    assert store.checkpoints is not None
+    store.checkpoints.poll = 0.05
     store.start()
     try:
         eventually(lambda: rows_in_the_file() == 1500)

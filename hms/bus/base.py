@@ -272,6 +272,26 @@ class Bus(ABC):
         """Stop delivering and release every resource."""
 
 
+class Expiring:
+    """What `Bus.update` keeps per (bucket, key): a value until a monotonic time. Expired values are never returned,
+    and are forgotten whenever twice as many are kept as after the last forgetting: memory stays bounded and a write
+    costs the same however many keys are alive."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], tuple[Any, float]] = {}
+        self._limit = 1024
+
+    def get(self, key: tuple[str, str], now: float) -> Any:
+        item = self._items.get(key)
+        return item[0] if item is not None and item[1] > now else None
+
+    def put(self, key: tuple[str, str], value: Any, until: float, now: float) -> None:
+        self._items[key] = (value, until)
+        if len(self._items) > self._limit:
+            self._items = {k: v for k, v in self._items.items() if v[1] > now}
+            self._limit = max(1024, 2 * len(self._items))
+
+
 class Engine(Bus):
     """What both engines do the same way: the checks every publish, request and subscription goes through."""
 

@@ -26,6 +26,7 @@ from .base import (
     DeadLetter,
     Engine,
     Event,
+    Expiring,
     Handler,
     NoResponders,
     ReplyError,
@@ -144,7 +145,7 @@ class MemoryBus(Engine):
         # Publishes inside the duplicate window, oldest first (insertion order = expiry order); a settled one keeps
         # only its id, so the window holds no events or futures for the garbage collector to walk.
         self._recent: OrderedDict[str, tuple[float, Future[None] | None]] = OrderedDict()
-        self._values: dict[tuple[str, str], tuple[bytes, float]] = {}  # update(): (value, expires at)
+        self._values = Expiring()  # update()
         self._closed = False
         self._timer_thread = threading.Thread(target=self._run_timers, name="hms-bus-timers", daemon=True)
         self._timer_thread.start()
@@ -349,11 +350,8 @@ class MemoryBus(Engine):
         self._check_open()
         with self._lock:
             now = time.monotonic()
-            if len(self._values) > 10_000:  # forget what expired, so memory stays bounded
-                self._values = {k: v for k, v in self._values.items() if v[1] > now}
-            found = self._values.get((bucket, key))
-            new = change(found[0] if found and found[1] > now else None)
-            self._values[(bucket, key)] = (new, now + ttl)
+            new = change(self._values.get((bucket, key), now))
+            self._values.put((bucket, key), new, now + ttl, now)
             return new
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from .base import (
     DeadLetter,
     Engine,
     Event,
+    Expiring,
     Handler,
     NoResponders,
     ReplyError,
@@ -149,7 +150,7 @@ class NatsBus(Engine):
         self._thread.start()
         self._subs: list[_NatsSubscription] = []
         self._buckets: dict[str, Any] = {}  # update(): key-value buckets by name
-        self._written: dict[tuple[str, str], tuple[bytes | None, int, float]] = {}  # update(): last value, revision
+        self._written = Expiring()  # update(): what this process last wrote, and its revision
         self._outgoing: list[tuple[bool, Event, dict[str, str], Future[None]]] = []
         self._outgoing_lock = threading.Lock()
         self._awaiting_ack: dict[str, tuple[Event, Future[None]]] = {}
@@ -373,9 +374,7 @@ class NatsBus(Engine):
         process wrote since, or the value expired) fails the revision check, reads, and changes what it read."""
         kv = await self._bucket(bucket, ttl)
         now = time.monotonic()
-        old, revision, until = self._written.get((bucket, key), (None, 0, now))
-        if until <= now:
-            old, revision = None, 0  # 0: the key must not exist
+        old, revision = self._written.get((bucket, key), now) or (None, 0)  # 0: the key must not exist
         for _ in range(100):
             new = change(old)
             try:
@@ -387,9 +386,7 @@ class NatsBus(Engine):
                 except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError) as gone:
                     old, revision = None, getattr(gone.entry, "revision", None) or 0
                 continue
-            if len(self._written) > 10_000:  # forget what has expired, so memory stays bounded
-                self._written = {k: v for k, v in self._written.items() if v[2] > now}
-            self._written[(bucket, key)] = (new, revision, now + ttl)
+            self._written.put((bucket, key), (new, revision), now + ttl, now)
             return new
         raise BusError(f"{bucket}/{key}: changed by others 100 times in a row")
 

@@ -78,8 +78,9 @@ class Load:
             t.start()
 
     def _run(self, part: list[str], hold: float) -> None:
+        held = int(len(part) * hold) if hold < 1 else -1  # the first citizen that waits for release()
         for n, citizen in enumerate(part):
-            if n == int(len(part) * hold) and hold < 1:
+            if n == held:
                 self._released.wait()
             self._submit(citizen)
 

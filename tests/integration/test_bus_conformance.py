@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -22,6 +21,7 @@ from hms.bus import (
     connect,
 )
 from tests.conftest import eventually
+from tests.natsd import NatsServer
 
 ENGINES = ["memory", "nats"]
 EVENT_SUBJECTS = ["claim.>", "payment.>", "t.>"]  # on NATS these go to JetStream; rpc.* stays core NATS
@@ -366,7 +366,7 @@ def test_update_changes_a_shared_value_atomically_and_forgets_it_after_its_ttl(r
             raw_bus._call(raw_bus.js.delete_key_value(bucket))  # type: ignore[attr-defined]
 
 
-def test_update_by_two_processes_loses_no_change(nats_server: Any) -> None:
+def test_update_by_two_processes_loses_no_change(nats_server: NatsServer) -> None:
     """Two connections (two processes) on one key: each starts an update from what it last wrote, which the other
     has changed since; the revision check makes it read again, so no increment is lost."""
     a, b = (connect(nats_server.url, None, stream="TWO", event_subjects=["t.>"]) for _ in range(2))

@@ -112,3 +112,15 @@ class HmsProcess:
         return subprocess.run(
             [sys.executable, "-m", "hms.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
+
+    def reconciled(self, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`hms audit reconcile --strict` once it passes, else its last run after `timeout`. Each service takes an
+        event at its own pace: after a broker restart metrics may record a payment an ack wait after svc marks
+        the claim paid, so a reconcile right after the last claim is paid can see a gap that closes by itself;
+        one still open after `timeout` (many ack waits) is lost."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.cli("audit", "reconcile", "--strict")
+            if run.returncode == 0 or time.monotonic() > deadline:
+                return run
+            time.sleep(1)

@@ -154,6 +154,6 @@ def run_split_mesh(nats: NatsServer, hms_process: Callable[..., HmsProcess], dat
     for i, w in enumerate(workers):
         paid_by[i] = w.log.read_text().count('"message": "payment ')
     assert all(paid_by.values()), f"both ACH workers paid some claims: {paid_by}"
-    reconcile = web.cli("audit", "reconcile", "--strict")
+    reconcile = web.reconciled()
     assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
     assert f"approved {CLAIMS}, payments {CLAIMS}, gaps 0" in reconcile.stdout

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 import nats
@@ -149,6 +150,7 @@ class NatsBus(Engine):
         self._thread = threading.Thread(target=self._loop.run_forever, name="hms-nats-loop", daemon=True)
         self._thread.start()
         self._subs: list[_NatsSubscription] = []
+        self._responders: dict[str, list[tuple[_NatsSubscription, Handler]]] = {}  # this process's, by subject
         self._buckets: dict[str, Any] = {}  # update(): key-value buckets by name
         self._written = Expiring()  # update(): what this process last wrote, and its revision
         self._outgoing: list[tuple[bool, Event, dict[str, str], Future[None]]] = []
@@ -306,6 +308,14 @@ class NatsBus(Engine):
         version: int = 1,
     ) -> Any:
         event = self._envelope(subject, data, headers=headers, version=version)
+        local = self._responders.get(subject)
+        if local:  # this process is a member of the group: it answers, as the in-process engine does
+            try:
+                return self._pool.submit(respond, local[0][1], event, self._validate).result(timeout)
+            except FutureTimeout:
+                raise BusTimeout(subject, timeout) from None
+            except Unverifiable:
+                pass  # this member cannot verify it: another member may, over NATS
         return self._call(self._request(event, timeout), timeout=timeout + 5)
 
     async def _request(self, event: Event, timeout: float) -> Any:
@@ -407,6 +417,8 @@ class NatsBus(Engine):
             self._call(self._subscribe_stream(sub, handler, options), timeout=15)
         else:
             self._call(self._subscribe_core(sub, handler), timeout=15)
+            if queue and not any(c in subject for c in "*>"):
+                self._responders.setdefault(subject, []).append((sub, handler))
         self._subs.append(sub)
         return sub
 
@@ -555,6 +567,8 @@ class NatsBus(Engine):
         await msg.term()
 
     async def _unsubscribe(self, sub: _NatsSubscription) -> None:
+        local = self._responders.get(sub.subject, [])
+        local[:] = [(s, h) for s, h in local if s is not sub]
         if sub.task is not None:
             sub.task.cancel()
         if sub.sub is not None:

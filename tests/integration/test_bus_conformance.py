@@ -18,6 +18,7 @@ from hms.bus import (
     NoResponders,
     ReplyError,
     SubjectError,
+    Unverifiable,
     connect,
 )
 from tests.conftest import eventually
@@ -390,3 +391,48 @@ def test_update_by_two_processes_loses_no_change(nats_server: NatsServer) -> Non
         a._call(a.js.delete_stream("TWO"))  # type: ignore[attr-defined]
         a.close()
         b.close()
+
+
+def test_a_process_in_a_request_s_group_answers_its_own_requests(nats_server: NatsServer) -> None:
+    """A process that is a member of a request's queue group answers its own requests, as the in-process engine
+    does, without a trip through the server. Others' requests are still shared by the group's members; a request
+    its own member cannot verify, and every request once that member is gone, goes to the group over NATS; its own
+    member's error and slowness reach it as a remote member's would."""
+    a, b, c = (connect(nats_server.url, None, stream="LOCAL", event_subjects=["t.>"]) for _ in range(3))
+    able = threading.Event()
+    able.set()
+
+    def a_answers(e: Event) -> dict[str, str]:
+        if not able.is_set():
+            raise Unverifiable("service token signed by a key this process does not know")
+        if e.data.get("fail"):
+            raise ReplyError(409, "Conflict", "refused by a", "fail")
+        if e.data.get("slow"):
+            time.sleep(1.5)
+        return {"by": "a"}
+
+    try:
+        own = a.subscribe("rpc.where", a_answers, queue="svc")
+        b.subscribe("rpc.where", lambda e: {"by": "b"}, queue="svc")
+        time.sleep(0.2)
+        assert [a.request("rpc.where", {}, 2)["by"] for _ in range(20)] == ["a"] * 20
+        assert [b.request("rpc.where", {}, 2)["by"] for _ in range(20)] == ["b"] * 20
+        assert {c.request("rpc.where", {}, 2)["by"] for _ in range(40)} == {"a", "b"}  # the group shares the rest
+
+        with pytest.raises(ReplyError) as err:
+            a.request("rpc.where", {"fail": True}, 2)
+        assert (err.value.status, err.value.field) == (409, "fail")
+        started = time.monotonic()
+        with pytest.raises(BusTimeout):
+            a.request("rpc.where", {"slow": True}, 0.3)
+        assert time.monotonic() - started < 1.2
+
+        able.clear()  # a cannot verify: b answers a's own requests
+        assert [a.request("rpc.where", {}, 2)["by"] for _ in range(5)] == ["b"] * 5
+        able.set()
+        own.unsubscribe()  # a has left the group: b answers
+        assert [a.request("rpc.where", {}, 2)["by"] for _ in range(5)] == ["b"] * 5
+    finally:
+        a._call(a.js.delete_stream("LOCAL"))  # type: ignore[attr-defined]
+        for bus in (a, b, c):
+            bus.close()

@@ -2,10 +2,11 @@
 
     python -m bench.side_by_side [--rounds 3] [--claims 300] [--steady-seconds 15] [--out FILE]
 
-Three systems, alternating in each round, each started fresh for each phase:
+Four systems, alternating in each round, each started fresh for each phase:
   peer        waitress + Flask, a Celery pool of 2 on RabbitMQ (127.0.0.1:5672, guest/guest)
   hms         `hms up`: SQLite and the in-process bus
   hms-nats    nats-server, `hms up` without ach, one `hms worker ach`
+  hms-nats-3  nats-server, `hms up` with the gateway, svc and auth, `hms worker ach`, `hms worker metrics notifier`
 
 Burst: `--claims` eligible claims from 4 keep-alive clients; claims paid per second (first POST to the last
 transfer on the bank's statement) and CPU per claim of every server-side process (the broker's included).
@@ -207,18 +208,21 @@ class Hms(System):
 
 
 class HmsNats(Hms):
-    name = "hms over NATS"
+    name = "hms over NATS (2 processes)"
     services = "gateway,svc,metrics,notifier,auth"
+    workers: tuple[tuple[str, ...], ...] = (("ach",),)  # each an `hms worker` process of its own
 
     def start(self) -> None:
         self.nats = NatsServer(self.dir / "jetstream")
         self.nats.start()
         super().start()
-        self.spawn([sys.executable, "-m", "hms.cli", "worker", "ach"], self.env(), "ach.log")
+        for services in self.workers:
+            self.spawn([sys.executable, "-m", "hms.cli", "worker", *services], self.env(), f"{services[0]}.log")
         deadline = time.monotonic() + 60
-        while not (self.dir / "instance" / "ach.db").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1)  # the worker subscribes after its database is ready
+        for services in self.workers:
+            while not (self.dir / "instance" / f"{services[0]}.db").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        time.sleep(1)  # a worker subscribes after its database is ready
 
     def env(self) -> dict[str, str]:
         return {**super().env(), "HMS_BUS_URL": self.nats.url}
@@ -229,6 +233,15 @@ class HmsNats(Hms):
     def stop(self) -> None:
         super().stop()
         self.nats.stop()
+
+
+class HmsNats3(HmsNats):
+    """The split a team would run on a machine with two cores or more: the gateway with svc (it answers the
+    gateway's decisions in its own process), ach, and the two record keepers, each process with its own GIL."""
+
+    name = "hms over NATS (3 processes)"
+    services = "gateway,svc,auth"
+    workers = (("ach",), ("metrics", "notifier"))
 
 
 def post(conn: http.client.HTTPConnection, token: str, key: str) -> tuple[int, dict[str, Any], float]:
@@ -354,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         help="write the table as a Markdown section here (bench/SIDE_BY_SIDE.md: bench.run leads with it)",
     )
     args = parser.parse_args(argv)
-    kinds: list[Callable[[Path], System]] = [Peer, Hms, HmsNats]
+    kinds: list[Callable[[Path], System]] = [Peer, Hms, HmsNats, HmsNats3]
     results: dict[str, list[dict[str, float]]] = {k.name: [] for k in kinds}  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory(prefix="hms-side-by-side-") as tmp:
         for r in range(args.rounds):

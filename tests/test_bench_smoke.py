@@ -63,7 +63,12 @@ def test_side_by_side_runs_hms_and_the_flask_celery_peer_and_checks_their_transf
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     medians = json.loads(out.read_text())["medians"]
-    assert sorted(medians) == ["Flask + Celery", "hms in-process", "hms over NATS"]
+    assert sorted(medians) == [
+        "Flask + Celery",
+        "hms in-process",
+        "hms over NATS (2 processes)",
+        "hms over NATS (3 processes)",
+    ]
     for figures in medians.values():
         assert sorted(figures) == ["cpu_ms", "payout_p50", "payout_p99", "post_p50", "post_p99", "rate"]
         assert all(v > 0 for v in figures.values()), figures

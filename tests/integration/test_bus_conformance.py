@@ -436,3 +436,41 @@ def test_a_process_in_a_request_s_group_answers_its_own_requests(nats_server: Na
         a._call(a.js.delete_stream("LOCAL"))  # type: ignore[attr-defined]
         for bus in (a, b, c):
             bus.close()
+
+
+def test_a_consumer_keeps_its_pull_open_across_expiries_and_never_holds_more_than_two_batches(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NATS engine keeps a pull request open for each consumer: an idle consumer asks again when its request
+    expires and still gets the next event at once; a slow one is never handed more than two batches (128 events)
+    that it has not acknowledged, however many wait in the stream."""
+    import hms.bus.nats as engine
+
+    monkeypatch.setattr(engine, "PULL_EXPIRES", 0.6)
+    monkeypatch.setattr(engine, "PULL_HEARTBEAT", 0.2)
+    bus = connect(nats_server.url, None, stream="PULLS", event_subjects=["t.>"])
+    try:
+        idle = Recorder()
+        bus.subscribe("t.idle", idle, queue="t.idle")
+        time.sleep(2)  # three expiries of the consumer's request
+        bus.publish("t.idle", {"n": 1}).result(5)
+        eventually(lambda: len(idle.events) == 1, timeout=1)
+
+        def slow(e: Event) -> None:
+            time.sleep(0.005)
+
+        bus.subscribe("t.slow", slow, queue="t.slow")
+        for n in range(400):
+            bus.publish("t.slow", {"n": n})
+        bus.publish("t.slow", {"n": 400}).result(5)
+        pending = []
+        while True:
+            info = bus._call(bus.js.consumer_info("PULLS", "t_slow"))  # type: ignore[attr-defined]
+            pending.append(info.num_ack_pending)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                break
+            time.sleep(0.05)
+        assert 0 < max(pending) <= 2 * engine.FETCH_BATCH, pending
+    finally:
+        bus._call(bus.js.delete_stream("PULLS"))  # type: ignore[attr-defined]
+        bus.close()

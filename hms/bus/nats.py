@@ -148,6 +148,7 @@ class _Pull:
         self.owed = 0  # messages the open request may still bring; 0: ask again
         self.heard = 0.0  # when the server last said anything on the inbox
         self.pause = 0.0  # when a request failed (no consumer, no JetStream): ask again only after a while
+        self.fruitless = False  # the open request has brought nothing yet
         self.wake = asyncio.Event()
         self.request = json.dumps(
             {"batch": FETCH_BATCH, "expires": int(PULL_EXPIRES * 1e9), "idle_heartbeat": int(PULL_HEARTBEAT * 1e9)}
@@ -157,11 +158,11 @@ class _Pull:
         self.heard = time.monotonic()
         status = (msg.headers or {}).get("Status") if not msg.data else None
         if status is None:
-            self.owed = max(0, self.owed - 1)
+            self.owed, self.fruitless = max(0, self.owed - 1), False
             self.arrived.append(msg)
         elif status != "100":  # the request is over: expired (408), ended by the server (409), no consumer (503)
             self.owed = 0
-            if status not in ("408", "409"):
+            if self.fruitless and status != "408":  # refused outright: ask again after a while, not in a loop
                 log.debug("pull on %s: %s %s", self.subject, status, (msg.headers or {}).get("Description"))
                 self.pause = self.heard + 0.5
         self.wake.set()
@@ -178,7 +179,7 @@ class _Pull:
                 if now - self.heard > 2 * PULL_HEARTBEAT:
                     self.owed = 0  # not heard from: a restarted server, a lost request
                 if self.owed == 0 and len(self.arrived) < FETCH_BATCH and now >= self.pause:
-                    self.owed, self.heard = FETCH_BATCH, now
+                    self.owed, self.heard, self.fruitless = FETCH_BATCH, now, True
                     try:
                         await self.bus.nc.publish(self.subject, self.request, reply=self.inbox)
                     except Exception as exc:  # closing, or the client's buffer full while reconnecting

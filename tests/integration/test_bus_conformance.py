@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -473,4 +474,32 @@ def test_a_consumer_keeps_its_pull_open_across_expiries_and_never_holds_more_tha
         assert 0 < max(pending) <= 2 * engine.FETCH_BATCH, pending
     finally:
         bus._call(bus.js.delete_stream("PULLS"))  # type: ignore[attr-defined]
+        bus.close()
+
+
+def test_a_consumer_the_server_refuses_asks_again_after_a_pause_not_in_a_loop(nats_server: NatsServer) -> None:
+    """A pull the server refuses outright (its consumer deleted by an operator) is asked again twice a second, not
+    as fast as the loop can go; the consumer made again, events flow again."""
+    bus = connect(nats_server.url, None, stream="REFUSED", event_subjects=["t.>"])
+    asked: list[float] = []
+    publish = bus.nc.publish  # type: ignore[attr-defined]
+
+    async def counting(subject: str, payload: bytes = b"", reply: str = "", headers: Any = None) -> None:
+        if subject.startswith("$JS.API.CONSUMER.MSG.NEXT.REFUSED."):
+            asked.append(time.monotonic())
+        await publish(subject, payload, reply=reply, headers=headers)
+
+    try:
+        got = Recorder()
+        bus.subscribe("t.r", got, queue="t.r")
+        bus.nc.publish = counting  # type: ignore[attr-defined]
+        info = bus._call(bus.js.consumer_info("REFUSED", "t_r"))  # type: ignore[attr-defined]
+        bus._call(bus.js.delete_consumer("REFUSED", "t_r"))  # type: ignore[attr-defined]
+        time.sleep(2)
+        assert 1 <= len(asked) <= 8, len(asked)
+        bus._call(bus.js.add_consumer("REFUSED", config=info.config))  # type: ignore[attr-defined]
+        bus.publish("t.r", {"n": 1}).result(5)
+        eventually(lambda: len(got.events) == 1, timeout=5)
+    finally:
+        bus._call(bus.js.delete_stream("REFUSED"))  # type: ignore[attr-defined]
         bus.close()

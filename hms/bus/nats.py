@@ -137,7 +137,8 @@ class _Pull:
     as many wait for the worker already: a delivered, unacknowledged message is never more than two batches away
     from its handler. The worker takes what has arrived, up to a batch, in stream order, one batch at a time. The
     server beats on an idle request every PULL_HEARTBEAT seconds; a request not heard from for two beats (a
-    restarted server) is asked again, as it is at once when the connection comes back.
+    restarted server) is asked again, as it is at once when the connection comes back; one the server refuses
+    outright (no consumer, no JetStream) half a second later.
     """
 
     def __init__(self, bus: NatsBus, consumer: str, handler: Handler, options: SubscribeOptions) -> None:

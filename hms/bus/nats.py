@@ -119,8 +119,8 @@ def decode(subject: str, data: bytes, headers: dict[str, str] | None, attempt: i
 
 
 class _NatsSubscription(Subscription):
-    def __init__(self, bus: NatsBus, subject: str, queue: str | None) -> None:
-        self.bus, self.subject, self.queue = bus, subject, queue
+    def __init__(self, bus: NatsBus, subject: str, queue: str | None, handler: Handler) -> None:
+        self.bus, self.subject, self.queue, self.handler = bus, subject, queue, handler
         self.sub: Any = None
         self.task: asyncio.Task[None] | None = None
         self.ephemeral: str | None = None
@@ -149,7 +149,6 @@ class _Pull:
         self.owed = 0  # messages the open request may still bring; 0: ask again
         self.heard = 0.0  # when the server last said anything on the inbox
         self.pause = 0.0  # when a request failed (no consumer, no JetStream): ask again only after a while
-        self.fruitless = False  # the open request has brought nothing yet
         self.wake = asyncio.Event()
         self.request = json.dumps(
             {"batch": FETCH_BATCH, "expires": int(PULL_EXPIRES * 1e9), "idle_heartbeat": int(PULL_HEARTBEAT * 1e9)}
@@ -159,13 +158,13 @@ class _Pull:
         self.heard = time.monotonic()
         status = (msg.headers or {}).get("Status") if not msg.data else None
         if status is None:
-            self.owed, self.fruitless = max(0, self.owed - 1), False
+            self.owed = max(0, self.owed - 1)
             self.arrived.append(msg)
         elif status != "100":  # the request is over: expired (408), ended by the server (409), no consumer (503)
-            self.owed = 0
-            if self.fruitless and status != "408":  # refused outright: ask again after a while, not in a loop
+            if self.owed == FETCH_BATCH and status != "408":  # refused outright: ask again after a while, not in a loop
                 log.debug("pull on %s: %s %s", self.subject, status, (msg.headers or {}).get("Description"))
                 self.pause = self.heard + 0.5
+            self.owed = 0
         self.wake.set()
 
     def again(self) -> None:
@@ -180,7 +179,7 @@ class _Pull:
                 if now - self.heard > 2 * PULL_HEARTBEAT:
                     self.owed = 0  # not heard from: a restarted server, a lost request
                 if self.owed == 0 and len(self.arrived) < FETCH_BATCH and now >= self.pause:
-                    self.owed, self.heard, self.fruitless = FETCH_BATCH, now, True
+                    self.owed, self.heard = FETCH_BATCH, now
                     try:
                         await self.bus.nc.publish(self.subject, self.request, reply=self.inbox)
                     except Exception as exc:  # closing, or the client's buffer full while reconnecting
@@ -221,8 +220,8 @@ class NatsBus(Engine):
         self._thread = threading.Thread(target=self._loop.run_forever, name="hms-nats-loop", daemon=True)
         self._thread.start()
         self._subs: list[_NatsSubscription] = []
-        self._pulls: set[_Pull] = set()
-        self._responders: dict[str, list[tuple[_NatsSubscription, Handler]]] = {}  # this process's, by subject
+        # This process's queue members by subject; each entry replaced whole, so a requester reads a snapshot.
+        self._responders: dict[str, tuple[_NatsSubscription, ...]] = {}
         self._buckets: dict[str, Any] = {}  # update(): key-value buckets by name
         self._written = Expiring()  # update(): what this process last wrote, and its revision
         self._outgoing: list[tuple[bool, Event, dict[str, str], Future[None]]] = []
@@ -253,8 +252,9 @@ class NatsBus(Engine):
 
         async def on_reconnect() -> None:
             log.warning("nats: reconnected to %s", self.url)
-            for pull in self._pulls:
-                pull.again()
+            for sub in self._subs:
+                if sub.pull is not None:
+                    sub.pull.again()
 
         self.nc = Client()
         servers = [s.strip() for s in self.url.split(",") if s.strip()]
@@ -385,7 +385,7 @@ class NatsBus(Engine):
         local = self._responders.get(subject)
         if local:  # this process is a member of the group: it answers, as the in-process engine does
             try:
-                return self._pool.submit(respond, local[0][1], event, self._validate).result(timeout)
+                return self._pool.submit(respond, local[0].handler, event, self._validate).result(timeout)
             except FutureTimeout:
                 raise BusTimeout(subject, timeout) from None
             except Unverifiable:
@@ -486,13 +486,13 @@ class NatsBus(Engine):
         dead_letter: DeadLetter | None = None,
     ) -> Subscription:
         options = self._options(subject, queue, max_deliver, backoff, dead_letter)
-        sub = _NatsSubscription(self, subject, queue)
+        sub = _NatsSubscription(self, subject, queue, handler)
         if self.is_event(subject):
             self._call(self._subscribe_stream(sub, handler, options), timeout=15)
         else:
             self._call(self._subscribe_core(sub, handler), timeout=15)
-            if queue and not any(c in subject for c in "*>"):
-                self._responders.setdefault(subject, []).append((sub, handler))
+            if queue:  # a request names one subject: a member on a wildcard is only ever reached over NATS
+                self._responders[subject] = (*self._responders.get(subject, ()), sub)
         self._subs.append(sub)
         return sub
 
@@ -566,7 +566,6 @@ class NatsBus(Engine):
             await self.js.add_consumer(self.stream, config=info.config)  # a create of the same name: an update
         pull = _Pull(self, str(config.name), handler, options)
         sub.sub = await self.nc.subscribe(pull.inbox, cb=pull.arrive)
-        self._pulls.add(pull)
         sub.pull = pull
         sub.task = self._loop.create_task(pull.run())
 
@@ -577,7 +576,7 @@ class NatsBus(Engine):
             log.exception("delivering a batch on %s failed", where)
 
     async def _deliver(self, msgs: list[Msg], handler: Handler, options: SubscribeOptions) -> None:
-        """Hand one fetched batch to the handler in one trip to a worker thread, in stream order, then settle each."""
+        """Hand one batch to the handler in one trip to a worker thread, in stream order, then settle each."""
         good: list[tuple[Msg, Event]] = []
         for msg in msgs:
             try:
@@ -619,9 +618,8 @@ class NatsBus(Engine):
         await msg.term()
 
     async def _unsubscribe(self, sub: _NatsSubscription) -> None:
-        self._pulls.discard(sub.pull)
-        local = self._responders.get(sub.subject, [])
-        local[:] = [(s, h) for s, h in local if s is not sub]
+        if sub in self._responders.get(sub.subject, ()):
+            self._responders[sub.subject] = tuple(s for s in self._responders[sub.subject] if s is not sub)
         if sub.task is not None:
             sub.task.cancel()
         if sub.sub is not None:

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -60,6 +61,10 @@ FORWARDED_HEADER, MAX_HOPS = "Hms-Forwarded", 64
 FETCH_BATCH = 64
 PULL_EXPIRES, PULL_HEARTBEAT = 30.0, 2.0  # seconds a pull request waits on the server; its idle heartbeat
 PUBLISH_ACK_WAIT = 5.0  # seconds for JetStream to confirm a publish before the publisher hears of a failure
+# What the loop sends, queued by any thread: (kind, subject, payload, reply inbox or "", headers, future or None).
+_DURABLE, _PLAIN, _REQUEST, _REPLY = range(4)  # an event JetStream acknowledges; a core event; a request; a reply
+_Outgoing = tuple[int, str, bytes, str, dict[str, str] | None, Future[Any] | None]
+KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")  # what a key-value bucket's key may hold (its subject's last tokens)
 
 
 def overlaps(a: str, b: str) -> bool:
@@ -189,7 +194,8 @@ class _Pull:
                     self.wake.clear()
                     wait = max(0.01, self.pause - now) if self.owed == 0 else PULL_HEARTBEAT
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), wait)
+                        async with asyncio.timeout(wait):  # no task per wait, as wait_for makes
+                            await self.wake.wait()
                     continue
                 batch, self.arrived = self.arrived[:FETCH_BATCH], self.arrived[FETCH_BATCH:]
                 await self.bus._deliver_batch(self.subject, batch, self.handler, self.options)
@@ -224,11 +230,12 @@ class NatsBus(Engine):
         self._responders: dict[str, tuple[_NatsSubscription, ...]] = {}
         self._buckets: dict[str, Any] = {}  # update(): key-value buckets by name
         self._written = Expiring()  # update(): what this process last wrote, and its revision
-        self._outgoing: list[tuple[bool, Event, dict[str, str], Future[None]]] = []
+        self._outgoing: list[_Outgoing] = []
         self._outgoing_lock = threading.Lock()
         self._awaiting_ack: dict[str, tuple[Event, Future[None]]] = {}
+        self._awaiting_reply: dict[str, tuple[str, Future[Msg]]] = {}
         self._durable: dict[str, bool] = {}  # subjects published to, and whether JetStream takes them
-        self._ack_seq = itertools.count()
+        self._seq = itertools.count()  # tokens of the ack and reply inboxes
         self._closed = False
         self._connected = False
         try:
@@ -283,6 +290,8 @@ class NatsBus(Engine):
         # a future and a timer each (what js.publish costs per message).
         self._ack_prefix = self.nc.new_inbox()
         await self.nc.subscribe(f"{self._ack_prefix}.*", cb=self._on_ack)
+        self._reply_prefix = self.nc.new_inbox()  # and replies to requests on another
+        await self.nc.subscribe(f"{self._reply_prefix}.*", cb=self._on_reply)
         config = api.StreamConfig(
             name=self.stream,
             subjects=list(self.event_subjects),
@@ -319,36 +328,56 @@ class NatsBus(Engine):
         if durable is None:
             durable = self._durable[event.subject] = any(matches(s, event.subject) for s in self.event_subjects)
         done: Future[None] = Future()
-        with self._outgoing_lock:  # one loop wake-up per burst of publishes, not one per publish
-            self._outgoing.append((durable, event, wire_headers, done))
+        if durable:  # answered on the ack inbox: registered before it can come
+            token = str(next(self._seq))
+            self._awaiting_ack[token] = (event, done)
+            self._out(_DURABLE, event.subject, encode(event), f"{self._ack_prefix}.{token}", wire_headers, done)
+        else:
+            self._out(_PLAIN, event.subject, encode(event), "", wire_headers, done)
+        return done
+
+    def _out(
+        self,
+        kind: int,
+        subject: str,
+        payload: bytes,
+        reply: str,
+        headers: dict[str, str] | None,
+        done: Future[Any] | None,
+    ) -> None:
+        """Queue a message for the loop to send: one loop wake-up per burst of messages, not one per message."""
+        with self._outgoing_lock:
+            self._outgoing.append((kind, subject, payload, reply, headers, done))
             wake = len(self._outgoing) == 1
         if wake:
             self._loop.call_soon_threadsafe(self._send_outgoing)
-        return done
 
     def _send_outgoing(self) -> None:
-        """On the loop: send every queued publish; durable ones are acknowledged on the ack inbox."""
+        """On the loop: send every queued message; durable ones are acknowledged on the ack inbox."""
         with self._outgoing_lock:
             batch, self._outgoing = self._outgoing, []
         self._loop.create_task(self._send(batch))
 
-    async def _send(self, batch: list[tuple[bool, Event, dict[str, str], Future[None]]]) -> None:
+    async def _send(self, batch: list[_Outgoing]) -> None:
         tokens = []
-        for durable, event, headers, done in batch:
+        for kind, subject, payload, reply, headers, done in batch:
             try:
-                if durable:
-                    token = str(next(self._ack_seq))
-                    self._awaiting_ack[token] = (event, done)
-                    tokens.append(token)
-                    reply = f"{self._ack_prefix}.{token}"
-                    await self.nc.publish(event.subject, encode(event), reply=reply, headers=headers)
-                else:
-                    await self.nc.publish(event.subject, encode(event), headers=headers)
-                    done.set_result(None)
+                await self.nc.publish(subject, payload, reply=reply, headers=headers)
             except Exception as exc:
-                if durable:
-                    self._awaiting_ack.pop(tokens.pop(), None)
-                done.set_exception(BusError(f"{event.subject}: broker did not take {event.id}: {exc!r}"))
+                if done is None:  # a reply: its requester times out
+                    log.debug("reply to %s not sent: %r", subject, exc)
+                    continue
+                if kind == _DURABLE:
+                    self._awaiting_ack.pop(reply.rsplit(".", 1)[-1], None)
+                elif kind == _REQUEST:
+                    self._awaiting_reply.pop(reply.rsplit(".", 1)[-1], None)
+                what = (headers or {}).get("Nats-Msg-Id", "a request")
+                done.set_exception(BusError(f"{subject}: broker did not take {what}: {exc!r}"))
+                continue
+            if kind == _DURABLE:
+                tokens.append(reply.rsplit(".", 1)[-1])
+            elif kind == _PLAIN and done is not None:
+                done.set_result(None)
         if tokens:
             self._loop.call_later(PUBLISH_ACK_WAIT, self._ack_timeout, tokens)
 
@@ -390,16 +419,32 @@ class NatsBus(Engine):
                 raise BusTimeout(subject, timeout) from None
             except Unverifiable:
                 pass  # this member cannot verify it: another member may, over NATS
-        return self._call(self._request(event, timeout), timeout=timeout + 5)
+        return self._reply_of(self._over_nats(subject, encode(event), event.headers or None, timeout))
 
-    async def _request(self, event: Event, timeout: float) -> Any:
+    def _over_nats(self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float) -> Msg:
+        """Send a request and wait for its reply. The reply comes to this connection's reply inbox and completes
+        the future there: no task, asyncio future and timer per request (what nats-py's request costs), and the
+        caller waits on the future alone."""
+        token = str(next(self._seq))
+        done: Future[Msg] = Future()
+        self._awaiting_reply[token] = (subject, done)
         try:
-            msg = await self.nc.request(event.subject, encode(event), timeout=timeout, headers=event.headers or None)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(event.subject) from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(event.subject, timeout) from None
-        return self._reply_of(msg)
+            self._out(_REQUEST, subject, payload, f"{self._reply_prefix}.{token}", headers, done)
+            return done.result(timeout)
+        except FutureTimeout:
+            raise BusTimeout(subject, timeout) from None
+        finally:
+            self._awaiting_reply.pop(token, None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        entry = self._awaiting_reply.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if entry is None or entry[1].done():
+            return  # its requester has given up
+        subject, done = entry
+        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            done.set_exception(NoResponders(subject))
+        else:
+            done.set_result(msg)
 
     @staticmethod
     def _reply_of(msg: Msg) -> Any:
@@ -435,11 +480,47 @@ class NatsBus(Engine):
 
     # -- shared values ----------------------------------------------------------------------
     def update(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], *, ttl: float) -> bytes:
+        """A compare-and-set on the key's revision. It starts from what this process last wrote there (nothing, if
+        that is older than `ttl`), not from a read: the usual update is one round trip, and a wrong guess (another
+        process wrote since, or the value expired) fails the revision check, reads, and changes what it read.
+
+        The write is a JetStream publish to the bucket's subject expecting the key's last revision (what nats-py's
+        `KeyValue.update` sends), answered on the reply inbox as a request is."""
         self._check_open()
+        if not KV_KEY.fullmatch(key) or key.startswith(".") or key.endswith("."):
+            raise BusError(f"{bucket}: {key!r} is not a key-value key (letters, digits, - / _ = and inner dots)")
         try:
-            return self._call(self._update(bucket, key, change, ttl), timeout=10)
-        except (TimeoutError, nats.errors.Error) as exc:  # JetStream away (a restart, a leader election)
-            raise BusError(f"{bucket}: the key-value store is unavailable: {exc!r}") from None
+            kv = self._buckets.get(bucket) or self._call(self._bucket(bucket, ttl), timeout=10)
+            now = time.monotonic()
+            old, revision = self._written.get((bucket, key), now) or (None, 0)  # 0: the key must not exist
+            for _ in range(100):
+                new = change(old)
+                headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(revision)}
+                reply = self._over_nats(f"$KV.{bucket}.{key}", new, headers, 5)
+                try:
+                    answer = json.loads(reply.data)
+                    error = answer.get("error")
+                except (ValueError, AttributeError):
+                    raise BusError(f"{bucket}: the key-value store answered {reply.data[:200]!r}") from None
+                if error is None:
+                    revision = answer["seq"]
+                    self._written.put((bucket, key), (new, revision), now + ttl, now)
+                    return new
+                if error.get("err_code") not in (10071, 10164):  # not a wrong last revision
+                    raise BusError(f"{bucket}: the key-value store refused {key}: {error.get('description', error)}")
+                old, revision = self._call(self._read(kv, key), timeout=10)
+        except (BusTimeout, NoResponders, TimeoutError, nats.errors.Error) as exc:  # JetStream away: a restart
+            raise BusError(f"{bucket}: the key-value store is unavailable: {exc}") from None
+        raise BusError(f"{bucket}/{key}: changed by others 100 times in a row")
+
+    @staticmethod
+    async def _read(kv: Any, key: str) -> tuple[bytes | None, int]:
+        """A key's value and revision; (None, the deletion's revision or 0) for one not there."""
+        try:
+            entry = await kv.get(key)
+            return entry.value, entry.revision
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError) as gone:
+            return None, getattr(gone.entry, "revision", None) or 0
 
     async def _bucket(self, bucket: str, ttl: float) -> Any:
         kv = self._buckets.get(bucket)
@@ -451,28 +532,6 @@ class NatsBus(Engine):
                 kv = await self.js.create_key_value(config)  # another process making it at once: the same bucket
             self._buckets[bucket] = kv
         return kv
-
-    async def _update(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], ttl: float) -> bytes:
-        """A compare-and-set on the key's revision. It starts from what this process last wrote there (nothing, if
-        that is older than `ttl`), not from a read: the usual update is one round trip, and a wrong guess (another
-        process wrote since, or the value expired) fails the revision check, reads, and changes what it read."""
-        kv = await self._bucket(bucket, ttl)
-        now = time.monotonic()
-        old, revision = self._written.get((bucket, key), now) or (None, 0)  # 0: the key must not exist
-        for _ in range(100):
-            new = change(old)
-            try:
-                revision = await kv.update(key, new, last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                try:
-                    entry = await kv.get(key)
-                    old, revision = entry.value, entry.revision
-                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError) as gone:
-                    old, revision = None, getattr(gone.entry, "revision", None) or 0
-                continue
-            self._written.put((bucket, key), (new, revision), now + ttl, now)
-            return new
-        raise BusError(f"{bucket}/{key}: changed by others 100 times in a row")
 
     # -- subscribing ------------------------------------------------------------------------
     def subscribe(
@@ -499,7 +558,7 @@ class NatsBus(Engine):
     async def _subscribe_core(self, sub: _NatsSubscription, handler: Handler) -> None:
         async def on_message(msg: Msg) -> None:
             # Hand over to a worker thread at once: a slow handler never blocks the loop.
-            self._loop.run_in_executor(self._pool, self._answer, handler, msg)
+            self._pool.submit(self._answer, handler, msg)
 
         sub.sub = await self.nc.subscribe(sub.subject, queue=sub.queue or "", cb=on_message)
 
@@ -518,14 +577,11 @@ class NatsBus(Engine):
         if not msg.reply:
             return
         if error is None:
-            coro = self.nc.publish(msg.reply, json.dumps(reply).encode())
+            self._out(_REPLY, msg.reply, json.dumps(reply).encode(), "", None, None)
         else:
-            coro = self.nc.publish(
-                msg.reply,
-                json.dumps({"error": error.to_dict()}).encode(),
-                headers={ERROR_HEADER: error.title, CODE_HEADER: str(error.status)},
-            )
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+            body = json.dumps({"error": error.to_dict()}).encode()
+            headers = {ERROR_HEADER: error.title, CODE_HEADER: str(error.status)}
+            self._out(_REPLY, msg.reply, body, "", headers, None)
 
     def _forward(self, msg: Msg, exc: Unverifiable) -> None:
         """Publish a request this process cannot verify to its subject again, for another member to answer."""
@@ -535,8 +591,7 @@ class NatsBus(Engine):
             return
         log.error("cannot verify a request on %s here; forwarding it (hop %d): %s", msg.subject, hops, exc)
         headers = {**(msg.headers or {}), FORWARDED_HEADER: str(hops)}
-        coro = self.nc.publish(msg.subject, msg.data, reply=msg.reply, headers=headers)
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+        self._out(_REPLY, msg.subject, msg.data, msg.reply, headers, None)
 
     async def _subscribe_stream(self, sub: _NatsSubscription, handler: Handler, options: SubscribeOptions) -> None:
         if options.queue:

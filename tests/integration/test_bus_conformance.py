@@ -394,6 +394,30 @@ def test_update_by_two_processes_loses_no_change(nats_server: NatsServer) -> Non
         b.close()
 
 
+def test_update_of_a_bucket_gone_from_the_server_is_a_bus_error_naming_it_at_once(nats_server: NatsServer) -> None:
+    """An update whose bucket an operator deleted (or whose JetStream is away) fails with a BusError naming the
+    bucket, at once (the server says no stream takes the subject), not a timeout or a raw client error; the callers
+    (the rate limit) catch BusError. Made again, the bucket takes updates again. A key no bucket can hold is refused
+    before anything is sent."""
+    bus = connect(nats_server.url, None, stream="GONE", event_subjects=["gone.>"])
+    try:
+        assert bus.update("t_gone", "k", lambda old: b"1", ttl=5) == b"1"
+        for bad in ("k\n", "a b", "k.*", ".k", ""):  # never a subject of another shape on the wire
+            with pytest.raises(BusError, match="is not a key-value key"):
+                bus.update("t_gone", bad, lambda old: b"x", ttl=5)
+        bus._call(bus.js.delete_key_value("t_gone"))  # type: ignore[attr-defined]
+        started = time.monotonic()
+        with pytest.raises(BusError, match="t_gone: the key-value store is unavailable"):
+            bus.update("t_gone", "k", lambda old: b"2", ttl=5)
+        assert time.monotonic() - started < 2
+        bus._buckets.clear()  # type: ignore[attr-defined]  # as a process started now would find it: made anew
+        assert bus.update("t_gone", "k", lambda old: b"fresh" if old is None else old, ttl=5) == b"fresh"
+    finally:
+        bus._call(bus.js.delete_key_value("t_gone"))  # type: ignore[attr-defined]
+        bus._call(bus.js.delete_stream("GONE"))  # type: ignore[attr-defined]
+        bus.close()
+
+
 def test_a_process_in_a_request_s_group_answers_its_own_requests(nats_server: NatsServer) -> None:
     """A process that is a member of a request's queue group answers its own requests, as the in-process engine
     does, without a trip through the server. Others' requests are still shared by the group's members; a request

@@ -67,6 +67,16 @@ _Outgoing = tuple[int, str, bytes, str, dict[str, str] | None, Future[Any] | Non
 KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")  # what a key-value bucket's key may hold (its subject's last tokens)
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The engine's event loop: uvloop's (libuv, in C) where it is installed, which runs nats-py's reads, writes,
+    callbacks and timers for less CPU than the standard library's; else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def overlaps(a: str, b: str) -> bool:
     """Whether two subject patterns can match a common subject."""
     ta, tb = a.split("."), b.split(".")
@@ -222,7 +232,7 @@ class NatsBus(Engine):
         self.url, self.contracts, self.stream, self.replicas = url, contracts, stream, replicas
         self.event_subjects, self.ack_wait = tuple(event_subjects), ack_wait
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hms-nats-handler")
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hms-nats-loop", daemon=True)
         self._thread.start()
         self._subs: list[_NatsSubscription] = []
@@ -241,6 +251,8 @@ class NatsBus(Engine):
         try:
             self._call(self._connect(name, connect_timeout), timeout=connect_timeout + 10)
         except Exception:
+            with contextlib.suppress(Exception):  # a connection made before the failure: closed with the loop
+                self._call(self.nc.close(), timeout=5)
             self._stop_loop()
             raise
 
@@ -301,19 +313,31 @@ class NatsBus(Engine):
             num_replicas=self.replicas,  # durable consumers inherit the stream's replicas
         )
         try:
-            info = await self.js.stream_info(self.stream)
-            # An update never lowers the replicas an operator set (nats stream edit): only ever up to ours.
-            config.num_replicas = max(info.config.num_replicas or 1, self.replicas)
-            if (
-                sorted(info.config.subjects or []) != sorted(self.event_subjects)
-                or (info.config.num_replicas or 1) < self.replicas
-            ):
-                await self.js.update_stream(config)
-        except nats.js.errors.NotFoundError:
-            await self.js.add_stream(config)
+            await self._keep_stream(config)
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
             await self.nc.close()
             raise BusError(f"HMS_BUS_URL: the NATS server at {self.url} has no JetStream (start it with -js)") from None
+        except nats.js.errors.APIError as exc:  # another stream holds these subjects, limits, permissions
+            await self.nc.close()
+            raise BusError(
+                f"HMS_BUS_URL: JetStream at {self.url} cannot keep the stream {self.stream} "
+                f"({', '.join(self.event_subjects)}): {exc.description}"
+            ) from None
+
+    async def _keep_stream(self, config: api.StreamConfig) -> None:
+        """Make the event stream, or bring an existing one to our subjects and at least our replicas."""
+        try:
+            info = await self.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(config)
+            return
+        # An update never lowers the replicas an operator set (nats stream edit): only ever up to ours.
+        config.num_replicas = max(info.config.num_replicas or 1, self.replicas)
+        if (
+            sorted(info.config.subjects or []) != sorted(self.event_subjects)
+            or (info.config.num_replicas or 1) < self.replicas
+        ):
+            await self.js.update_stream(config)
 
     def is_event(self, pattern: str) -> bool:
         """Whether `pattern` reaches JetStream (durable, retried) rather than core NATS."""

@@ -394,6 +394,42 @@ def test_update_by_two_processes_loses_no_change(nats_server: NatsServer) -> Non
         b.close()
 
 
+def test_a_stream_whose_subjects_another_stream_holds_is_a_bus_error_naming_both(nats_server: NatsServer) -> None:
+    """JetStream refuses a stream whose subjects overlap another's (an operator's stream, another deployment's on a
+    shared server): the engine says so in one line naming the setting, the stream and its subjects, at once, and
+    leaves no connection or loop thread behind."""
+    holder = connect(nats_server.url, None, stream="HOLDER", event_subjects=["held.>"])
+    threads = threading.active_count()
+    try:
+        started = time.monotonic()
+        with pytest.raises(BusError, match=r"HMS_BUS_URL: .*cannot keep the stream TAKER \(held\.>\): .*overlap"):
+            connect(nats_server.url, None, stream="TAKER", event_subjects=["held.>"])
+        assert time.monotonic() - started < 5
+        assert eventually(lambda: threading.active_count() <= threads, 5)
+    finally:
+        holder._call(holder.js.delete_stream("HOLDER"))  # type: ignore[attr-defined]
+        holder.close()
+
+
+def test_the_nats_engine_runs_its_loop_on_uvloop(nats_server: NatsServer) -> None:
+    """The `nats` and `test` extras install uvloop (not on Windows), and the engine's loop is uvloop's: the loop
+    that reads, writes and hands over every message, for less CPU than asyncio's (bench/ANALYSIS.md)."""
+    import uvloop  # pinned in constraints.txt: missing here is an install that does not match the pins
+
+    bus = connect(nats_server.url, None, stream="LOOP", event_subjects=["loop.>"])
+    try:
+        assert isinstance(bus._loop, uvloop.Loop)  # type: ignore[attr-defined]
+        bus.subscribe("rpc.loop", lambda event: {"echo": event.data["n"]}, queue="loop")
+        other = connect(nats_server.url, None, stream="LOOP", event_subjects=["loop.>"])
+        try:
+            assert [other.request("rpc.loop", {"n": n}, 2) for n in range(3)] == [{"echo": n} for n in range(3)]
+        finally:
+            other.close()
+    finally:
+        bus._call(bus.js.delete_stream("LOOP"))  # type: ignore[attr-defined]
+        bus.close()
+
+
 def test_update_of_a_bucket_gone_from_the_server_is_a_bus_error_naming_it_at_once(nats_server: NatsServer) -> None:
     """An update whose bucket an operator deleted (or whose JetStream is away) fails with a BusError naming the
     bucket, at once (the server says no stream takes the subject), not a timeout or a raw client error; the callers

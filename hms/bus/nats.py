@@ -64,7 +64,8 @@ PUBLISH_ACK_WAIT = 5.0  # seconds for JetStream to confirm a publish before the 
 # What the loop sends, queued by any thread: (kind, subject, payload, reply inbox or "", headers, future or None).
 _DURABLE, _PLAIN, _REQUEST, _REPLY = range(4)  # an event JetStream acknowledges; a core event; a request; a reply
 _Outgoing = tuple[int, str, bytes, str, dict[str, str] | None, Future[Any] | None]
-KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")  # what a key-value bucket's key may hold (its subject's last tokens)
+# What a key-value bucket's key may be: tokens of letters, digits, - / _ = joined by single dots (its subject's end).
+KV_KEY = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*")
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -251,7 +252,8 @@ class NatsBus(Engine):
         try:
             self._call(self._connect(name, connect_timeout), timeout=connect_timeout + 10)
         except Exception:
-            with contextlib.suppress(Exception):  # a connection made before the failure: closed with the loop
+            self._closed = True  # a bus that did not start: closing its client is not a disconnection to warn of
+            with contextlib.suppress(Exception):  # whatever the failure, the client (connected or trying) closes
                 self._call(self.nc.close(), timeout=5)
             self._stop_loop()
             raise
@@ -292,8 +294,7 @@ class NatsBus(Engine):
                 ),
                 timeout,
             )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            await self.nc.close()
+        except (TimeoutError, OSError, nats.errors.Error) as exc:  # __init__ closes the client with the loop
             reason = f" ({exc})" if str(exc) else ""
             raise BusError(f"HMS_BUS_URL: no NATS server answered at {self.url} within {timeout:g} s{reason}") from None
         self._connected = True
@@ -315,10 +316,8 @@ class NatsBus(Engine):
         try:
             await self._keep_stream(config)
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
-            await self.nc.close()
             raise BusError(f"HMS_BUS_URL: the NATS server at {self.url} has no JetStream (start it with -js)") from None
         except nats.js.errors.APIError as exc:  # another stream holds these subjects, limits, permissions
-            await self.nc.close()
             raise BusError(
                 f"HMS_BUS_URL: JetStream at {self.url} cannot keep the stream {self.stream} "
                 f"({', '.join(self.event_subjects)}): {exc.description}"
@@ -462,7 +461,7 @@ class NatsBus(Engine):
 
     async def _on_reply(self, msg: Msg) -> None:
         entry = self._awaiting_reply.pop(msg.subject.rsplit(".", 1)[-1], None)
-        if entry is None or entry[1].done():
+        if entry is None:
             return  # its requester has given up
         subject, done = entry
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
@@ -511,7 +510,7 @@ class NatsBus(Engine):
         The write is a JetStream publish to the bucket's subject expecting the key's last revision (what nats-py's
         `KeyValue.update` sends), answered on the reply inbox as a request is."""
         self._check_open()
-        if not KV_KEY.fullmatch(key) or key.startswith(".") or key.endswith("."):
+        if not KV_KEY.fullmatch(key):
             raise BusError(f"{bucket}: {key!r} is not a key-value key (letters, digits, - / _ = and inner dots)")
         try:
             kv = self._buckets.get(bucket) or self._call(self._bucket(bucket, ttl), timeout=10)

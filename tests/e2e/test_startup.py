@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.e2e.proc import free_port
+from tests.natsd import nats_server_binary
 from tests.pg import server_url
 
 
@@ -82,6 +83,29 @@ def test_a_database_server_that_does_not_answer(tmp_path: Path) -> None:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/hms"
     result = hms(tmp_path, "db", "upgrade", HMS_SVC_DATABASE_URL=url, HMS_SERVICES="svc")
     assert_one_line(result, "HMS_SVC_DATABASE_URL", "cannot use")
+
+
+def test_a_nats_server_without_jetstream_is_one_line_and_no_disconnection_warning(tmp_path: Path) -> None:
+    """A server started without -js: the engine connects, finds no JetStream, says so in one line and closes its
+    client — a bus that never started warns of no disconnection on the way out."""
+    port = free_port()
+    server = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        result = hms(tmp_path, "up", "--port", str(free_port()), HMS_BUS_URL=f"nats://127.0.0.1:{port}")
+    finally:
+        server.kill()
+        server.wait()
+    assert_one_line(result, "HMS_BUS_URL", "has no JetStream", "-js")
+    assert "disconnected" not in result.stdout + result.stderr
 
 
 def test_nats_not_running_fails_within_the_connect_timeout(tmp_path: Path) -> None:

@@ -185,11 +185,8 @@ def run_peer(coro: Coroutine[Any, Any, float]) -> float:
     nats-py or FastStream would use it too, so the ratio compares the code, not the loops."""
     from hms.bus.nats import new_loop
 
-    loop = new_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
+    with asyncio.Runner(loop_factory=new_loop) as runner:  # asyncio.run's cleanup, on that loop
+        return runner.run(coro)
 
 
 def nats_vs_raw(n: int, url: str) -> tuple[float, float]:

@@ -207,6 +207,15 @@ class Subscription(ABC):
         """Stop receiving messages."""
 
 
+class Reply:
+    """A request on its way (`Bus.send_request`): `result()` waits for its answer, once."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, wait: Callable[[], Any]) -> None:
+        self.result: Callable[[], Any] = wait
+
+
 class Bus(ABC):
     """Publish/subscribe with queue groups and request/reply, NATS semantics."""
 
@@ -242,7 +251,6 @@ class Bus(ABC):
     ) -> Subscription:
         """Call `handler(event)` for each message on `subject` (wildcards allowed); its return answers requests."""
 
-    @abstractmethod
     def request(
         self,
         subject: str,
@@ -256,6 +264,21 @@ class Bus(ABC):
 
         Raises NoResponders, BusTimeout or ReplyError.
         """
+        return self.send_request(subject, data, timeout, headers=headers, version=version).result()
+
+    @abstractmethod
+    def send_request(
+        self,
+        subject: str,
+        data: dict[str, Any],
+        timeout: float = 5.0,
+        *,
+        headers: dict[str, str] | None = None,
+        version: int = 1,
+    ) -> Reply:
+        """Send a request now and return at once: `result()` then waits for the reply, the timeout counted from
+        now, and returns or raises what `request` would (NoResponders may also come at once). The caller may do
+        other work meanwhile, or drop the reply unread."""
 
     @abstractmethod
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
@@ -356,8 +379,8 @@ class BusWrapper(Bus):
     def subscribe(self, subject: str, handler: Handler, queue: str | None = None, **kw: Any) -> Subscription:
         return self.inner.subscribe(subject, handler, queue, **kw)
 
-    def request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, **kw: Any) -> Any:
-        return self.inner.request(subject, data, timeout, **kw)
+    def send_request(self, subject: str, data: dict[str, Any], timeout: float = 5.0, **kw: Any) -> Reply:
+        return self.inner.send_request(subject, data, timeout, **kw)
 
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
         return self.inner.request_many(subject, data, timeout)

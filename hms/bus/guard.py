@@ -16,7 +16,7 @@ import jwt
 from hms.contracts import HERE as CONTRACTS
 from hms.contracts.vocabulary import MESH_AUDIENCE, SERVICE_TOKEN_TYPE
 
-from .base import Bus, BusWrapper, Event, Handler, Refused, Subscription, Unverifiable
+from .base import Bus, BusWrapper, Event, Handler, Refused, Reply, Subscription, Unverifiable
 from .subjects import matches
 from .tokens import KeySet, Verified
 
@@ -130,7 +130,7 @@ class GuardedBus(BusWrapper):
         self.guard.check((headers or {}).get(AUTH_HEADER), "publish", subject)
         return self.inner.publish(subject, data, headers=headers, **kw)
 
-    def request(
+    def send_request(
         self,
         subject: str,
         data: dict[str, Any],
@@ -138,10 +138,10 @@ class GuardedBus(BusWrapper):
         *,
         headers: dict[str, str] | None = None,
         **kw: Any,
-    ) -> Any:
+    ) -> Reply:
         # The requester names itself (Mesh.credentials); a request without a token is refused like any other.
         self.guard.check((headers or {}).get(AUTH_HEADER), "request", subject)
-        return self.inner.request(subject, data, timeout, headers=headers, **kw)
+        return self.inner.send_request(subject, data, timeout, headers=headers, **kw)
 
     def subscribe(self, subject: str, handler: Handler, queue: str | None = None, **options: Any) -> Subscription:
         service = (queue or "").split(".")[0]
@@ -173,7 +173,7 @@ class Signed(BusWrapper):
     ) -> Future[None]:
         return self.inner.publish(subject, data, headers={**self.credentials(), **(headers or {})}, **kw)
 
-    def request(
+    def send_request(
         self,
         subject: str,
         data: dict[str, Any],
@@ -181,5 +181,5 @@ class Signed(BusWrapper):
         *,
         headers: dict[str, str] | None = None,
         **kw: Any,
-    ) -> Any:
-        return self.inner.request(subject, data, timeout, headers={**self.credentials(), **(headers or {})}, **kw)
+    ) -> Reply:
+        return self.inner.send_request(subject, data, timeout, headers={**self.credentials(), **(headers or {})}, **kw)

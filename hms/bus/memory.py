@@ -29,6 +29,7 @@ from .base import (
     Expiring,
     Handler,
     NoResponders,
+    Reply,
     ReplyError,
     SubscribeOptions,
     Subscription,
@@ -188,7 +189,7 @@ class MemoryBus(Engine):
             else:  # a delivery that could not settle (its dead letter was not stored) must be deliverable again
                 del self._recent[event_id]
 
-    def request(
+    def send_request(
         self,
         subject: str,
         data: dict[str, Any],
@@ -196,14 +197,19 @@ class MemoryBus(Engine):
         *,
         headers: dict[str, str] | None = None,
         version: int = 1,
-    ) -> Any:
+    ) -> Reply:
         replies = self._ask(subject, data, headers, version)
         if not replies:
             raise NoResponders(subject)
-        done = _first_done(replies, timeout)
-        if done is None:
-            raise BusTimeout(subject, timeout)
-        return done.result()
+        deadline = time.monotonic() + timeout
+
+        def result() -> Any:
+            done = _first_done(replies, max(0.0, deadline - time.monotonic()))
+            if done is None:
+                raise BusTimeout(subject, timeout)
+            return done.result()
+
+        return Reply(result)
 
     def request_many(self, subject: str, data: dict[str, Any], timeout: float = 1.0) -> list[Any]:
         replies = self._ask(subject, data, None)

@@ -39,6 +39,7 @@ from .base import (
     Expiring,
     Handler,
     NoResponders,
+    Reply,
     ReplyError,
     SubscribeOptions,
     Subscription,
@@ -244,7 +245,8 @@ class NatsBus(Engine):
         self._outgoing: list[_Outgoing] = []
         self._outgoing_lock = threading.Lock()
         self._awaiting_ack: dict[str, tuple[Event, Future[None]]] = {}
-        self._awaiting_reply: dict[str, tuple[str, Future[Msg]]] = {}
+        self._awaiting_reply: dict[str, tuple[str, Future[Msg], float]] = {}  # token: subject, reply, deadline
+        self._next_sweep = 0.0  # when _send next drops requests whose replies were never waited for
         self._durable: dict[str, bool] = {}  # subjects published to, and whether JetStream takes them
         self._seq = itertools.count()  # tokens of the ack and reply inboxes
         self._closed = False
@@ -383,6 +385,8 @@ class NatsBus(Engine):
 
     async def _send(self, batch: list[_Outgoing]) -> None:
         tokens = []
+        if self._awaiting_reply and time.monotonic() >= self._next_sweep:
+            self._sweep_replies()
         for kind, subject, payload, reply, headers, done in batch:
             try:
                 await self.nc.publish(subject, payload, reply=reply, headers=headers)
@@ -404,6 +408,15 @@ class NatsBus(Engine):
         if tokens:
             self._loop.call_later(PUBLISH_ACK_WAIT, self._ack_timeout, tokens)
 
+    def _sweep_replies(self) -> None:
+        """Forget requests a second past their deadline: a reply dropped unread (`send_request`) whose answer never
+        came would otherwise stay for the life of the process."""
+        now = time.monotonic()
+        self._next_sweep = now + 1.0
+        for token, (_, _, deadline) in list(self._awaiting_reply.items()):
+            if deadline + 1.0 < now:
+                self._awaiting_reply.pop(token, None)
+
     async def _on_ack(self, msg: Msg) -> None:
         entry = self._awaiting_ack.pop(msg.subject.rsplit(".", 1)[-1], None)
         if entry is None or entry[1].done():
@@ -424,7 +437,7 @@ class NatsBus(Engine):
                     BusError(f"{event.subject}: broker did not confirm {event.id} within {PUBLISH_ACK_WAIT:g}s")
                 )
 
-    def request(
+    def send_request(
         self,
         subject: str,
         data: dict[str, Any],
@@ -432,28 +445,49 @@ class NatsBus(Engine):
         *,
         headers: dict[str, str] | None = None,
         version: int = 1,
-    ) -> Any:
+    ) -> Reply:
         event = self._envelope(subject, data, headers=headers, version=version)
+        deadline = time.monotonic() + timeout
         local = self._responders.get(subject)
-        if local:  # this process is a member of the group: it answers, as the in-process engine does
+        if not local:
+            sent = self._send_request(subject, encode(event), event.headers or None, timeout)
+            return Reply(lambda: self._reply_of(self._wait_reply(subject, sent, deadline, timeout)))
+        # This process is a member of the group: it answers, as the in-process engine does.
+        answer = self._pool.submit(respond, local[0].handler, event, self._validate)
+
+        def result() -> Any:
             try:
-                return self._pool.submit(respond, local[0].handler, event, self._validate).result(timeout)
+                return answer.result(max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
                 raise BusTimeout(subject, timeout) from None
             except Unverifiable:
                 pass  # this member cannot verify it: another member may, over NATS
-        return self._reply_of(self._over_nats(subject, encode(event), event.headers or None, timeout))
+            sent = self._send_request(subject, encode(event), event.headers or None, timeout)
+            return self._reply_of(self._wait_reply(subject, sent, deadline, timeout))
+
+        return Reply(result)
 
     def _over_nats(self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float) -> Msg:
-        """Send a request and wait for its reply. The reply comes to this connection's reply inbox and completes
-        the future there: no task, asyncio future and timer per request (what nats-py's request costs), and the
-        caller waits on the future alone."""
+        """Send a request and wait for its reply."""
+        deadline = time.monotonic() + timeout
+        return self._wait_reply(subject, self._send_request(subject, payload, headers, timeout), deadline, timeout)
+
+    def _send_request(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float
+    ) -> tuple[str, Future[Msg]]:
+        """Send a request; its reply comes to this connection's reply inbox and completes the returned future there:
+        no task, asyncio future and timer per request (what nats-py's request costs). A reply nobody waits for
+        any more is dropped when it comes, or swept from `_awaiting_reply` a while after its deadline."""
         token = str(next(self._seq))
         done: Future[Msg] = Future()
-        self._awaiting_reply[token] = (subject, done)
+        self._awaiting_reply[token] = (subject, done, time.monotonic() + timeout)
+        self._out(_REQUEST, subject, payload, f"{self._reply_prefix}.{token}", headers, done)
+        return token, done
+
+    def _wait_reply(self, subject: str, sent: tuple[str, Future[Msg]], deadline: float, timeout: float) -> Msg:
+        token, done = sent
         try:
-            self._out(_REQUEST, subject, payload, f"{self._reply_prefix}.{token}", headers, done)
-            return done.result(timeout)
+            return done.result(max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             raise BusTimeout(subject, timeout) from None
         finally:
@@ -463,7 +497,7 @@ class NatsBus(Engine):
         entry = self._awaiting_reply.pop(msg.subject.rsplit(".", 1)[-1], None)
         if entry is None:
             return  # its requester has given up
-        subject, done = entry
+        subject, done, _ = entry
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
             done.set_exception(NoResponders(subject))
         else:

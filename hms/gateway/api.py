@@ -14,7 +14,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from hms.bus import BusError, NoResponders, bus_of
+from hms.bus import BusError, NoResponders, Reply, bus_of
 from hms.bus.registry import discover
 
 from . import schemas as s
@@ -31,18 +31,33 @@ health = Blueprint("health", __name__, description="Liveness and readiness")
 CLAIM_IN, DEPOSIT_IN, REPORT_QUERY = s.ClaimIn(), s.DirectDepositIn(), s.ReportQuery()
 
 
+def send(subject: str, data: dict[str, Any], version: int = 1) -> Reply:
+    """Send a request to a service over the bus, as the gateway, with the configured timeout; answered later."""
+    return bus_of(current_app).send_request(subject, data, current_app.config["HMS_REQUEST_TIMEOUT_S"], version=version)
+
+
 def ask(subject: str, data: dict[str, Any], version: int = 1) -> Any:
     """Request/reply to a service over the bus, as the gateway, with the configured timeout."""
-    return bus_of(current_app).request(subject, data, current_app.config["HMS_REQUEST_TIMEOUT_S"], version=version)
+    return send(subject, data, version).result()
 
 
 def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
     """Submit a checked claim body for `citizen` (API and web UI): rate limit, the account, then the decision.
 
-    The account comes first, under the claim's new id: when ach refuses the details or cannot be reached, the
-    citizen gets the error and nothing is decided; once svc approves, ach already holds where to pay.
+    The account comes before the decision, under the claim's new id: when ach refuses the details or cannot be
+    reached, the citizen gets the error and nothing is decided; once svc approves, ach already holds where to pay.
+    The registration goes out beside the rate limit's count rather than after it (over NATS each is a trip through
+    the server), unless this process refused the citizen lately: a submission the count then refuses leaves an
+    account no claim names (as one does whose decision svc could not make), and a citizen who keeps trying past
+    the limit is counted first, so at most one such account is left per refusal a gateway process gives.
     """
     limiter = current_app.extensions["hms.ratelimit"]
+    claim_id = str(uuid.uuid4())
+
+    def register() -> Reply:
+        return send("ach.accounts.register", {"citizen": citizen, "claimId": claim_id, **body["directDeposit"]}, 2)
+
+    registration = None if limiter.refused_lately(citizen) else register()
     wait = limiter.acquire(citizen)
     if wait:
         raise Problem(
@@ -51,9 +66,8 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
             "too many claims submitted; try again later",
             headers={"Retry-After": retry_after(wait)},
         )
-    claim_id = str(uuid.uuid4())
     try:
-        account = ask("ach.accounts.register", {"citizen": citizen, "claimId": claim_id, **body["directDeposit"]}, 2)
+        account = (registration or register()).result()
         claim = _decide(citizen, claim_id, body, idempotency_key)
     except NoResponders:
         limiter.release(citizen)  # nothing served the request, so nothing was filed: a retry must not count twice

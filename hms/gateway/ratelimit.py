@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from hms.bus import Bus, BusError
+from hms.bus.base import Expiring
 
 log = logging.getLogger("hms.gateway")
 BUCKET = "hms_ratelimit"  # on NATS a key-value bucket; every gateway process counts in it
@@ -21,6 +22,7 @@ class RateLimiter:
 
     def __init__(self, bus: Bus, limit: int, window: float = 60.0, clock: Callable[[], float] = time.time) -> None:
         self.bus, self.limit, self.window, self.clock = bus, limit, window, clock
+        self._refused = Expiring()  # keys this process refused, until their wait is over
 
     def acquire(self, key: str) -> float:
         """Record a call for `key`; returns 0 when allowed, else the seconds to wait before retrying."""
@@ -37,7 +39,13 @@ class RateLimiter:
         except BusError as exc:  # the shared count is away for a moment: let the claim through rather than refuse it
             log.warning("rate limit not counted for this submission: %s", exc)
             return 0.0
+        if wait[0]:
+            self._refused.put((BUCKET, key), True, now + wait[0], now)
         return wait[0]
+
+    def refused_lately(self, key: str) -> bool:
+        """Whether this process refused `key` and the wait it gave is not over (another process may have since)."""
+        return bool(self._refused.get((BUCKET, key), self.clock()))
 
     def release(self, key: str) -> None:
         """Give back the latest call of `key`: it did nothing (the mesh could not serve it), so a retry is free."""

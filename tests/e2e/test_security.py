@@ -152,6 +152,33 @@ def test_submitting_is_rate_limited_per_citizen(app: Flask, client: FlaskClient,
     assert client.post("/claims", json=DIEGO, headers=other).status_code == 201  # another citizen is not affected
 
 
+def test_a_citizen_past_the_limit_leaves_at_most_one_unused_account_per_refusal_wait(
+    app: Flask, client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    """The gateway registers the bank details beside the rate limit's count, not after it (issue 15): a submission
+    the count refuses may leave an account no claim names. Once this process has refused a citizen, their next
+    submissions are counted first and store nothing until the wait is over. Catches: the registration sent beside
+    the count however often the citizen is refused (an account written per 429)."""
+    from sqlalchemy import func, select
+
+    from hms.ach.models import ACCOUNTS, PAYMENTS
+
+    def stored(table: Any) -> int:
+        with mesh.stores["ach"].session() as s:
+            return int(s.execute(select(func.count()).select_from(table).where(table.c.citizen == "flood")).scalar())
+
+    app.extensions["hms.ratelimit"].limit = 1
+    flood = token("flood")
+    sent = [client.post("/claims", json=DIEGO, headers={**flood, "Idempotency-Key": f"k{n}"}) for n in range(8)]
+    assert [r.status_code for r in sent] == [201] + [429] * 7
+    assert sent[0].json["status"] == "approved"
+    eventually(lambda: stored(PAYMENTS) == 1)
+    time.sleep(0.3)  # a registration sent beside a refused count has had time to land
+    assert 1 <= stored(ACCOUNTS) <= 2  # the claim's, and at most the first refused submission's
+    assert stored(PAYMENTS) == 1
+    assert client.get("/claims", headers=flood).json["total"] == 1
+
+
 def test_a_submission_nothing_could_serve_does_not_count_against_the_rate_limit(
     app: Flask, client: FlaskClient, token: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,15 +188,15 @@ def test_a_submission_nothing_could_serve_does_not_count_against_the_rate_limit(
     from hms.bus import NoResponders
 
     app.extensions["hms.ratelimit"].limit = 2
-    real_ask = api.ask
+    real_send = api.send
     down = {"ach.accounts.register"}
 
-    def ask(subject: str, data: dict[str, Any], version: int = 1) -> Any:
+    def send(subject: str, data: dict[str, Any], version: int = 1) -> Any:
         if subject in down:
             raise NoResponders(subject)  # what the bus raises when no ach process is running
-        return real_ask(subject, data, version)
+        return real_send(subject, data, version)
 
-    monkeypatch.setattr(api, "ask", ask)
+    monkeypatch.setattr(api, "send", send)
     diego = {**token("diego"), "Idempotency-Key": "patient"}
     assert [client.post("/claims", json=DIEGO, headers=diego).status_code for _ in range(4)] == [503] * 4
     assert client.get("/claims", headers=token("diego")).json["total"] == 0

@@ -132,6 +132,65 @@ def test_request_times_out(raw_bus: Bus) -> None:
     release.set()
 
 
+def test_send_request_returns_at_once_and_its_reply_waits_to_be_read(raw_bus: Bus) -> None:
+    """The request goes out and the caller goes on while the responder works; `result()` then waits for the reply,
+    the timeout counted from the send, not from the read; a reply dropped unread harms nothing after it."""
+    release, seen = threading.Event(), threading.Semaphore(0)
+
+    def slow(e: Event) -> dict[str, int]:
+        seen.release()
+        release.wait(5)
+        return {"n": e.data["n"]}
+
+    raw_bus.subscribe("rpc.later", slow, queue="q")
+    started = time.monotonic()
+    reply = raw_bus.send_request("rpc.later", {"n": 1}, timeout=4)
+    assert time.monotonic() - started < 1 and seen.acquire(timeout=2)  # sent, and the responder has it
+    release.set()
+    assert reply.result() == {"n": 1}
+
+    release.clear()
+    late = raw_bus.send_request("rpc.later", {"n": 2}, timeout=0.3)
+    assert seen.acquire(timeout=2)
+    time.sleep(0.5)
+    read = time.monotonic()
+    with pytest.raises(BusTimeout):
+        late.result()
+    assert time.monotonic() - read < 0.2  # its time was up before it was read
+    release.set()
+    raw_bus.send_request("rpc.later", {"n": 3}, timeout=2)  # never read
+    assert raw_bus.request("rpc.later", {"n": 4}, timeout=2) == {"n": 4}
+
+
+def test_nats_requests_whose_replies_are_never_read_are_forgotten(nats_server: NatsServer) -> None:
+    """Over NATS a reply comes to the requester's inbox, where it waits for its reader: a reply dropped unread is
+    forgotten when it comes, and one that never comes a second after its deadline, so a process that drops replies
+    keeps no memory of them. Catches: entries kept until a reader that never comes (one per dropped request)."""
+    a, b = (connect(nats_server.url, None, stream="UNREAD", event_subjects=["t.>"]) for _ in range(2))
+    answer = threading.Event()
+    try:
+        b.subscribe("rpc.echo", lambda e: answer.wait(5) and {"n": e.data["n"]}, queue="q")
+        b.subscribe("rpc.quick", lambda e: {"n": e.data["n"]}, queue="q")
+        time.sleep(0.2)
+        answer.set()
+        for n in range(20):
+            a.send_request("rpc.echo", {"n": n}, timeout=2)  # answered, never read
+        assert a.send_request("rpc.echo", {"n": 20}, timeout=2).result() == {"n": 20}
+        eventually(lambda: not a._awaiting_reply)  # type: ignore[attr-defined]
+        answer.clear()
+        for n in range(5):
+            a.send_request("rpc.echo", {"n": n}, timeout=0.2)  # never answered in time, never read
+        assert len(a._awaiting_reply) == 5  # type: ignore[attr-defined]
+        time.sleep(1.5)  # their replies are still to come (answer is not set): only the sweep forgets them
+        assert a.request("rpc.quick", {"n": 6}, timeout=2) == {"n": 6}  # the next send sweeps
+        assert not a._awaiting_reply  # type: ignore[attr-defined]
+    finally:
+        answer.set()
+        a._call(a.js.delete_stream("UNREAD"))  # type: ignore[attr-defined]
+        for bus in (a, b):
+            bus.close()
+
+
 def test_a_responder_error_reaches_the_requester(raw_bus: Bus) -> None:
     def refuse(e: Event) -> None:
         raise ReplyError(404, "Not found", "no such thing", "id")

@@ -385,8 +385,6 @@ class NatsBus(Engine):
 
     async def _send(self, batch: list[_Outgoing]) -> None:
         tokens = []
-        if self._awaiting_reply and time.monotonic() >= self._next_sweep:
-            self._sweep_replies()
         for kind, subject, payload, reply, headers, done in batch:
             try:
                 await self.nc.publish(subject, payload, reply=reply, headers=headers)
@@ -407,13 +405,15 @@ class NatsBus(Engine):
                 done.set_result(None)
         if tokens:
             self._loop.call_later(PUBLISH_ACK_WAIT, self._ack_timeout, tokens)
+        if self._awaiting_reply and time.monotonic() >= self._next_sweep:
+            self._sweep_replies()
 
     def _sweep_replies(self) -> None:
         """Forget requests a second past their deadline: a reply dropped unread (`send_request`) whose answer never
         came would otherwise stay for the life of the process."""
         now = time.monotonic()
         self._next_sweep = now + 1.0
-        for token, (_, _, deadline) in list(self._awaiting_reply.items()):
+        for token, (_, _, deadline) in self._awaiting_reply.copy().items():  # other threads add and take meanwhile
             if deadline + 1.0 < now:
                 self._awaiting_reply.pop(token, None)
 
@@ -449,9 +449,13 @@ class NatsBus(Engine):
         event = self._envelope(subject, data, headers=headers, version=version)
         deadline = time.monotonic() + timeout
         local = self._responders.get(subject)
-        if not local:
+
+        def over_nats() -> Callable[[], Any]:
             sent = self._send_request(subject, encode(event), event.headers or None, timeout)
-            return Reply(lambda: self._reply_of(self._wait_reply(subject, sent, deadline, timeout)))
+            return lambda: self._reply_of(self._wait_reply(subject, sent, deadline, timeout))
+
+        if not local:
+            return Reply(over_nats())
         # This process is a member of the group: it answers, as the in-process engine does.
         answer = self._pool.submit(respond, local[0].handler, event, self._validate)
 
@@ -461,9 +465,7 @@ class NatsBus(Engine):
             except FutureTimeout:
                 raise BusTimeout(subject, timeout) from None
             except Unverifiable:
-                pass  # this member cannot verify it: another member may, over NATS
-            sent = self._send_request(subject, encode(event), event.headers or None, timeout)
-            return self._reply_of(self._wait_reply(subject, sent, deadline, timeout))
+                return over_nats()()  # this member cannot verify it: another member may, over NATS
 
         return Reply(result)
 

@@ -63,7 +63,8 @@ FETCH_BATCH = 64
 PULL_EXPIRES, PULL_HEARTBEAT = 30.0, 2.0  # seconds a pull request waits on the server; its idle heartbeat
 PUBLISH_ACK_WAIT = 5.0  # seconds for JetStream to confirm a publish before the publisher hears of a failure
 # What the loop sends, queued by any thread: (kind, subject, payload, reply inbox or "", headers, future or None).
-_DURABLE, _PLAIN, _REQUEST, _REPLY = range(4)  # an event JetStream acknowledges; a core event; a request; a reply
+# An event JetStream acknowledges; a core event; a request; a reply or a forwarded request (nothing waits on it).
+_DURABLE, _PLAIN, _REQUEST, _REPLY = range(4)
 _Outgoing = tuple[int, str, bytes, str, dict[str, str] | None, Future[Any] | None]
 # What a key-value bucket's key may be: tokens of letters, digits, - / _ = joined by single dots (its subject's end).
 KV_KEY = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*")
@@ -451,8 +452,8 @@ class NatsBus(Engine):
         local = self._responders.get(subject)
 
         def over_nats() -> Callable[[], Any]:
-            sent = self._send_request(subject, encode(event), event.headers or None, timeout)
-            return lambda: self._reply_of(self._wait_reply(subject, sent, deadline, timeout))
+            wait = self._over_nats(subject, encode(event), event.headers or None, timeout, deadline)
+            return lambda: self._reply_of(wait())
 
         if not local:
             return Reply(over_nats())
@@ -469,31 +470,33 @@ class NatsBus(Engine):
 
         return Reply(result)
 
-    def _over_nats(self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float) -> Msg:
-        """Send a request and wait for its reply."""
-        deadline = time.monotonic() + timeout
-        return self._wait_reply(subject, self._send_request(subject, payload, headers, timeout), deadline, timeout)
-
-    def _send_request(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float
-    ) -> tuple[str, Future[Msg]]:
-        """Send a request; its reply comes to this connection's reply inbox and completes the returned future there:
-        no task, asyncio future and timer per request (what nats-py's request costs). A reply nobody waits for
-        any more is dropped when it comes, or swept from `_awaiting_reply` a while after its deadline."""
+    def _over_nats(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        timeout: float,
+        deadline: float | None = None,
+    ) -> Callable[[], Msg]:
+        """Send a request now; the call returned waits for its reply until `deadline` (`timeout` from now unless
+        given). The reply comes to this connection's reply inbox and completes a future there: no task, asyncio
+        future and timer per request (what nats-py's request costs). A reply nobody waits for any more is dropped
+        when it comes, or swept from `_awaiting_reply` a second after its deadline."""
+        until = time.monotonic() + timeout if deadline is None else deadline
         token = str(next(self._seq))
         done: Future[Msg] = Future()
-        self._awaiting_reply[token] = (subject, done, time.monotonic() + timeout)
+        self._awaiting_reply[token] = (subject, done, until)
         self._out(_REQUEST, subject, payload, f"{self._reply_prefix}.{token}", headers, done)
-        return token, done
 
-    def _wait_reply(self, subject: str, sent: tuple[str, Future[Msg]], deadline: float, timeout: float) -> Msg:
-        token, done = sent
-        try:
-            return done.result(max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            raise BusTimeout(subject, timeout) from None
-        finally:
-            self._awaiting_reply.pop(token, None)
+        def wait() -> Msg:
+            try:
+                return done.result(max(0.0, until - time.monotonic()))
+            except FutureTimeout:
+                raise BusTimeout(subject, timeout) from None
+            finally:
+                self._awaiting_reply.pop(token, None)
+
+        return wait
 
     async def _on_reply(self, msg: Msg) -> None:
         entry = self._awaiting_reply.pop(msg.subject.rsplit(".", 1)[-1], None)
@@ -555,7 +558,7 @@ class NatsBus(Engine):
             for _ in range(100):
                 new = change(old)
                 headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(revision)}
-                reply = self._over_nats(f"$KV.{bucket}.{key}", new, headers, 5)
+                reply = self._over_nats(f"$KV.{bucket}.{key}", new, headers, 5)()
                 try:
                     answer = json.loads(reply.data)
                     error = answer.get("error")

@@ -49,7 +49,7 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
     The registration goes out beside the rate limit's count rather than after it (over NATS each is a trip through
     the server), unless this process refused the citizen lately: a submission the count then refuses leaves an
     account no claim names (as one does whose decision svc could not make), and a citizen who keeps trying past
-    the limit is counted first, so at most one such account is left per refusal a gateway process gives.
+    the limit is counted first until the wait it was given is over: at most one such account per process and wait.
     """
     limiter = current_app.extensions["hms.ratelimit"]
     claim_id = str(uuid.uuid4())

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pybreaker
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, exists, select
 
 from hms.bus import Event, ReplyError, iso
 from hms.contracts.vocabulary import bank_details_problem
@@ -25,6 +25,11 @@ log = logging.getLogger("hms.ach")
 ACCOUNT_OF = select(ACCOUNTS).where(ACCOUNTS.c.claim_id == bindparam("claim"))
 ADD_PAYMENT = PAYMENTS.insert()
 PAYMENT_OF = select(PAYMENTS.c.id).where(PAYMENTS.c.claim_id == bindparam("claim"))
+FORGET = delete(ACCOUNTS).where(
+    ACCOUNTS.c.claim_id == bindparam("claim"),
+    ACCOUNTS.c.citizen == bindparam("citizen"),
+    ~exists().where(PAYMENTS.c.claim_id == ACCOUNTS.c.claim_id),  # details a payment uses are kept
+)
 
 
 class _LogBreaker(pybreaker.CircuitBreakerListener):
@@ -178,9 +183,13 @@ class Ach:
         s.execute(ADD_PAYMENT, payment)
         s.wake("payments")  # wake the payer when the payment is there to see
 
-    def forget_account(self, s: Unit, event: Event) -> None:
-        """A denied claim is never paid: the bank details given with it are deleted (they came before the decision)."""
-        s.execute(delete(Account).where(Account.claim_id == event.data["claimId"]))
+    def forget_account(self, s: Unit, event: Event) -> dict[str, Any]:
+        """Delete the bank details given for a claim that will never be paid (they came before the decision): a
+        denied claim's (`claim.denied`), or those of a submission svc did not file (`ach.accounts.forget`, from the
+        gateway: the rate limit refused it, svc refused the request or answered with an earlier claim under its
+        Idempotency-Key, or no svc process got it). Only the citizen's own, and never details a payment uses."""
+        gone = s.execute(FORGET, {"claim": event.data["claimId"], "citizen": event.data["citizen"]}).rowcount
+        return {"forgotten": gone > 0}
 
     def pay_due(self, stop: threading.Event) -> int:
         """Recover stale sends and pay every due payment (payments.py), or make the NACHA file due (nacha.py).
@@ -206,6 +215,7 @@ service = Service(
     publishes=["payment.sent", "payment.failed", "payment.returned", "payment.settled"],
     requests={
         "ach.accounts.register": Ach.register_account,
+        "ach.accounts.forget": Ach.forget_account,
         "ach.payments.ledger": Ach.ledger,
         "ach.payments.get": Ach.get,
         "ach.payments.reissue": Ach.reissue,

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -14,7 +15,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from hms.bus import BusError, NoResponders, Reply, bus_of
+from hms.bus import BusError, NoResponders, Reply, ReplyError, bus_of
 from hms.bus.registry import discover
 
 from . import schemas as s
@@ -22,6 +23,7 @@ from .problems import Problem
 from .ratelimit import retry_after
 from .security import identity, requires
 
+log = logging.getLogger("hms.gateway")
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 claims = Blueprint("claims", __name__, url_prefix="/claims", description="Unemployment claims")
 audit = Blueprint("audit", __name__, url_prefix="/audit", description="Reports for auditors")
@@ -47,9 +49,9 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
     The account comes before the decision, under the claim's new id: when ach refuses the details or cannot be
     reached, the citizen gets the error and nothing is decided; once svc approves, ach already holds where to pay.
     The registration goes out beside the rate limit's count rather than after it (over NATS each is a trip through
-    the server), unless this process refused the citizen lately: a submission the count then refuses leaves an
-    account no claim names (as one does whose decision svc could not make), and a citizen who keeps trying past
-    the limit is counted first until the wait it was given is over: at most one such account per process and wait.
+    the server), unless this process refused the citizen lately (then the count comes first until the wait it gave
+    is over: a citizen hammering past the limit costs ach nothing). Details registered for a submission svc then
+    does not file under that id are deleted again (`_unregister`); a denied claim's ach deletes on `claim.denied`.
     """
     limiter = current_app.extensions["hms.ratelimit"]
     claim_id = str(uuid.uuid4())
@@ -60,21 +62,59 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
     registration = None if limiter.refused_lately(citizen) else register()
     wait = limiter.acquire(citizen)
     if wait:
+        if registration is not None:
+            _unregister(registration, citizen, claim_id)
         raise Problem(
             429,
             "Too many requests",
             "too many claims submitted; try again later",
             headers={"Retry-After": retry_after(wait)},
         )
+    registration = registration or register()
     try:
-        account = (registration or register()).result()
-        claim = _decide(citizen, claim_id, body, idempotency_key)
+        account = registration.result()
     except NoResponders:
         limiter.release(citizen)  # nothing served the request, so nothing was filed: a retry must not count twice
         raise
+    try:
+        claim = _decide(citizen, claim_id, body, idempotency_key)
+    except NoResponders:
+        limiter.release(citizen)
+        _unregister(registration, citizen, claim_id)
+        raise
+    except ReplyError as exc:
+        if exc.status in NOT_FILED:
+            _unregister(registration, citizen, claim_id)
+        raise
+    if claim["id"] != claim_id:  # a replay: svc answered with the claim filed earlier under this Idempotency-Key
+        _unregister(registration, citizen, claim_id)  # (the same details as the earlier claim's: its fingerprint)
     if claim["status"] != "denied":
         claim["account"] = account["account"]
     return claim
+
+
+NOT_FILED = frozenset({400, 403, 422})  # svc's refusals of a request before or instead of filing it (not 409)
+
+
+def _unregister(registration: Reply, citizen: str, claim_id: str) -> None:
+    """Have ach delete the details registered under `claim_id`, which svc did not file: no claim will name them.
+
+    Only once the registration has answered (another ach process may take the deletion); a registration that
+    failed stored nothing. Best effort: the citizen's answer stands, and details left behind are logged.
+    """
+    try:
+        registration.result()
+    except (ReplyError, NoResponders):
+        return  # ach refused the details, or no ach process got them: nothing was stored
+    except BusError as exc:
+        problem = exc  # it timed out: whether ach stored them is not known here
+    else:
+        try:
+            ask("ach.accounts.forget", {"citizen": citizen, "claimId": claim_id})
+            return
+        except BusError as exc:
+            problem = exc
+    log.warning("bank details of unfiled claim %s may be left in ach: %s", claim_id, problem)
 
 
 def _decide(citizen: str, claim_id: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:

@@ -795,6 +795,63 @@ def test_a_denied_claims_bank_details_are_deleted_and_an_approved_ones_kept(
     assert accounts() == {approved["id"]: DIEGO["directDeposit"]["accountNumber"]}
 
 
+def test_bank_details_of_a_submission_svc_did_not_file_are_deleted(
+    client: FlaskClient, token: Any, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway registers the details under a new claim id before svc decides; when svc files nothing under
+    that id — a replay answered with the earlier claim, an Idempotency-Key reused with another body, no svc process
+    — the gateway has ach delete them, and the claim that was filed keeps its account and is paid once.
+    Catches: any of those three cases not unregistering (a second, third or fourth row for the citizen)."""
+    import hms.gateway.api as api
+    from hms.ach.models import Account
+    from hms.bus import NoResponders
+
+    def accounts() -> set[str | None]:
+        with mesh.stores["ach"].session() as s:
+            return {a.claim_id for a in s.query(Account).filter(Account.citizen == "kai")}
+
+    kai = {**token("kai"), "Idempotency-Key": "first"}
+    first = client.post("/claims", json=DIEGO, headers=kai)
+    again = client.post("/claims", json=DIEGO, headers=kai)
+    assert (first.status_code, again.status_code, again.headers.get("Idempotent-Replayed")) == (201, 201, "true")
+    assert again.json == first.json  # the earlier claim as it was answered, its account's masked number too
+    other_body = client.post("/claims", json={**DIEGO, "weeksWorked": 30}, headers=kai)
+    assert other_body.status_code == 422 and "Idempotency-Key" in other_body.json["detail"]
+    real_send = api.send
+
+    def send(subject: str, data: dict[str, Any], version: int = 1) -> Any:
+        if subject == "svc.claims.submit":
+            raise NoResponders(subject)  # what the bus raises when no svc process is running
+        return real_send(subject, data, version)
+
+    monkeypatch.setattr(api, "send", send)
+    assert client.post("/claims", json=DIEGO, headers={**kai, "Idempotency-Key": "second"}).status_code == 503
+    monkeypatch.setattr(api, "send", real_send)
+    assert accounts() == {first.json["id"]}
+    eventually(lambda: payment_for_or_none(mesh, first.json["id"]) is not None)
+    assert client.get(f"/claims/{first.json['id']}", headers=token("kai")).json["status"] in ("approved", "paid")
+
+
+def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, token: Any, mesh: Mesh) -> None:
+    """`ach.accounts.forget` deletes the details under a claim id only for their citizen and only while no
+    payment uses them. Catches: the citizen or the payment condition dropped from the deletion."""
+    from hms.ach.models import Account
+
+    def stored(claim_id: str) -> bool:
+        with mesh.stores["ach"].session() as s:
+            return s.query(Account).filter(Account.claim_id == claim_id).first() is not None
+
+    paid = client.post("/claims", json=DIEGO, headers=token("kai")).json
+    eventually(lambda: payment_for_or_none(mesh, paid["id"]) is not None)
+    ask_gateway(mesh, "ach.accounts.register", {"citizen": "lea", "claimId": "unfiled", **DIEGO["directDeposit"]}, 2)
+    forget = "ach.accounts.forget"
+    assert ask_gateway(mesh, forget, {"citizen": "kai", "claimId": paid["id"]}) == {"forgotten": False}
+    assert ask_gateway(mesh, forget, {"citizen": "kai", "claimId": "unfiled"}) == {"forgotten": False}
+    assert stored(paid["id"]) and stored("unfiled")
+    assert ask_gateway(mesh, forget, {"citizen": "lea", "claimId": "unfiled"}) == {"forgotten": True}
+    assert not stored("unfiled") and stored(paid["id"])
+
+
 def test_a_routing_number_failing_its_checksum_is_refused_by_ach(mesh: Mesh) -> None:
     from hms.bus import ReplyError
 

@@ -795,6 +795,7 @@ def test_a_denied_claims_bank_details_are_deleted_and_an_approved_ones_kept(
     assert accounts() == {approved["id"]: DIEGO["directDeposit"]["accountNumber"]}
 
 
+@pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
 def test_bank_details_of_a_submission_svc_did_not_file_are_deleted(
     client: FlaskClient, token: Any, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -832,6 +833,7 @@ def test_bank_details_of_a_submission_svc_did_not_file_are_deleted(
     assert client.get(f"/claims/{first.json['id']}", headers=token("kai")).json["status"] in ("approved", "paid")
 
 
+@pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
 def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, token: Any, mesh: Mesh) -> None:
     """`ach.accounts.forget` deletes the details under a claim id only for their citizen and only while no
     payment uses them. Catches: the citizen or the payment condition dropped from the deletion."""

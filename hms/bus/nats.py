@@ -552,27 +552,34 @@ class NatsBus(Engine):
         if not KV_KEY.fullmatch(key):
             raise BusError(f"{bucket}: {key!r} is not a key-value key (letters, digits, - / _ = and inner dots)")
         try:
-            kv = self._buckets.get(bucket) or self._call(self._bucket(bucket, ttl), timeout=10)
-            now = time.monotonic()
-            old, revision = self._written.get((bucket, key), now) or (None, 0)  # 0: the key must not exist
-            for _ in range(100):
-                new = change(old)
-                headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(revision)}
-                reply = self._over_nats(f"$KV.{bucket}.{key}", new, headers, 5)()
-                try:
-                    answer = json.loads(reply.data)
-                    error = answer.get("error")
-                except (ValueError, AttributeError):
-                    raise BusError(f"{bucket}: the key-value store answered {reply.data[:200]!r}") from None
-                if error is None:
-                    revision = answer["seq"]
-                    self._written.put((bucket, key), (new, revision), now + ttl, now)
-                    return new
-                if error.get("err_code") not in (10071, 10164):  # not a wrong last revision
-                    raise BusError(f"{bucket}: the key-value store refused {key}: {error.get('description', error)}")
-                old, revision = self._call(self._read(kv, key), timeout=10)
+            try:
+                return self._compare_and_set(bucket, key, change, ttl)
+            except NoResponders:  # no stream takes the bucket's subjects: deleted under this process; made again
+                self._buckets.pop(bucket, None)
+                return self._compare_and_set(bucket, key, change, ttl)
         except (BusTimeout, NoResponders, TimeoutError, nats.errors.Error) as exc:  # JetStream away: a restart
             raise BusError(f"{bucket}: the key-value store is unavailable: {exc}") from None
+
+    def _compare_and_set(self, bucket: str, key: str, change: Callable[[bytes | None], bytes], ttl: float) -> bytes:
+        kv = self._buckets.get(bucket) or self._call(self._bucket(bucket, ttl), timeout=10)
+        now = time.monotonic()
+        old, revision = self._written.get((bucket, key), now) or (None, 0)  # 0: the key must not exist
+        for _ in range(100):
+            new = change(old)
+            headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(revision)}
+            reply = self._over_nats(f"$KV.{bucket}.{key}", new, headers, 5)()
+            try:
+                answer = json.loads(reply.data)
+                error = answer.get("error")
+            except (ValueError, AttributeError):
+                raise BusError(f"{bucket}: the key-value store answered {reply.data[:200]!r}") from None
+            if error is None:
+                revision = answer["seq"]
+                self._written.put((bucket, key), (new, revision), now + ttl, now)
+                return new
+            if error.get("err_code") not in (10071, 10164):  # not a wrong last revision
+                raise BusError(f"{bucket}: the key-value store refused {key}: {error.get('description', error)}")
+            old, revision = self._call(self._read(kv, key), timeout=10)
         raise BusError(f"{bucket}/{key}: changed by others 100 times in a row")
 
     @staticmethod

@@ -31,6 +31,7 @@ mesh = Blueprint("mesh", __name__, url_prefix="/mesh", description="The service 
 health = Blueprint("health", __name__, description="Liveness and readiness")
 # Schemas built once (webargs builds a schema given to `arguments` as a class again on every request).
 CLAIM_IN, DEPOSIT_IN, REPORT_QUERY = s.ClaimIn(), s.DirectDepositIn(), s.ReportQuery()
+NOT_FILED = frozenset({400, 403, 422})  # svc's refusals of a request before or instead of filing it (not 409)
 
 
 def send(subject: str, data: dict[str, Any], version: int = 1) -> Reply:
@@ -87,13 +88,10 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
             _unregister(registration, citizen, claim_id)
         raise
     if claim["id"] != claim_id:  # a replay: svc answered with the claim filed earlier under this Idempotency-Key
-        _unregister(registration, citizen, claim_id)  # (the same details as the earlier claim's: its fingerprint)
-    if claim["status"] != "denied":
+        _unregister(registration, citizen, claim_id)
+    if claim["status"] != "denied":  # a replay's body matched the first's (its fingerprint): the same account
         claim["account"] = account["account"]
     return claim
-
-
-NOT_FILED = frozenset({400, 403, 422})  # svc's refusals of a request before or instead of filing it (not 409)
 
 
 def _unregister(registration: Reply, citizen: str, claim_id: str) -> None:

@@ -208,12 +208,26 @@ class Subscription(ABC):
 
 
 class Reply:
-    """A request on its way (`Bus.send_request`): `result()` waits for its answer, once."""
+    """A request on its way (`Bus.send_request`): `result()` waits for its answer; a later call returns (or raises)
+    what the first did, without waiting or sending again (an engine's wait may send: a request its own member could
+    not verify goes on over NATS)."""
 
-    __slots__ = ("result",)
+    __slots__ = ("_wait", "_outcome")
 
     def __init__(self, wait: Callable[[], Any]) -> None:
-        self.result: Callable[[], Any] = wait
+        self._wait = wait
+        self._outcome: tuple[bool, Any] | None = None  # (True, the answer) or (False, the error)
+
+    def result(self) -> Any:
+        if self._outcome is None:
+            try:
+                self._outcome = (True, self._wait())
+            except Exception as exc:
+                self._outcome = (False, exc)
+        answered, value = self._outcome
+        if answered:
+            return value
+        raise value
 
 
 class Bus(ABC):

@@ -51,8 +51,9 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
     reached, the citizen gets the error and nothing is decided; once svc approves, ach already holds where to pay.
     The registration goes out beside the rate limit's count rather than after it (over NATS each is a trip through
     the server), unless this process refused the citizen lately (then the count comes first until the wait it gave
-    is over: a citizen hammering past the limit costs ach nothing). Details registered for a submission svc then
-    does not file under that id are deleted again (`_unregister`); a denied claim's ach deletes on `claim.denied`.
+    is over: a citizen hammering past the limit costs ach one registration and its deletion a wait and process).
+    Details registered for a submission svc then does not file under that id are deleted again (`_unregister`); a
+    denied claim's ach deletes on `claim.denied`.
     """
     limiter = current_app.extensions["hms.ratelimit"]
     claim_id = str(uuid.uuid4())
@@ -72,15 +73,11 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
             headers={"Retry-After": retry_after(wait)},
         )
     registration = registration or register()
-    try:
+    try:  # on a refusal, _unregister finds out whether it was the registration's (then nothing is stored) or svc's
         account = registration.result()
-    except NoResponders:
-        limiter.release(citizen)  # nothing served the request, so nothing was filed: a retry must not count twice
-        raise
-    try:
         claim = _decide(citizen, claim_id, body, idempotency_key)
     except NoResponders:
-        limiter.release(citizen)
+        limiter.release(citizen)  # nothing served the request, so nothing was filed: a retry must not count twice
         _unregister(registration, citizen, claim_id)
         raise
     except ReplyError as exc:
@@ -97,8 +94,9 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
 def _unregister(registration: Reply, citizen: str, claim_id: str) -> None:
     """Have ach delete the details registered under `claim_id`, which svc did not file: no claim will name them.
 
-    Only once the registration has answered (another ach process may take the deletion); a registration that
-    failed stored nothing. Best effort: the citizen's answer stands, and details left behind are logged.
+    Only once the registration has answered (another ach process may take the deletion; a `Reply` read again
+    answers as it did); a registration that failed stored nothing. Best effort: the citizen's answer stands, and
+    details left behind are logged.
     """
     try:
         registration.result()

@@ -526,7 +526,8 @@ def test_a_process_in_a_request_s_group_answers_its_own_requests(nats_server: Na
     """A process that is a member of a request's queue group answers its own requests, as the in-process engine
     does, without a trip through the server. Others' requests are still shared by the group's members; a request
     its own member cannot verify, and every request once that member is gone, goes to the group over NATS; its own
-    member's error and slowness reach it as a remote member's would."""
+    member's error and slowness reach it as a remote member's would. Catches: a reply read twice sending a request
+    its own member could not verify on over NATS twice."""
     a, b, c = (connect(nats_server.url, None, stream="LOCAL", event_subjects=["t.>"]) for _ in range(3))
     able = threading.Event()
     able.set()
@@ -542,7 +543,8 @@ def test_a_process_in_a_request_s_group_answers_its_own_requests(nats_server: Na
 
     try:
         own = a.subscribe("rpc.where", a_answers, queue="svc")
-        b.subscribe("rpc.where", lambda e: {"by": "b"}, queue="svc")
+        by_b: list[Event] = []
+        b.subscribe("rpc.where", lambda e: by_b.append(e) or {"by": "b"}, queue="svc")
         time.sleep(0.2)
         assert [a.request("rpc.where", {}, 2)["by"] for _ in range(20)] == ["a"] * 20
         assert [b.request("rpc.where", {}, 2)["by"] for _ in range(20)] == ["b"] * 20
@@ -558,6 +560,9 @@ def test_a_process_in_a_request_s_group_answers_its_own_requests(nats_server: Na
 
         able.clear()  # a cannot verify: b answers a's own requests
         assert [a.request("rpc.where", {}, 2)["by"] for _ in range(5)] == ["b"] * 5
+        reply, sent = a.send_request("rpc.where", {}, 2), len(by_b)
+        assert reply.result() == reply.result() == {"by": "b"}  # read twice (the gateway does), sent on once
+        assert len(by_b) == sent + 1
         able.set()
         own.unsubscribe()  # a has left the group: b answers
         assert [a.request("rpc.where", {}, 2)["by"] for _ in range(5)] == ["b"] * 5

@@ -15,7 +15,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from hms.bus import BusError, NoResponders, Reply, ReplyError, bus_of
+from hms.bus import BusError, BusTimeout, NoResponders, Reply, ReplyError, bus_of
 from hms.bus.registry import discover
 
 from . import schemas as s
@@ -53,7 +53,8 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
     the server), unless this process refused the citizen lately (then the count comes first until the wait it gave
     is over: a citizen hammering past the limit costs ach one registration and its deletion a wait and process).
     Details registered for a submission svc then does not file under that id are deleted again (`_unregister`); a
-    denied claim's ach deletes on `claim.denied`.
+    denied claim's ach deletes on `claim.denied`. When svc does not answer in time, the gateway asks it whether it
+    filed the claim, and withdraws the submission if not (`_withdraw`).
     """
     limiter = current_app.extensions["hms.ratelimit"]
     claim_id = str(uuid.uuid4())
@@ -84,6 +85,9 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
         if exc.status in NOT_FILED:
             _unregister(registration, citizen, claim_id)
         raise
+    except BusTimeout as exc:
+        account = registration.result()  # raises again if it was the registration that timed out: svc was not asked
+        claim = _withdraw(registration, citizen, claim_id, exc)
     if claim["id"] != claim_id:  # a replay: svc answered with the claim filed earlier under this Idempotency-Key
         _unregister(registration, citizen, claim_id)
     if claim["status"] != "denied":  # a replay's body matched the first's (its fingerprint): the same account
@@ -111,6 +115,24 @@ def _unregister(registration: Reply, citizen: str, claim_id: str) -> None:
         except BusError as exc:
             problem = exc
     log.warning("bank details of unfiled claim %s may be left in ach: %s", claim_id, problem)
+
+
+def _withdraw(registration: Reply, citizen: str, claim_id: str, timeout: BusTimeout) -> dict[str, Any]:
+    """svc did not answer the submit in time: it may still be deciding, or never have got it. Ask it (under the
+    citizen's lock, so after a decision under way) whether it filed the claim: if so, answer with the claim; if
+    not, svc has recorded that it never will, so ach deletes the details and the citizen is told nothing was filed.
+    If svc does not answer that either, the citizen gets the timeout and the details stay (logged)."""
+    try:
+        filed = ask("svc.claims.withdraw", {"citizen": citizen, "claimId": claim_id})["filed"]
+        if filed:
+            claim: dict[str, Any] = ask("svc.claims.get", {"claimId": claim_id, "citizen": citizen})
+            return claim
+    except BusError as exc:
+        log.warning("svc did not answer for claim %s; its bank details may be left in ach: %s", claim_id, exc)
+        raise timeout from None
+    _unregister(registration, citizen, claim_id)
+    current_app.extensions["hms.ratelimit"].release(citizen)  # nothing was filed: a retry must not count twice
+    raise Problem(504, "Service timeout", "the claim was not decided in time and nothing was filed; submit it again")
 
 
 def _decide(citizen: str, claim_id: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:

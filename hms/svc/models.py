@@ -63,3 +63,14 @@ class IdempotencyRecord(Base):
     claim_id: Mapped[str] = mapped_column(String(36))
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Withdrawal(Base):
+    """A submission the gateway stopped waiting for and withdrew before svc filed it: its id is never filed later
+    (a late request for it is refused), so the bank details registered under it can be deleted."""
+
+    __tablename__ = "withdrawals"
+
+    claim_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    citizen: Mapped[str] = mapped_column(String(128))
+    withdrawn_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)

@@ -10,14 +10,14 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, bindparam, delete, func, select, update
+from sqlalchemy import CursorResult, bindparam, delete, exists, func, select, update
 
 from hms.bus import Event, ReplyError, iso
 from hms.bus.tracing import trace_id
 from hms.contracts.vocabulary import ClaimStatus
 from hms.runtime import Consumer, Service, Unit, table_of, utcnow
 
-from .models import Base, Claim, IdempotencyRecord, TimelineEntry
+from .models import Base, Claim, IdempotencyRecord, TimelineEntry, Withdrawal
 from .rules import Application, RuleSet
 
 log = logging.getLogger("hms.svc")
@@ -38,6 +38,11 @@ KEEP = KEYS.insert()
 KEPT = select(KEYS.c.fingerprint, KEYS.c.response).where(
     KEYS.c.citizen == bindparam("citizen"), KEYS.c.key == bindparam("key")
 )
+WITHDRAWALS = table_of(Withdrawal)
+SEEN = select(  # whether a claim has the id, and whether the id was withdrawn: one statement on the submit's path
+    exists().where(CLAIMS.c.id == bindparam("claim")), exists().where(WITHDRAWALS.c.claim_id == bindparam("claim"))
+)
+WITHDRAW = WITHDRAWALS.insert()
 TIMELINE_OF = (
     select(TIMELINE.c.status, TIMELINE.c.at, TIMELINE.c.detail)
     .where(TIMELINE.c.claim_id == bindparam("claim"))
@@ -64,12 +69,14 @@ class ClaimService:
         self.keep_keys = timedelta(days=config["HMS_IDEMPOTENCY_RETENTION_DAYS"])
 
     def prune(self) -> None:
-        """Forget Idempotency-Key results past their retention (HMS_IDEMPOTENCY_RETENTION_DAYS)."""
+        """Forget Idempotency-Key results and withdrawals past their retention (HMS_IDEMPOTENCY_RETENTION_DAYS)."""
         log.info("svc: pruned %d idempotency keys", self.prune_idempotency(self.keep_keys))
 
     def prune_idempotency(self, older_than: timedelta) -> int:
-        """Forget Idempotency-Key results older than `older_than`; a later retry is a new submit."""
+        """Forget Idempotency-Key results older than `older_than` (a later retry is a new submit), and withdrawals
+        as old (no request for their ids is still on its way); returns how many keys were forgotten."""
         with self.units() as s:
+            s.execute(delete(Withdrawal).where(Withdrawal.withdrawn_at < utcnow() - older_than))
             old = delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - older_than)
             return cast(CursorResult[Any], s.execute(old)).rowcount
 
@@ -91,13 +98,31 @@ class ClaimService:
             found = s.execute(KEPT, {"citizen": req["citizen"], "key": key}).first()
             if found is not None:
                 return self._replay(found, req)
-        if req.get("claimId") and s.execute(STATUS_OF, {"claim": req["claimId"]}).first() is not None:
+        filed, withdrawn = s.execute(SEEN, {"claim": req["claimId"]}).one() if req.get("claimId") else (False, False)
+        if filed:
             raise ReplyError(409, "Claim exists", "a claim with this id was filed already", "claimId")
+        if withdrawn:
+            raise ReplyError(
+                409, "Submission withdrawn", "this submission was withdrawn; submit the claim again", "claimId"
+            )
         view = self._decide(s, req)
         if key:
             kept = {"citizen": req["citizen"], "key": key, "fingerprint": req.get("fingerprint") or ""}
             s.execute(KEEP, {**kept, "claim_id": view["id"], "response": view, "created_at": utcnow()})
         return view
+
+    def withdraw(self, s: Unit, event: Event) -> dict[str, Any]:
+        """The gateway stopped waiting for a submit's answer: say whether the claim was filed under its id, and if
+        not, make sure it never is (a submit for the id arriving later is refused), so that the bank details
+        registered under the id can be deleted. Under the citizen's lock: after a submit of theirs under way."""
+        req = event.data
+        s.lock(f"citizen:{req['citizen']}")
+        filed, withdrawn = s.execute(SEEN, {"claim": req["claimId"]}).one()
+        if filed:
+            return {"filed": True}
+        if not withdrawn:
+            s.execute(WITHDRAW, {"claim_id": req["claimId"], "citizen": req["citizen"], "withdrawn_at": utcnow()})
+        return {"filed": False}
 
     def _replay(self, found: Any, req: dict[str, Any]) -> dict[str, Any]:
         if found.fingerprint != (req.get("fingerprint") or ""):
@@ -294,6 +319,7 @@ service = Service(
     publishes=["claim.submitted", "claim.approved", "claim.denied"],
     requests={
         "svc.claims.submit": ClaimService.submit,
+        "svc.claims.withdraw": ClaimService.withdraw,
         "svc.claims.get": ClaimService.get,
         "svc.claims.list": ClaimService.list,
         "svc.claims.ledger": ClaimService.ledger,

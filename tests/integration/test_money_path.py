@@ -385,6 +385,93 @@ def test_a_claim_id_is_filed_once(mesh: Mesh) -> None:
     assert ask_svc(mesh, "svc.claims.get", {"claimId": "claim-1"})["citizen"] == "kai"
 
 
+@pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
+def test_a_withdrawn_submission_is_never_filed_and_a_filed_claim_is_not_withdrawn(mesh: Mesh) -> None:
+    """`svc.claims.withdraw` (the gateway, once it stopped waiting for a submit): an id no claim has is withdrawn
+    for good — asked again, the same answer; a submit under it later is refused and files nothing — and an id a
+    claim has is answered as filed and left alone. Catches: the withdrawal not recorded, the submit's check
+    dropped, a filed claim taken for unfiled."""
+    from hms.bus import ReplyError
+
+    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
+    withdraw = "svc.claims.withdraw"
+    assert ask_gateway(mesh, withdraw, {"citizen": "kai", "claimId": "late-1"}) == {"filed": False}
+    assert ask_gateway(mesh, withdraw, {"citizen": "kai", "claimId": "late-1"}) == {"filed": False}
+    with pytest.raises(ReplyError) as late:
+        ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "late-1"}, 2)
+    assert (late.value.status, late.value.title, late.value.field) == (409, "Submission withdrawn", "claimId")
+    with pytest.raises(ReplyError) as missing:
+        ask_svc(mesh, "svc.claims.get", {"claimId": "late-1"})
+    assert missing.value.status == 404
+    filed = ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "on-time"}, 2)
+    assert ask_gateway(mesh, withdraw, {"citizen": "kai", "claimId": "on-time"}) == {"filed": True}
+    assert ask_svc(mesh, "svc.claims.get", {"claimId": "on-time"})["status"] == filed["status"] == "approved"
+
+
+def test_withdrawals_are_pruned_with_the_idempotency_keys(app: Flask, mesh: Mesh) -> None:
+    """Catches: withdrawals kept forever, or pruned while young."""
+    from hms.svc.models import Withdrawal
+
+    for claim_id in ("old", "new"):
+        ask_gateway(mesh, "svc.claims.withdraw", {"citizen": "kai", "claimId": claim_id})
+    with mesh.stores["svc"].session() as s:
+        s.get(Withdrawal, "old").withdrawn_at = utcnow() - timedelta(days=2)
+    app.extensions["hms.svc"].prune_idempotency(timedelta(days=1))
+    with mesh.stores["svc"].session() as s:
+        assert [w.claim_id for w in s.query(Withdrawal)] == ["new"]
+
+
+@pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
+@pytest.mark.parametrize("late", ["deciding", "not started"])
+def test_a_submit_svc_answers_too_late_is_answered_as_filed_or_withdrawn_with_its_details_deleted(
+    client: FlaskClient, token: Any, mesh: Mesh, monkeypatch: pytest.MonkeyPatch, late: str
+) -> None:
+    """svc takes longer than the gateway waits for a submit. Still deciding (the rules slow, inside the citizen's
+    lock): the gateway's withdrawal waits for the decision, finds the claim filed and the citizen gets it (201),
+    paid once. Not started (slow before its transaction): the withdrawal comes first, the submit arriving after it is
+    refused, nothing is filed, the details are deleted and the citizen is told so (504); a retry is decided and
+    paid as usual. Catches: details left in ach on a timeout, a claim filed after its withdrawal, a 504 for a
+    claim that was filed."""
+    import time
+
+    from hms.ach.models import Account
+
+    def accounts() -> set[str | None]:
+        with mesh.stores["ach"].session() as s:
+            return {a.claim_id for a in s.query(Account).filter(Account.citizen == "kai")}
+
+    client.application.config["HMS_REQUEST_TIMEOUT_S"] = 1.0
+    slow = threading.Event()  # set: the next submit takes 1.3 s
+
+    def pause() -> None:
+        if slow.is_set():
+            slow.clear()
+            time.sleep(1.3)
+
+    if late == "deciding":
+        evaluate = RuleSet.evaluate
+        monkeypatch.setattr(RuleSet, "evaluate", lambda rules, application: (pause(), evaluate(rules, application))[1])
+    else:
+        store = mesh.stores["svc"]  # its requests' units (consumers took their sessions' maker at the start)
+        begin = store.session
+        monkeypatch.setattr(store, "session", lambda: (pause(), begin())[1])
+    slow.set()
+    first = client.post("/claims", json=DIEGO, headers=token("kai"))
+    time.sleep(0.6)  # the slow submit is over
+    if late == "deciding":
+        assert (first.status_code, first.json["status"], first.json["account"]) == (201, "approved", "****6789")
+        assert accounts() == {first.json["id"]}
+        eventually(lambda: payment_for_or_none(mesh, first.json["id"]) is not None)
+        return
+    assert first.status_code == 504 and "nothing was filed" in first.json["detail"]
+    assert accounts() == set()
+    assert client.get("/claims", headers=token("kai")).json["items"] == []
+    again = client.post("/claims", json=DIEGO, headers=token("kai"))
+    assert (again.status_code, again.json["status"]) == (201, "approved")
+    assert accounts() == {again.json["id"]}
+    eventually(lambda: payment_for_or_none(mesh, again.json["id"]) is not None)
+
+
 def test_an_idempotency_key_replays_the_first_result_and_refuses_another_body(mesh: Mesh) -> None:
     from hms.bus import ReplyError
 

@@ -86,7 +86,11 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
             _unregister(registration, citizen, claim_id)
         raise
     except BusTimeout as exc:
-        account = registration.result()  # raises again if it was the registration that timed out: svc was not asked
+        try:
+            account = registration.result()  # raises again if it was the registration that timed out
+        except BusTimeout:  # svc was not asked; ach may still store the details after this
+            log.warning("ach did not answer for claim %s; its bank details may be left in ach", claim_id)
+            raise exc from None
         claim = _withdraw(registration, citizen, claim_id, exc)
     if claim["id"] != claim_id:  # a replay: svc answered with the claim filed earlier under this Idempotency-Key
         _unregister(registration, citizen, claim_id)

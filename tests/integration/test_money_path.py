@@ -478,6 +478,38 @@ def test_a_submit_svc_answers_too_late_is_answered_as_filed_or_withdrawn_with_it
     eventually(lambda: payment_for_or_none(mesh, again.json["id"]) is not None)
 
 
+def test_a_registration_ach_answers_too_late_decides_nothing_and_logs_the_claim_id(
+    client: FlaskClient, token: Any, mesh: Mesh, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ach takes longer than the gateway waits for the registration: the citizen gets 504, svc is not asked, and
+    since ach may still store the details, the gateway logs the claim id for an operator. Catches: a decision
+    without a registered account, the leftover not logged."""
+    import logging
+    import time
+
+    client.application.config["HMS_REQUEST_TIMEOUT_S"] = 0.5
+    store = mesh.stores["ach"]  # its requests' units (consumers and the payer took their sessions' maker at the start)
+    begin, slow = store.session, threading.Event()
+
+    def session() -> Any:
+        if slow.is_set():
+            slow.clear()
+            time.sleep(0.8)
+        return begin()
+
+    monkeypatch.setattr(store, "session", session)
+    caplog.set_level(logging.WARNING, logger="hms.gateway")
+    slow.set()
+    late = client.post("/claims", json=DIEGO, headers=token("kai"))
+    assert late.status_code == 504 and "ach.accounts.register" in late.json["detail"]
+    logged = [r.getMessage() for r in caplog.records if "may be left in ach" in r.getMessage()]
+    assert len(logged) == 1 and "ach did not answer for claim" in logged[0]
+    time.sleep(0.5)  # the registration is stored now
+    assert client.get("/claims", headers=token("kai")).json["items"] == []
+    again = client.post("/claims", json=DIEGO, headers=token("kai"))
+    assert (again.status_code, again.json["status"]) == (201, "approved")
+
+
 def test_an_idempotency_key_replays_the_first_result_and_refuses_another_body(mesh: Mesh) -> None:
     from hms.bus import ReplyError
 

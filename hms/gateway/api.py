@@ -128,12 +128,15 @@ def _withdraw(registration: Reply, citizen: str, claim_id: str, timeout: BusTime
     If svc does not answer that either, the citizen gets the timeout and the details stay (logged)."""
     try:
         filed = ask("svc.claims.withdraw", {"citizen": citizen, "claimId": claim_id})["filed"]
-        if filed:
-            claim: dict[str, Any] = ask("svc.claims.get", {"claimId": claim_id, "citizen": citizen})
-            return claim
     except BusError as exc:
         log.warning("svc did not answer for claim %s; its bank details may be left in ach: %s", claim_id, exc)
         raise timeout from None
+    if filed:
+        try:
+            claim: dict[str, Any] = ask("svc.claims.get", {"claimId": claim_id, "citizen": citizen})
+        except BusError:
+            raise timeout from None  # the claim is filed, and its details in use: the citizen finds it in their list
+        return claim
     _unregister(registration, citizen, claim_id)
     current_app.extensions["hms.ratelimit"].release(citizen)  # nothing was filed: a retry must not count twice
     raise Problem(504, "Service timeout", "the claim was not decided in time and nothing was filed; submit it again")

@@ -91,7 +91,14 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
         except BusTimeout:  # svc was not asked; ach may still store the details after this
             log.warning("ach did not answer for claim %s; its bank details may be left in ach", claim_id)
             raise exc from None
-        claim = _withdraw(registration, citizen, claim_id, exc)
+        filed = _withdraw(citizen, claim_id, exc)
+        if filed is None:  # withdrawn: nothing was filed, nor ever will be
+            limiter.release(citizen)
+            _unregister(registration, citizen, claim_id)
+            raise Problem(
+                504, "Service timeout", "the claim was not decided in time and nothing was filed; submit it again"
+            ) from None
+        claim = filed
     if claim["id"] != claim_id:  # a replay: svc answered with the claim filed earlier under this Idempotency-Key
         _unregister(registration, citizen, claim_id)
     if claim["status"] != "denied":  # a replay's body matched the first's (its fingerprint): the same account
@@ -121,25 +128,25 @@ def _unregister(registration: Reply, citizen: str, claim_id: str) -> None:
     log.warning("bank details of unfiled claim %s may be left in ach: %s", claim_id, problem)
 
 
-def _withdraw(registration: Reply, citizen: str, claim_id: str, timeout: BusTimeout) -> dict[str, Any]:
+def _withdraw(citizen: str, claim_id: str, timeout: BusTimeout) -> dict[str, Any] | None:
     """svc did not answer the submit in time: it may still be deciding, or never have got it. Ask it (under the
-    citizen's lock, so after a decision under way) whether it filed the claim: if so, answer with the claim; if
-    not, svc has recorded that it never will, so ach deletes the details and the citizen is told nothing was filed.
-    If svc does not answer that either, the citizen gets the timeout and the details stay (logged)."""
+    citizen's lock, so after a decision under way) whether it filed the claim: the claim if it did; None if not, and
+    then svc has recorded that it never will. If svc cannot say, `timeout` is raised again and the details stay
+    (logged); if it filed the claim but cannot show it, `timeout` too (the details are the claim's)."""
     try:
         filed = ask("svc.claims.withdraw", {"citizen": citizen, "claimId": claim_id})["filed"]
     except BusError as exc:
-        log.warning("svc did not answer for claim %s; its bank details may be left in ach: %s", claim_id, exc)
+        log.warning(
+            "svc could not say whether it filed claim %s; its bank details may be left in ach: %s", claim_id, exc
+        )
         raise timeout from None
-    if filed:
-        try:
-            claim: dict[str, Any] = ask("svc.claims.get", {"claimId": claim_id, "citizen": citizen})
-        except BusError:
-            raise timeout from None  # the claim is filed, and its details in use: the citizen finds it in their list
-        return claim
-    _unregister(registration, citizen, claim_id)
-    current_app.extensions["hms.ratelimit"].release(citizen)  # nothing was filed: a retry must not count twice
-    raise Problem(504, "Service timeout", "the claim was not decided in time and nothing was filed; submit it again")
+    if not filed:
+        return None
+    try:
+        claim: dict[str, Any] = ask("svc.claims.get", {"claimId": claim_id, "citizen": citizen})
+    except BusError:
+        raise timeout from None  # the citizen finds the claim in their list
+    return claim
 
 
 def _decide(citizen: str, claim_id: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from hms import create_app
+from hms.gateway.ratelimit import BUCKET
 from hms.runtime import Mesh, mesh_of
 from tests.natsd import NatsServer
 from tests.pg import fresh_postgres_database
@@ -94,8 +96,10 @@ def app(settings: dict[str, Any]) -> Iterator[Flask]:
     mesh.upgrade()
     mesh.start()
     yield app
-    if hasattr(mesh.bus, "js"):  # the next test starts with an empty stream and no consumers
+    if hasattr(mesh.bus, "js"):  # the next test starts with an empty stream, no consumers and no rate-limit counts
         mesh.bus._call(mesh.bus.js.delete_stream(settings.get("HMS_NATS_STREAM", "HMS_EVENTS")))
+        with contextlib.suppress(Exception):  # no bucket: nothing was submitted
+            mesh.bus._call(mesh.bus.js.delete_key_value(BUCKET))
     mesh.close()
 
 

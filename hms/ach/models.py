@@ -50,6 +50,17 @@ class Account(Base):
         return "****" + self.account_number[-4:]
 
 
+class Forgotten(Base):
+    """A claim id whose bank details were deleted because its claim will never be paid (denied, or not filed):
+    a registration for it arriving later is refused, so no details are stored again under it."""
+
+    __tablename__ = "forgotten"
+
+    claim_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    citizen: Mapped[str] = mapped_column(String(128))
+    forgotten_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
 class Payment(Base):
     """One benefit payment: pending → sending → sent, or failed. At most one per claim."""
 
@@ -84,7 +95,7 @@ class Payment(Base):
         return payment_event(self, **more)
 
 
-ACCOUNTS, PAYMENTS = table_of(Account), table_of(Payment)  # their tables, for Core statements
+ACCOUNTS, PAYMENTS, FORGOTTEN = table_of(Account), table_of(Payment), table_of(Forgotten)  # for Core statements
 
 
 def payment_event(p: Any, **more: Any) -> dict[str, Any]:

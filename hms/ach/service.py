@@ -7,17 +7,18 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
 import pybreaker
-from sqlalchemy import bindparam, delete, exists, select
+from sqlalchemy import CursorResult, bindparam, delete, exists, select
 
 from hms.bus import Event, ReplyError, iso
 from hms.contracts.vocabulary import bank_details_problem
 from hms.runtime import Consumer, Service, Unit, Worker, utcnow
 
 from .bank import BankDeclined, SandboxBank
-from .models import ACCOUNTS, PAYMENTS, Account, Base, Notice, Payment, PaymentState
+from .models import ACCOUNTS, FORGOTTEN, PAYMENTS, Account, Base, Forgotten, Notice, Payment, PaymentState
 from .nacha import NachaRail
 from .payments import PAGE, Payer
 
@@ -30,6 +31,7 @@ FORGET = delete(ACCOUNTS).where(
     ACCOUNTS.c.citizen == bindparam("citizen"),
     ~exists().where(PAYMENTS.c.claim_id == ACCOUNTS.c.claim_id),  # details a payment uses are kept
 )
+FORGOTTEN_OF = select(FORGOTTEN.c.citizen).where(FORGOTTEN.c.claim_id == bindparam("claim"))
 
 
 class _LogBreaker(pybreaker.CircuitBreakerListener):
@@ -51,6 +53,7 @@ class Ach:
     """The payments service in one process: the bank behind its breaker and the payer, or the NACHA rail."""
 
     def __init__(self, config: Mapping[str, Any], units: Callable[[], contextlib.AbstractContextManager[Unit]]):
+        self.units, self.keep_forgotten = units, timedelta(days=config["HMS_IDEMPOTENCY_RETENTION_DAYS"])
         self.rail = NachaRail(config, units) if config["HMS_ACH_PROVIDER"] == "nacha" else None
         self.bank = make_bank(config)
         self.breaker = pybreaker.CircuitBreaker(
@@ -72,12 +75,20 @@ class Ach:
     def register_account(self, s: Unit, event: Event) -> dict[str, Any]:
         """Store the account a claim is to be paid into, before the claim is decided; only a masked number goes back.
 
-        Version 2 (the gateway's) names the claim: a retry of it finds the account stored the first time.
+        Version 2 (the gateway's) names the claim: a retry of it finds the account stored the first time, and one
+        arriving after the details under that id were deleted (`forget_account`) is refused. Under the claim's lock:
+        after a deletion under way.
         """
         req = event.data
         wrong = bank_details_problem(req)
         if wrong:
             raise ReplyError(422, "Invalid bank details", " ".join(wrong), f"directDeposit.{wrong[0]}")
+        if req.get("claimId") is not None:
+            s.lock(f"claim:{req['claimId']}")
+            if s.execute(FORGOTTEN_OF, {"claim": req["claimId"]}).first():
+                raise ReplyError(
+                    409, "Registration withdrawn", "the submission these details came with was withdrawn", "claimId"
+                )
         row = {
             "id": str(uuid.uuid4()),
             "citizen": req["citizen"],
@@ -187,9 +198,27 @@ class Ach:
         """Delete the bank details given for a claim that will never be paid (they came before the decision): a
         denied claim's (`claim.denied`), or those of a submission svc did not file (`ach.accounts.forget`, from the
         gateway: the rate limit refused it, svc refused the request or answered with an earlier claim under its
-        Idempotency-Key, or no svc process got it). Only the citizen's own, and never details a payment uses."""
-        gone = s.execute(FORGET, {"claim": event.data["claimId"], "citizen": event.data["citizen"]}).rowcount
+        Idempotency-Key, no svc process got it, or the registration or the submit was not answered in time). Only
+        the citizen's own, and never details a payment uses. Unless such details are kept, the id is remembered as
+        forgotten, so a registration under it arriving later (one not answered in time) stores nothing."""
+        req = {"claim": event.data["claimId"], "citizen": event.data["citizen"]}
+        s.lock(f"claim:{req['claim']}")
+        gone = s.execute(FORGET, req).rowcount
+        if not s.execute(ACCOUNT_OF, req).first():  # none left (deleted, or never there): remember the id
+            s.execute(
+                s.insert_new(FORGOTTEN), {"claim_id": req["claim"], "citizen": req["citizen"], "forgotten_at": utcnow()}
+            )
         return {"forgotten": gone > 0}
+
+    def prune(self) -> None:
+        """Forget forgotten claim ids past HMS_IDEMPOTENCY_RETENTION_DAYS (no registration for them is on its way)."""
+        log.info("ach: pruned %d forgotten claim ids", self.prune_forgotten(self.keep_forgotten))
+
+    def prune_forgotten(self, older_than: timedelta) -> int:
+        """Delete the records of ids forgotten more than `older_than` ago; returns how many."""
+        with self.units() as s:
+            old = delete(Forgotten).where(Forgotten.forgotten_at < utcnow() - older_than)
+            return cast(CursorResult[Any], s.execute(old)).rowcount
 
     def pay_due(self, stop: threading.Event) -> int:
         """Recover stale sends and pay every due payment (payments.py), or make the NACHA file due (nacha.py).
@@ -225,5 +254,6 @@ service = Service(
         Consumer("claim.denied", Ach.forget_account, name="on_claim_denied"),
     ],
     workers=[Worker("payments", Ach.pay_due, poll="HMS_ACH_POLL_S")],
+    chores=[Ach.prune],
     breakers=Ach.breakers,
 )

@@ -54,7 +54,7 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
     is over: a citizen hammering past the limit costs ach one registration and its deletion a wait and process).
     Details registered for a submission svc then does not file under that id are deleted again (`_unregister`); a
     denied claim's ach deletes on `claim.denied`. When svc does not answer in time, the gateway asks it whether it
-    filed the claim, and withdraws the submission if not (`_withdraw`).
+    filed the claim, and withdraws the submission if not (`_withdraw`); when ach does not, svc is not asked.
     """
     limiter = current_app.extensions["hms.ratelimit"]
     claim_id = str(uuid.uuid4())
@@ -88,10 +88,10 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
     except BusTimeout as exc:
         try:
             account = registration.result()  # raises again if it was the registration that timed out
-        except BusTimeout:  # svc was not asked; ach may still store the details after this
-            log.warning("ach did not answer for claim %s; its bank details may be left in ach", claim_id)
-            raise exc from None
-        filed = _withdraw(citizen, claim_id, exc)
+        except BusTimeout:  # svc was not asked: ach forgets the details, and refuses them if they come later
+            filed = None
+        else:
+            filed = _withdraw(citizen, claim_id, exc)
         if filed is None:  # withdrawn: nothing was filed, nor ever will be
             limiter.release(citizen)
             _unregister(registration, citizen, claim_id)
@@ -109,23 +109,20 @@ def submit_claim(citizen: str, body: dict[str, Any], idempotency_key: str | None
 def _unregister(registration: Reply, citizen: str, claim_id: str) -> None:
     """Have ach delete the details registered under `claim_id`, which svc did not file: no claim will name them.
 
-    Only once the registration has answered (another ach process may take the deletion; a `Reply` read again
-    answers as it did); a registration that failed stored nothing. Best effort: the citizen's answer stands, and
-    details left behind are logged.
+    Once the registration has answered (a `Reply` read again answers as it did): a registration ach refused or
+    no ach process got stored nothing. One not answered in time may still come: ach then refuses it, as it
+    remembers the id as forgotten. Best effort: the citizen's answer stands, and details left behind are logged.
     """
     try:
         registration.result()
     except (ReplyError, NoResponders):
         return  # ach refused the details, or no ach process got them: nothing was stored
+    except BusTimeout:
+        pass
+    try:
+        ask("ach.accounts.forget", {"citizen": citizen, "claimId": claim_id})
     except BusError as exc:
-        problem = exc  # it timed out: whether ach stored them is not known here
-    else:
-        try:
-            ask("ach.accounts.forget", {"citizen": citizen, "claimId": claim_id})
-            return
-        except BusError as exc:
-            problem = exc
-    log.warning("bank details of unfiled claim %s may be left in ach: %s", claim_id, problem)
+        log.warning("bank details of unfiled claim %s may be left in ach: %s", claim_id, exc)
 
 
 def _withdraw(citizen: str, claim_id: str, timeout: BusTimeout) -> dict[str, Any] | None:

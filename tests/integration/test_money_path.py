@@ -426,6 +426,22 @@ def test_withdrawals_are_pruned_with_the_idempotency_keys(app: Flask, mesh: Mesh
         assert [w.claim_id for w in s.query(Withdrawal)] == ["new"]
 
 
+def test_forgotten_claim_ids_are_pruned_after_the_retention(app: Flask, mesh: Mesh) -> None:
+    """Catches: forgotten ids kept forever, pruned while young, or the chore's retention not the configured one."""
+    from hms.ach.models import Forgotten
+
+    ach = app.extensions["hms.ach"]
+    assert ach.keep_forgotten == timedelta(days=app.config["HMS_IDEMPOTENCY_RETENTION_DAYS"])
+    assert ach.prune in mesh.stores["ach"].relay.chores  # run about once an hour
+    for claim_id in ("old", "new"):
+        ask_gateway(mesh, "ach.accounts.forget", {"citizen": "kai", "claimId": claim_id})
+    with mesh.stores["ach"].session() as s:
+        s.get_one(Forgotten, "old").forgotten_at = utcnow() - ach.keep_forgotten - timedelta(hours=1)
+    ach.prune()
+    with mesh.stores["ach"].session() as s:
+        assert [f.claim_id for f in s.query(Forgotten)] == ["new"]
+
+
 @pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
 @pytest.mark.parametrize("late", ["deciding", "not started"])
 def test_a_submit_svc_answers_too_late_is_answered_as_filed_or_withdrawn_with_its_details_deleted(
@@ -436,7 +452,7 @@ def test_a_submit_svc_answers_too_late_is_answered_as_filed_or_withdrawn_with_it
     paid once. Not started (slow before its transaction): the withdrawal comes first, the submit arriving after it is
     refused, nothing is filed, the details are deleted and the citizen is told so (504); a retry is decided and
     paid as usual. Catches: details left in ach on a timeout, a claim filed after its withdrawal, a 504 for a
-    claim that was filed."""
+    claim that was filed, the rate-limit count kept for a withdrawn submission."""
     import time
 
     from hms.ach.models import Account
@@ -446,6 +462,7 @@ def test_a_submit_svc_answers_too_late_is_answered_as_filed_or_withdrawn_with_it
             return {a.claim_id for a in s.query(Account).filter(Account.citizen == "kai")}
 
     client.application.config["HMS_REQUEST_TIMEOUT_S"] = 1.0
+    monkeypatch.setattr(client.application.extensions["hms.ratelimit"], "limit", 1)  # a count kept refuses the retry
     slow = threading.Event()  # set: the next submit takes 1.3 s
 
     def pause() -> None:
@@ -478,36 +495,63 @@ def test_a_submit_svc_answers_too_late_is_answered_as_filed_or_withdrawn_with_it
     eventually(lambda: payment_for_or_none(mesh, again.json["id"]) is not None)
 
 
-def test_a_registration_ach_answers_too_late_decides_nothing_and_logs_the_claim_id(
-    client: FlaskClient, token: Any, mesh: Mesh, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
+@pytest.mark.parametrize("late", ["registering", "not started"])
+def test_a_registration_ach_answers_too_late_decides_nothing_and_leaves_no_details(
+    client: FlaskClient,
+    token: Any,
+    mesh: Mesh,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    late: str,
 ) -> None:
-    """ach takes longer than the gateway waits for the registration: the citizen gets 504, svc is not asked, and
-    since ach may still store the details, the gateway logs the claim id for an operator. Catches: a decision
-    without a registered account, the leftover not logged."""
+    """ach takes longer than the gateway waits for the registration: svc is not asked, the gateway has ach forget
+    the details and tells the citizen nothing was filed (504). Still registering (slow inside its transaction,
+    the row written): the deletion waits for it and deletes the row. Not started (slow before its transaction): the
+    deletion comes first and the registration arriving after it is refused. Either way no details are left and a
+    retry is decided and paid as usual. Catches: a decision without a registered account, details stored after
+    their deletion, the rate-limit count kept for a submission that filed nothing."""
+    import importlib
     import logging
     import time
 
-    client.application.config["HMS_REQUEST_TIMEOUT_S"] = 0.5
-    store = mesh.stores["ach"]  # its requests' units (consumers and the payer took their sessions' maker at the start)
-    begin, slow = store.session, threading.Event()
+    from hms.ach.models import Account
 
-    def session() -> Any:
+    ach = importlib.import_module("hms.ach.service")  # the module (the package's `service` is the Service)
+
+    def accounts() -> set[str | None]:
+        with mesh.stores["ach"].session() as s:
+            return {a.claim_id for a in s.query(Account).filter(Account.citizen == "kai")}
+
+    client.application.config["HMS_REQUEST_TIMEOUT_S"] = 0.5
+    monkeypatch.setattr(client.application.extensions["hms.ratelimit"], "limit", 1)  # a count kept refuses the retry
+    slow = threading.Event()  # set: the next registration takes 0.8 s
+
+    def pause() -> None:
         if slow.is_set():
             slow.clear()
             time.sleep(0.8)
-        return begin()
 
-    monkeypatch.setattr(store, "session", session)
+    if late == "registering":
+        monkeypatch.setattr(ach, "Account", lambda **row: (pause(), Account(**row))[1])
+    else:
+        store = mesh.stores[
+            "ach"
+        ]  # its requests' units (consumers and the payer took their sessions' maker at the start)
+        begin = store.session
+        monkeypatch.setattr(store, "session", lambda: (pause(), begin())[1])
     caplog.set_level(logging.WARNING, logger="hms.gateway")
     slow.set()
-    late = client.post("/claims", json=DIEGO, headers=token("kai"))
-    assert late.status_code == 504 and "ach.accounts.register" in late.json["detail"]
-    logged = [r.getMessage() for r in caplog.records if "may be left in ach" in r.getMessage()]
-    assert len(logged) == 1 and "ach did not answer for claim" in logged[0]
-    time.sleep(0.5)  # the registration is stored now
+    first = client.post("/claims", json=DIEGO, headers=token("kai"))
+    assert first.status_code == 504 and "nothing was filed" in first.json["detail"], first.json
+    time.sleep(0.6)  # the slow registration is over
+    assert accounts() == set()
+    assert [r.getMessage() for r in caplog.records if "ach" in r.getMessage()] == []
     assert client.get("/claims", headers=token("kai")).json["items"] == []
     again = client.post("/claims", json=DIEGO, headers=token("kai"))
-    assert (again.status_code, again.json["status"]) == (201, "approved")
+    assert (again.status_code, again.json["status"]) == (201, "approved"), again.json
+    assert accounts() == {again.json["id"]}
+    eventually(lambda: payment_for_or_none(mesh, again.json["id"]) is not None)
 
 
 def test_an_idempotency_key_replays_the_first_result_and_refuses_another_body(mesh: Mesh) -> None:
@@ -961,8 +1005,11 @@ def test_bank_details_of_a_submission_svc_did_not_file_are_deleted(
 @pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
 def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, token: Any, mesh: Mesh) -> None:
     """`ach.accounts.forget` deletes the details under a claim id only for their citizen and only while no
-    payment uses them. Catches: the citizen or the payment condition dropped from the deletion."""
+    payment uses them, and a registration under an id it forgot (deleted, or none there yet) is refused later.
+    Catches: the citizen or the payment condition dropped from the deletion, the id not remembered, kept details
+    remembered as forgotten."""
     from hms.ach.models import Account
+    from hms.bus import ReplyError
 
     def stored(claim_id: str) -> bool:
         with mesh.stores["ach"].session() as s:
@@ -977,6 +1024,25 @@ def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, t
     assert stored(paid["id"]) and stored("unfiled")
     assert ask_gateway(mesh, forget, {"citizen": "lea", "claimId": "unfiled"}) == {"forgotten": True}
     assert not stored("unfiled") and stored(paid["id"])
+    assert ask_gateway(mesh, forget, {"citizen": "lea", "claimId": "never-registered"}) == {"forgotten": False}
+    for claim_id in ("unfiled", "never-registered"):  # forgotten: a registration arriving later stores nothing
+        with pytest.raises(ReplyError) as refused:
+            ask_gateway(
+                mesh, "ach.accounts.register", {"citizen": "lea", "claimId": claim_id, **DIEGO["directDeposit"]}, 2
+            )
+        e = refused.value
+        assert (e.status, e.title, e.detail, e.field) == (
+            409,
+            "Registration withdrawn",
+            "the submission these details came with was withdrawn",
+            "claimId",
+        )
+        assert not stored(claim_id)
+    # details kept (a payment uses them) are not forgotten: their registration is still answered
+    again = ask_gateway(
+        mesh, "ach.accounts.register", {"citizen": "kai", "claimId": paid["id"], **DIEGO["directDeposit"]}, 2
+    )
+    assert again["account"] == "****6789"
 
 
 def test_a_routing_number_failing_its_checksum_is_refused_by_ach(mesh: Mesh) -> None:

@@ -495,6 +495,49 @@ def test_a_submit_svc_answers_too_late_is_answered_as_filed_or_withdrawn_with_it
     eventually(lambda: payment_for_or_none(mesh, again.json["id"]) is not None)
 
 
+def test_a_late_claim_svc_filed_but_cannot_show_is_a_504_that_keeps_its_details(
+    client: FlaskClient, token: Any, mesh: Mesh, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """svc answers a submit too late, says on the withdrawal that it filed the claim, then cannot show it: the
+    citizen gets the submit's 504 (the claim is in their list), the details stay (the filed claim is paid into
+    them) and nothing is logged as left behind. Catches: the details of a filed claim deleted, a misleading
+    warning that tells an operator to erase them."""
+    import logging
+    import time
+
+    from hms.ach.models import Account
+    from hms.bus import BusTimeout
+    from hms.gateway import api
+
+    client.application.config["HMS_REQUEST_TIMEOUT_S"] = 1.0
+    evaluate, ask, slow = RuleSet.evaluate, api.ask, threading.Event()
+
+    def deciding(rules: RuleSet, application: Any) -> Any:
+        if slow.is_set():
+            slow.clear()
+            time.sleep(1.3)
+        return evaluate(rules, application)
+
+    def no_get(subject: str, data: dict[str, Any], version: int = 1) -> Any:
+        if subject == "svc.claims.get":
+            raise BusTimeout(subject, 1.0)
+        return ask(subject, data, version)
+
+    monkeypatch.setattr(RuleSet, "evaluate", deciding)
+    monkeypatch.setattr(api, "ask", no_get)
+    caplog.set_level(logging.WARNING, logger="hms.gateway")
+    slow.set()
+    late = client.post("/claims", json=DIEGO, headers=token("kai"))
+    assert late.status_code == 504 and "svc.claims.submit" in late.json["detail"], late.json
+    assert [r.getMessage() for r in caplog.records if "ach" in r.getMessage()] == []
+    monkeypatch.setattr(api, "ask", ask)
+    (claim,) = client.get("/claims", headers=token("kai")).json["items"]
+    assert claim["status"] == "approved"
+    with mesh.stores["ach"].session() as s:
+        assert [a.claim_id for a in s.query(Account).filter(Account.citizen == "kai")] == [claim["id"]]
+    eventually(lambda: payment_for_or_none(mesh, claim["id"]) is not None)
+
+
 @pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
 @pytest.mark.parametrize("late", ["registering", "not started"])
 def test_a_registration_ach_answers_too_late_decides_nothing_and_leaves_no_details(

@@ -1060,7 +1060,7 @@ def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, t
 
     paid = client.post("/claims", json=DIEGO, headers=token("kai")).json
     eventually(lambda: payment_for_or_none(mesh, paid["id"]) is not None)
-    ask_gateway(mesh, "ach.accounts.register", {"citizen": "lea", "claimId": "unfiled", **DIEGO["directDeposit"]}, 2)
+    register(mesh, "lea", "unfiled")
     forget = "ach.accounts.forget"
     assert ask_gateway(mesh, forget, {"citizen": "kai", "claimId": paid["id"]}) == {"forgotten": False}
     assert ask_gateway(mesh, forget, {"citizen": "kai", "claimId": "unfiled"}) == {"forgotten": False}
@@ -1070,9 +1070,7 @@ def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, t
     assert ask_gateway(mesh, forget, {"citizen": "lea", "claimId": "never-registered"}) == {"forgotten": False}
     for claim_id in ("unfiled", "never-registered"):  # forgotten: a registration arriving later stores nothing
         with pytest.raises(ReplyError) as refused:
-            ask_gateway(
-                mesh, "ach.accounts.register", {"citizen": "lea", "claimId": claim_id, **DIEGO["directDeposit"]}, 2
-            )
+            register(mesh, "lea", claim_id)
         e = refused.value
         assert (e.status, e.title, e.detail, e.field) == (
             409,
@@ -1082,10 +1080,7 @@ def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, t
         )
         assert not stored(claim_id)
     # details kept (a payment uses them) are not forgotten: their registration is still answered
-    again = ask_gateway(
-        mesh, "ach.accounts.register", {"citizen": "kai", "claimId": paid["id"], **DIEGO["directDeposit"]}, 2
-    )
-    assert again["account"] == "****6789"
+    assert register(mesh, "kai", paid["id"])["account"] == "****6789"
 
 
 def test_a_routing_number_failing_its_checksum_is_refused_by_ach(mesh: Mesh) -> None:

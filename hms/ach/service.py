@@ -32,6 +32,16 @@ FORGET = delete(ACCOUNTS).where(
     ~exists().where(PAYMENTS.c.claim_id == ACCOUNTS.c.claim_id),  # details a payment uses are kept
 )
 FORGOTTEN_OF = select(FORGOTTEN.c.citizen).where(FORGOTTEN.c.claim_id == bindparam("claim"))
+UNUSED = (
+    select(ACCOUNTS.c.claim_id, ACCOUNTS.c.citizen)
+    .where(
+        ACCOUNTS.c.claim_id > bindparam("after"),  # and not empty: accounts of claims only
+        ACCOUNTS.c.registered_at < bindparam("before"),
+        ~exists().where(PAYMENTS.c.claim_id == ACCOUNTS.c.claim_id),
+    )
+    .order_by(ACCOUNTS.c.claim_id)
+    .limit(bindparam("limit"))
+)
 
 
 class _LogBreaker(pybreaker.CircuitBreakerListener):
@@ -210,6 +220,16 @@ class Ach:
             )
         return {"forgotten": gone > 0}
 
+    def unused(self, s: Unit, event: Event) -> dict[str, Any]:
+        """A page of the bank details registered for a claim longer than `olderThanSeconds` ago that no payment
+        uses, in claim-id order: those of filed claims not yet paid, and those of submissions svc never filed (a
+        gateway stopped between the registration and the submit). `hms audit sweep-accounts` sorts them out."""
+        req = event.data
+        before = utcnow() - timedelta(seconds=req["olderThanSeconds"])
+        rows = s.execute(UNUSED, {"after": req.get("after") or "", "before": before, "limit": req["limit"]}).all()
+        items = [{"claimId": claim_id, "citizen": citizen} for claim_id, citizen in rows]
+        return {"items": items, "next": items[-1]["claimId"] if len(items) == req["limit"] else None}
+
     def prune(self) -> None:
         """Forget forgotten claim ids past HMS_IDEMPOTENCY_RETENTION_DAYS (no registration for them is on its way)."""
         log.info("ach: pruned %d forgotten claim ids", self.prune_forgotten(self.keep_forgotten))
@@ -245,6 +265,7 @@ service = Service(
     requests={
         "ach.accounts.register": Ach.register_account,
         "ach.accounts.forget": Ach.forget_account,
+        "ach.accounts.unused": Ach.unused,
         "ach.payments.ledger": Ach.ledger,
         "ach.payments.get": Ach.get,
         "ach.payments.reissue": Ach.reissue,

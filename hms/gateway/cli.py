@@ -15,7 +15,7 @@ from hms.bus.registry import discover
 
 from . import operations
 from .api import report_csv
-from .reconcile import reconcile
+from .reconcile import reconcile, sweep_accounts
 from .signin import public_jwks
 
 
@@ -136,6 +136,27 @@ def reconcile_cmd(strict: bool) -> None:
         f"gaps {len(r.gaps)}, in flight {len(r.in_flight)}"
     )
     if not r.ok(strict):
+        raise SystemExit(1)
+
+
+@audit_cli.command("sweep-accounts")
+@click.option(
+    "--older-than-minutes",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="only bank details registered longer ago (a submission still on its way is younger)",
+)
+def sweep_accounts_cmd(older_than_minutes: int) -> None:
+    """Delete bank details that no claim will use: those registered for a submission svc never filed."""
+    r = sweep_accounts(bus_of(current_app), older_than_minutes * 60)
+    for claim_id, problem in r.failed:
+        click.echo(f"FAILED {claim_id}: {problem}", err=True)
+    click.echo(
+        f"unused bank details: {len(r.deleted)} deleted, {len(r.kept)} kept (their claims were filed), "
+        f"{len(r.failed)} failed"
+    )
+    if r.failed:
         raise SystemExit(1)
 
 

@@ -6,17 +6,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from hms.bus import Bus
+from hms.bus import Bus, BusError
 
 APPROVED = ("approved", "paid", "payment_failed", "returned")
 PAGE = 2000
 
 
-def pages(bus: Bus, subject: str, timeout: float, headers: dict[str, str] | None) -> Iterator[dict[str, Any]]:
-    """Every page of a ledger subject, following its cursor."""
+def pages(
+    bus: Bus, subject: str, timeout: float, headers: dict[str, str] | None, **query: Any
+) -> Iterator[dict[str, Any]]:
+    """Every page of a ledger subject (asked with `query` besides the cursor), following its cursor."""
     after = None
     while True:
-        page = bus.request(subject, {"after": after, "limit": PAGE}, timeout=timeout, headers=headers)
+        page = bus.request(subject, {**query, "after": after, "limit": PAGE}, timeout=timeout, headers=headers)
         yield page
         after = page["next"]
         if after is None:
@@ -84,4 +86,33 @@ def reconcile(bus: Bus, timeout: float = 30.0, headers: dict[str, str] | None = 
             r.gaps.append((claim_id, f"ach holds a {pay['state']} payment for a claim svc did not approve"))
     for claim_id in unmatched:
         r.gaps.append((claim_id, "the bank paid a claim for which ach has no payment"))
+    return r
+
+
+@dataclass
+class Sweep:
+    """What sweep_accounts did: claim ids whose unused bank details it deleted, kept, or could not settle."""
+
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def sweep_accounts(bus: Bus, older_than_s: int, timeout: float = 30.0, headers: dict[str, str] | None = None) -> Sweep:
+    """Delete the bank details of submissions svc never filed (a gateway that stopped between registering them and
+    submitting the claim leaves them in ach): for each account no payment uses, registered longer than
+    `older_than_s` ago, svc withdraws the submission unless it filed the claim — then the details are kept, the
+    claim is paid into them — and ach forgets the details (and refuses them should the registration come again)."""
+    r = Sweep()
+    for page in pages(bus, "ach.accounts.unused", timeout, headers, olderThanSeconds=older_than_s):
+        for item in page["items"]:
+            which = {"citizen": item["citizen"], "claimId": item["claimId"]}
+            try:
+                if bus.request("svc.claims.withdraw", which, timeout=timeout, headers=headers)["filed"]:
+                    r.kept.append(item["claimId"])
+                    continue
+                bus.request("ach.accounts.forget", which, timeout=timeout, headers=headers)
+                r.deleted.append(item["claimId"])
+            except BusError as exc:
+                r.failed.append((item["claimId"], str(exc)))
     return r

@@ -82,6 +82,61 @@ def test_db_upgrade_is_repeatable(app: Flask) -> None:
     assert result.exit_code == 0 and "svc, ach, metrics, notifier" in result.output
 
 
+def test_sweep_accounts_deletes_the_details_of_a_submission_never_filed_and_says_so(app: Flask, mesh: Mesh) -> None:
+    from datetime import timedelta
+
+    from hms.ach.models import Account
+    from hms.runtime import utcnow
+
+    runner, gateway = app.test_cli_runner(), mesh.credentials("gateway")
+    details = {"citizen": "lea", "claimId": "orphan-1", **DIEGO["directDeposit"]}
+    mesh.bus.request("ach.accounts.register", details, 5, headers=gateway, version=2)
+    with mesh.stores["ach"].session() as s:
+        s.query(Account).one().registered_at = utcnow() - timedelta(minutes=90)
+    kept = runner.invoke(args=["audit", "sweep-accounts", "--older-than-minutes", "120"])
+    assert (kept.exit_code, kept.output) == (
+        0,
+        "unused bank details: 0 deleted, 0 kept (their claims were filed), 0 failed\n",
+    )
+    swept = runner.invoke(args=["audit", "sweep-accounts"])
+    assert (swept.exit_code, swept.output) == (
+        0,
+        "unused bank details: 1 deleted, 0 kept (their claims were filed), 0 failed\n",
+    )
+    with mesh.stores["ach"].session() as s:
+        assert s.query(Account).count() == 0
+    bad = runner.invoke(args=["audit", "sweep-accounts", "--older-than-minutes", "0"])
+    assert bad.exit_code == 2 and "--older-than-minutes" in bad.output and "0 is not in the range x>=1" in bad.output
+
+
+def test_sweep_accounts_keeps_what_svc_cannot_settle_and_fails(settings: dict[str, Any]) -> None:
+    """No svc process: whether a submission was filed cannot be known, so its details stay and the command fails,
+    naming the claim."""
+    from datetime import timedelta
+
+    from hms import create_app
+    from hms.ach.models import Account
+    from hms.runtime import mesh_of, utcnow
+
+    app = create_app({**settings, "HMS_SERVICES": ["gateway", "ach", "auth"]})
+    mesh = mesh_of(app)
+    mesh.upgrade()
+    mesh.start()
+    try:
+        details = {"citizen": "lea", "claimId": "orphan-1", **DIEGO["directDeposit"]}
+        mesh.bus.request("ach.accounts.register", details, 5, headers=mesh.credentials("gateway"), version=2)
+        with mesh.stores["ach"].session() as s:
+            s.query(Account).one().registered_at = utcnow() - timedelta(minutes=90)
+        failed = app.test_cli_runner().invoke(args=["audit", "sweep-accounts"])
+        assert failed.exit_code == 1
+        assert "FAILED orphan-1: no responders for 'svc.claims.withdraw'" in failed.output
+        assert "unused bank details: 0 deleted, 0 kept (their claims were filed), 1 failed" in failed.output
+        with mesh.stores["ach"].session() as s:
+            assert [a.claim_id for a in s.query(Account)] == ["orphan-1"]
+    finally:
+        mesh.close()
+
+
 def test_reconcile_agrees_after_the_flow_and_finds_planted_gaps(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:

@@ -1083,6 +1083,61 @@ def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, t
     assert register(mesh, "kai", paid["id"])["account"] == "****6789"
 
 
+@pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
+def test_the_sweep_deletes_only_old_details_no_filed_claim_will_use(
+    client: FlaskClient, token: Any, mesh: Mesh
+) -> None:
+    """`hms audit sweep-accounts`: of the details no payment uses, those registered for a submission svc never
+    filed (a gateway stopped between the two requests) are deleted, and that submission can never be filed nor its
+    details come back; those of a filed claim whose approval waits in ach's dead letters are kept, so its replay
+    pays; young ones are left alone. Catches: a filed claim's details deleted, an unused account missed, a payment's
+    details or a young account listed, a swept id filed later."""
+    from hms.ach.models import Account
+    from hms.bus import ReplyError
+    from hms.gateway.reconcile import sweep_accounts
+
+    def stored() -> set[str | None]:
+        with mesh.stores["ach"].session() as s:
+            return {a.claim_id for a in s.query(Account)}
+
+    paid = client.post("/claims", json=DIEGO, headers=token("kai")).json  # its details are its payment's
+    eventually(lambda: payment_for_or_none(mesh, paid["id"]) is not None)
+    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
+    ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "omar", "claimId": "filed-1"}, 2)  # no details yet
+    (dead,) = eventually(lambda: ask_gateway(mesh, "ach.deadletters.list", {})["items"])
+    register(mesh, "omar", "filed-1")  # given later: its approval, replayed, pays into them
+    register(mesh, "lea", "orphan-1")  # the submission never reached svc
+    register(mesh, "lea")  # no claim (contract v1): not the sweep's
+    with mesh.stores["ach"].session() as s:
+        for a in s.query(Account):
+            a.registered_at = utcnow() - timedelta(hours=2)
+    register(mesh, "lea", "young-1")  # a submission that may still be on its way
+    unused = [ask_gateway(mesh, "ach.accounts.unused", {"olderThanSeconds": 3600, "limit": 1})]
+    while unused[-1]["next"]:
+        unused.append(
+            ask_gateway(
+                mesh, "ach.accounts.unused", {"olderThanSeconds": 3600, "limit": 1, "after": unused[-1]["next"]}
+            )
+        )
+    assert unused == [
+        {"items": [{"claimId": "filed-1", "citizen": "omar"}], "next": "filed-1"},
+        {"items": [{"claimId": "orphan-1", "citizen": "lea"}], "next": "orphan-1"},
+        {"items": [], "next": None},
+    ]
+
+    swept = sweep_accounts(mesh.bus, 3600, headers=mesh.credentials("gateway"))
+    assert (swept.deleted, swept.kept, swept.failed) == (["orphan-1"], ["filed-1"], [])
+    assert stored() == {paid["id"], "filed-1", "young-1", None}
+    with pytest.raises(ReplyError) as filed:
+        ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "lea", "claimId": "orphan-1"}, 2)
+    with pytest.raises(ReplyError) as registered:
+        register(mesh, "lea", "orphan-1")
+    assert (filed.value.status, filed.value.title) == (409, "Submission withdrawn")
+    assert (registered.value.status, registered.value.title) == (409, "Registration withdrawn")
+    ask_gateway(mesh, "ach.deadletters.replay", {"id": dead["id"]})
+    eventually(lambda: (p := payment_for_or_none(mesh, "filed-1")) is not None and p.state == "sent")
+
+
 def test_a_routing_number_failing_its_checksum_is_refused_by_ach(mesh: Mesh) -> None:
     from hms.bus import ReplyError
 

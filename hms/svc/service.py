@@ -31,6 +31,7 @@ MOVES = {
 }
 CLAIMS, TIMELINE = table_of(Claim), table_of(TimelineEntry)
 STATUS_OF = select(CLAIMS.c.status).where(CLAIMS.c.id == bindparam("claim"))
+ID_LENGTH = CLAIMS.c.id.type.length  # a claim id svc can hold (submit v2's contract admits longer ones)
 MOVE = update(CLAIMS).where(CLAIMS.c.id == bindparam("claim"))  # with the status and the columns it sets
 ADD_CLAIM, ADD_ENTRY = CLAIMS.insert(), TIMELINE.insert()
 KEYS = table_of(IdempotencyRecord)
@@ -90,6 +91,8 @@ class ClaimService:
         Version 2 (the gateway's) names the claim's id, under which ach already holds the account to pay.
         """
         req = event.data
+        if len(req.get("claimId") or "") > ID_LENGTH:
+            raise ReplyError(422, "Invalid request", f"claimId is longer than {ID_LENGTH} characters", "claimId")
         key = req.get("idempotencyKey")
         # One decision at a time per citizen: the one-open-claim rule reads what it then writes, and a concurrent
         # first use of the citizen's Idempotency-Key waits here, then finds the first one's record.

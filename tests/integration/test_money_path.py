@@ -385,6 +385,26 @@ def test_a_claim_id_is_filed_once(mesh: Mesh) -> None:
     assert ask_svc(mesh, "svc.claims.get", {"claimId": "claim-1"})["citizen"] == "kai"
 
 
+def test_a_claim_id_longer_than_svc_holds_is_refused_by_name(mesh: Mesh) -> None:
+    """The submit's contract admits ids of 64 characters; svc's claims hold 36 (a uuid). Catches: a longer id
+    filed on SQLite, or a 500 on PostgreSQL (the database refuses it inside the transaction)."""
+    from hms.bus import ReplyError
+
+    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
+    with pytest.raises(ReplyError) as refused:
+        ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "x" * 37}, 2)
+    e = refused.value
+    assert (e.status, e.title, e.detail, e.field) == (
+        422,
+        "Invalid request",
+        "claimId is longer than 36 characters",
+        "claimId",
+    )
+    assert ask_svc(mesh, "svc.claims.list", {"citizen": "kai", "page": 1, "pageSize": 10})["items"] == []
+    filed = ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "y" * 36}, 2)
+    assert (filed["id"], filed["status"]) == ("y" * 36, "approved")
+
+
 @pytest.mark.parametrize("bus_url", ["memory", "nats"], indirect=True)
 def test_a_withdrawn_submission_is_never_filed_and_a_filed_claim_is_not_withdrawn(mesh: Mesh) -> None:
     """`svc.claims.withdraw` (the gateway, once it stopped waiting for a submit): an id no claim has is withdrawn

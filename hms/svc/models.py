@@ -12,6 +12,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from hms.contracts.vocabulary import ClaimStatus
 from hms.runtime.database import EnumText, UtcDateTime
 
+ID_LENGTH = 36  # a claim id: a uuid (submit v2's contract admits longer ones, which svc refuses)
+
 
 class Base(DeclarativeBase):
     metadata = MetaData()
@@ -20,7 +22,7 @@ class Base(DeclarativeBase):
 class Claim(Base):
     __tablename__ = "claims"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     citizen: Mapped[str] = mapped_column(String(128), index=True)
     claimant_name: Mapped[str] = mapped_column(String(200))
     claimant_ssn_last4: Mapped[str] = mapped_column(String(4))

@@ -17,7 +17,7 @@ from hms.bus.tracing import trace_id
 from hms.contracts.vocabulary import ClaimStatus
 from hms.runtime import Consumer, Service, Unit, table_of, utcnow
 
-from .models import Base, Claim, IdempotencyRecord, TimelineEntry, Withdrawal
+from .models import ID_LENGTH, Base, Claim, IdempotencyRecord, TimelineEntry, Withdrawal
 from .rules import Application, RuleSet
 
 log = logging.getLogger("hms.svc")
@@ -31,7 +31,6 @@ MOVES = {
 }
 CLAIMS, TIMELINE = table_of(Claim), table_of(TimelineEntry)
 STATUS_OF = select(CLAIMS.c.status).where(CLAIMS.c.id == bindparam("claim"))
-ID_LENGTH = CLAIMS.c.id.type.length  # a claim id svc can hold (submit v2's contract admits longer ones)
 MOVE = update(CLAIMS).where(CLAIMS.c.id == bindparam("claim"))  # with the status and the columns it sets
 ADD_CLAIM, ADD_ENTRY = CLAIMS.insert(), TIMELINE.insert()
 KEYS = table_of(IdempotencyRecord)

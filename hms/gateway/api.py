@@ -117,8 +117,8 @@ def _unregister(registration: Reply, citizen: str, claim_id: str) -> None:
         registration.result()
     except (ReplyError, NoResponders):
         return  # ach refused the details, or no ach process got them: nothing was stored
-    except BusTimeout:
-        pass
+    except BusError:
+        pass  # not answered in time (or not at all): ach may store them yet, so it must forget and refuse them
     try:
         ask("ach.accounts.forget", {"citizen": citizen, "claimId": claim_id})
     except BusError as exc:

@@ -6,6 +6,7 @@ Found by mutation testing (docs/mutation.md): each test names the change to the 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from hms.ach.bank import read_statement
-from hms.ach.models import Payment
+from hms.ach.models import Account, Payment
 from hms.ach.payments import Payer
 from hms.runtime import Mesh, utcnow
 from hms.svc.rules import RuleSet
@@ -365,6 +366,28 @@ def submit(mesh: Mesh, citizen: str, **changes: Any) -> dict[str, Any]:
     return ask_svc(mesh, "svc.claims.submit", {**body, "citizen": citizen, **changes})  # type: ignore[no-any-return]
 
 
+def details_of(mesh: Mesh, citizen: str | None = None) -> set[str | None]:
+    """The claim ids ach holds bank details under: the citizen's, or everyone's (None: details without a claim)."""
+    with mesh.stores["ach"].session() as s:
+        accounts = s.query(Account)
+        return {a.claim_id for a in (accounts.filter(Account.citizen == citizen) if citizen else accounts)}
+
+
+class Pause:
+    """A one-shot slowdown for a patched step: the first call after `arm()` sleeps `seconds`, later calls do not."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.armed = seconds, threading.Event()
+
+    def arm(self) -> None:
+        self.armed.set()
+
+    def __call__(self) -> None:
+        if self.armed.is_set():
+            self.armed.clear()
+            time.sleep(self.seconds)
+
+
 def test_a_claim_id_is_filed_once(mesh: Mesh) -> None:
     """v2 submits name the claim's id (ach holds its account under it): a second claim under that id is refused,
     and the first keeps its decision. Catches: the existence check dropped (the insert would fail untidily)."""
@@ -473,23 +496,10 @@ def test_a_submit_svc_answers_too_late_is_answered_as_filed_or_withdrawn_with_it
     refused, nothing is filed, the details are deleted and the citizen is told so (504); a retry is decided and
     paid as usual. Catches: details left in ach on a timeout, a claim filed after its withdrawal, a 504 for a
     claim that was filed, the rate-limit count kept for a withdrawn submission."""
-    import time
-
-    from hms.ach.models import Account
-
-    def accounts() -> set[str | None]:
-        with mesh.stores["ach"].session() as s:
-            return {a.claim_id for a in s.query(Account).filter(Account.citizen == "kai")}
 
     client.application.config["HMS_REQUEST_TIMEOUT_S"] = 1.0
     monkeypatch.setattr(client.application.extensions["hms.ratelimit"], "limit", 1)  # a count kept refuses the retry
-    slow = threading.Event()  # set: the next submit takes 1.3 s
-
-    def pause() -> None:
-        if slow.is_set():
-            slow.clear()
-            time.sleep(1.3)
-
+    pause = Pause(1.3)  # the next submit, once armed
     if late == "deciding":
         evaluate = RuleSet.evaluate
         monkeypatch.setattr(RuleSet, "evaluate", lambda rules, application: (pause(), evaluate(rules, application))[1])
@@ -497,21 +507,21 @@ def test_a_submit_svc_answers_too_late_is_answered_as_filed_or_withdrawn_with_it
         store = mesh.stores["svc"]  # its requests' units (consumers took their sessions' maker at the start)
         begin = store.session
         monkeypatch.setattr(store, "session", lambda: (pause(), begin())[1])
-    slow.set()
+    pause.arm()
     first = client.post("/claims", json=DIEGO, headers=token("kai"))
     time.sleep(0.6)  # the slow submit is over
     if late == "deciding":
         assert first.status_code == 201, first.json
         assert (first.json["status"], first.json["account"]) == ("approved", "****6789")
-        assert accounts() == {first.json["id"]}
+        assert details_of(mesh, "kai") == {first.json["id"]}
         eventually(lambda: payment_for_or_none(mesh, first.json["id"]) is not None)
         return
     assert first.status_code == 504 and "nothing was filed" in first.json["detail"]
-    assert accounts() == set()
+    assert details_of(mesh, "kai") == set()
     assert client.get("/claims", headers=token("kai")).json["items"] == []
     again = client.post("/claims", json=DIEGO, headers=token("kai"))
     assert (again.status_code, again.json["status"]) == (201, "approved")
-    assert accounts() == {again.json["id"]}
+    assert details_of(mesh, "kai") == {again.json["id"]}
     eventually(lambda: payment_for_or_none(mesh, again.json["id"]) is not None)
 
 
@@ -523,19 +533,15 @@ def test_a_late_claim_svc_filed_but_cannot_show_is_a_504_that_keeps_its_details(
     them) and nothing is logged as left behind. Catches: the details of a filed claim deleted, a misleading
     warning that tells an operator to erase them."""
     import logging
-    import time
 
-    from hms.ach.models import Account
     from hms.bus import BusTimeout
     from hms.gateway import api
 
     client.application.config["HMS_REQUEST_TIMEOUT_S"] = 1.0
-    evaluate, ask, slow = RuleSet.evaluate, api.ask, threading.Event()
+    evaluate, ask, pause = RuleSet.evaluate, api.ask, Pause(1.3)
 
     def deciding(rules: RuleSet, application: Any) -> Any:
-        if slow.is_set():
-            slow.clear()
-            time.sleep(1.3)
+        pause()
         return evaluate(rules, application)
 
     def no_get(subject: str, data: dict[str, Any], version: int = 1) -> Any:
@@ -546,15 +552,14 @@ def test_a_late_claim_svc_filed_but_cannot_show_is_a_504_that_keeps_its_details(
     monkeypatch.setattr(RuleSet, "evaluate", deciding)
     monkeypatch.setattr(api, "ask", no_get)
     caplog.set_level(logging.WARNING, logger="hms.gateway")
-    slow.set()
+    pause.arm()
     late = client.post("/claims", json=DIEGO, headers=token("kai"))
     assert late.status_code == 504 and "svc.claims.submit" in late.json["detail"], late.json
     assert [r.getMessage() for r in caplog.records if "ach" in r.getMessage()] == []
     monkeypatch.setattr(api, "ask", ask)
     (claim,) = client.get("/claims", headers=token("kai")).json["items"]
     assert claim["status"] == "approved"
-    with mesh.stores["ach"].session() as s:
-        assert [a.claim_id for a in s.query(Account).filter(Account.citizen == "kai")] == [claim["id"]]
+    assert details_of(mesh, "kai") == {claim["id"]}
     eventually(lambda: payment_for_or_none(mesh, claim["id"]) is not None)
 
 
@@ -576,25 +581,12 @@ def test_a_registration_ach_answers_too_late_decides_nothing_and_leaves_no_detai
     their deletion, the rate-limit count kept for a submission that filed nothing."""
     import importlib
     import logging
-    import time
-
-    from hms.ach.models import Account
 
     ach = importlib.import_module("hms.ach.service")  # the module (the package's `service` is the Service)
 
-    def accounts() -> set[str | None]:
-        with mesh.stores["ach"].session() as s:
-            return {a.claim_id for a in s.query(Account).filter(Account.citizen == "kai")}
-
     client.application.config["HMS_REQUEST_TIMEOUT_S"] = 0.5
     monkeypatch.setattr(client.application.extensions["hms.ratelimit"], "limit", 1)  # a count kept refuses the retry
-    slow = threading.Event()  # set: the next registration takes 0.8 s
-
-    def pause() -> None:
-        if slow.is_set():
-            slow.clear()
-            time.sleep(0.8)
-
+    pause = Pause(0.8)  # the next registration, once armed
     if late == "registering":
         monkeypatch.setattr(ach, "Account", lambda **row: (pause(), Account(**row))[1])
     else:
@@ -604,16 +596,16 @@ def test_a_registration_ach_answers_too_late_decides_nothing_and_leaves_no_detai
         begin = store.session
         monkeypatch.setattr(store, "session", lambda: (pause(), begin())[1])
     caplog.set_level(logging.WARNING, logger="hms.gateway")
-    slow.set()
+    pause.arm()
     first = client.post("/claims", json=DIEGO, headers=token("kai"))
     assert first.status_code == 504 and "nothing was filed" in first.json["detail"], first.json
     time.sleep(0.6)  # the slow registration is over
-    assert accounts() == set()
+    assert details_of(mesh, "kai") == set()
     assert [r.getMessage() for r in caplog.records if "ach" in r.getMessage()] == []
     assert client.get("/claims", headers=token("kai")).json["items"] == []
     again = client.post("/claims", json=DIEGO, headers=token("kai"))
     assert (again.status_code, again.json["status"]) == (201, "approved"), again.json
-    assert accounts() == {again.json["id"]}
+    assert details_of(mesh, "kai") == {again.json["id"]}
     eventually(lambda: payment_for_or_none(mesh, again.json["id"]) is not None)
 
 
@@ -980,7 +972,6 @@ def register(mesh: Mesh, citizen: str, claim_id: str | None = None, **changes: s
 
 
 def test_each_claims_account_is_kept_as_given(mesh: Mesh) -> None:
-    from hms.ach.models import Account
     from hms.bus import ReplyError
 
     first = register(mesh, "kai", "c1", accountNumber="111122223333", accountType="savings")
@@ -1010,7 +1001,6 @@ def test_a_denied_claims_bank_details_are_deleted_and_an_approved_ones_kept(
 ) -> None:
     """Details reach ach before the decision; a denial deletes them. Catches: the claim filter dropped (every
     account deleted) or the consumer gone."""
-    from hms.ach.models import Account
 
     approved = client.post("/claims", json=DIEGO, headers=token("kai")).json
     other = {**DIEGO["directDeposit"], "accountNumber": "111122223333"}
@@ -1036,12 +1026,7 @@ def test_bank_details_of_a_submission_svc_did_not_file_are_deleted(
     — the gateway has ach delete them, and the claim that was filed keeps its account and is paid once.
     Catches: any of those three cases not unregistering (a second, third or fourth row for the citizen)."""
     import hms.gateway.api as api
-    from hms.ach.models import Account
     from hms.bus import NoResponders
-
-    def accounts() -> set[str | None]:
-        with mesh.stores["ach"].session() as s:
-            return {a.claim_id for a in s.query(Account).filter(Account.citizen == "kai")}
 
     kai = {**token("kai"), "Idempotency-Key": "first"}
     first = client.post("/claims", json=DIEGO, headers=kai)
@@ -1060,7 +1045,7 @@ def test_bank_details_of_a_submission_svc_did_not_file_are_deleted(
     monkeypatch.setattr(api, "send", send)
     assert client.post("/claims", json=DIEGO, headers={**kai, "Idempotency-Key": "second"}).status_code == 503
     monkeypatch.setattr(api, "send", real_send)
-    assert accounts() == {first.json["id"]}
+    assert details_of(mesh, "kai") == {first.json["id"]}
     eventually(lambda: payment_for_or_none(mesh, first.json["id"]) is not None)
     assert client.get(f"/claims/{first.json['id']}", headers=token("kai")).json["status"] in ("approved", "paid")
 
@@ -1071,12 +1056,7 @@ def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, t
     payment uses them, and a registration under an id it forgot (deleted, or none there yet) is refused later.
     Catches: the citizen or the payment condition dropped from the deletion, the id not remembered, kept details
     remembered as forgotten."""
-    from hms.ach.models import Account
     from hms.bus import ReplyError
-
-    def stored(claim_id: str) -> bool:
-        with mesh.stores["ach"].session() as s:
-            return s.query(Account).filter(Account.claim_id == claim_id).first() is not None
 
     paid = client.post("/claims", json=DIEGO, headers=token("kai")).json
     eventually(lambda: payment_for_or_none(mesh, paid["id"]) is not None)
@@ -1084,9 +1064,9 @@ def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, t
     forget = "ach.accounts.forget"
     assert ask_gateway(mesh, forget, {"citizen": "kai", "claimId": paid["id"]}) == {"forgotten": False}
     assert ask_gateway(mesh, forget, {"citizen": "kai", "claimId": "unfiled"}) == {"forgotten": False}
-    assert stored(paid["id"]) and stored("unfiled")
+    assert {paid["id"], "unfiled"} <= details_of(mesh)
     assert ask_gateway(mesh, forget, {"citizen": "lea", "claimId": "unfiled"}) == {"forgotten": True}
-    assert not stored("unfiled") and stored(paid["id"])
+    assert "unfiled" not in details_of(mesh) and paid["id"] in details_of(mesh)
     assert ask_gateway(mesh, forget, {"citizen": "lea", "claimId": "never-registered"}) == {"forgotten": False}
     for claim_id in ("unfiled", "never-registered"):  # forgotten: a registration arriving later stores nothing
         with pytest.raises(ReplyError) as refused:
@@ -1098,7 +1078,7 @@ def test_ach_forgets_only_the_citizens_own_unused_details(client: FlaskClient, t
             "the submission these details came with was withdrawn",
             "claimId",
         )
-        assert not stored(claim_id)
+        assert claim_id not in details_of(mesh)
     # details kept (a payment uses them) are not forgotten: their registration is still answered
     assert register(mesh, "kai", paid["id"])["account"] == "****6789"
 
@@ -1112,13 +1092,8 @@ def test_the_sweep_deletes_only_old_details_no_filed_claim_will_use(
     details come back; those of a filed claim whose approval waits in ach's dead letters are kept, so its replay
     pays; young ones are left alone. Catches: a filed claim's details deleted, an unused account missed, a payment's
     details or a young account listed, a swept id filed later."""
-    from hms.ach.models import Account
     from hms.bus import ReplyError
     from hms.gateway.reconcile import sweep_accounts
-
-    def stored() -> set[str | None]:
-        with mesh.stores["ach"].session() as s:
-            return {a.claim_id for a in s.query(Account)}
 
     paid = client.post("/claims", json=DIEGO, headers=token("kai")).json  # its details are its payment's
     eventually(lambda: payment_for_or_none(mesh, paid["id"]) is not None)
@@ -1146,7 +1121,7 @@ def test_the_sweep_deletes_only_old_details_no_filed_claim_will_use(
 
     swept = sweep_accounts(mesh.bus, 3600, headers=mesh.credentials("gateway"))
     assert (swept.deleted, swept.kept, swept.failed) == (["orphan-1"], ["0-filed"], [])
-    assert stored() == {paid["id"], "0-filed", "young-1", None}
+    assert details_of(mesh) == {paid["id"], "0-filed", "young-1", None}
     with pytest.raises(ReplyError) as filed:
         ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "lea", "claimId": "orphan-1"}, 2)
     with pytest.raises(ReplyError) as registered:

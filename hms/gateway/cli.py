@@ -39,7 +39,18 @@ def payout_table(report: dict[str, Any]) -> str:
     return table(rows, ["DAY", "COUNT", "P50_S", "P90_S", "P99_S", "MAX_S"])
 
 
-@click.group("metrics", cls=AppGroup)
+class BusGroup(AppGroup):
+    """Commands that ask the mesh over the bus: a service that cannot answer is a one-line error (exit 1) naming
+    what failed, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BusError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group("metrics", cls=BusGroup)
 def metrics_cli() -> None:
     """Metrics for auditors."""
 
@@ -56,7 +67,7 @@ def payouts(as_csv: bool, days: int | None) -> None:
     click.echo(payout_table(report))
 
 
-@click.group("bus", cls=AppGroup)
+@click.group("bus", cls=BusGroup)
 def bus_cli() -> None:
     """The event bus."""
 
@@ -117,7 +128,7 @@ def replay(dead_letter_id: str | None, replay_all: bool) -> None:
         raise click.ClickException(f"{failed} of {len(refs)} replays failed")
 
 
-@click.group("audit", cls=AppGroup)
+@click.group("audit", cls=BusGroup)
 def audit_cli() -> None:
     """Checks for auditors."""
 

@@ -137,6 +137,25 @@ def test_sweep_accounts_keeps_what_svc_cannot_settle_and_fails(settings: dict[st
         mesh.close()
 
 
+def test_audit_commands_name_the_service_that_cannot_answer(settings: dict[str, Any]) -> None:
+    """No ach process: both audit commands end with one line naming the subject nobody served, exit 1, and no
+    traceback."""
+    from hms import create_app
+    from hms.runtime import mesh_of
+
+    app = create_app({**settings, "HMS_SERVICES": ["gateway", "svc", "auth"]})
+    mesh = mesh_of(app)
+    mesh.upgrade()
+    mesh.start()
+    try:
+        runner = app.test_cli_runner()
+        for command, subject in (("sweep-accounts", "ach.accounts.unused"), ("reconcile", "ach.payments.ledger")):
+            failed = runner.invoke(args=["audit", command])
+            assert (failed.exit_code, failed.output) == (1, f"Error: no responders for '{subject}'\n")
+    finally:
+        mesh.close()
+
+
 def test_reconcile_agrees_after_the_flow_and_finds_planted_gaps(
     app: Flask, client: FlaskClient, token: Any, mesh: Mesh
 ) -> None:

@@ -366,6 +366,12 @@ def submit(mesh: Mesh, citizen: str, **changes: Any) -> dict[str, Any]:
     return ask_svc(mesh, "svc.claims.submit", {**body, "citizen": citizen, **changes})  # type: ignore[no-any-return]
 
 
+def submit_v2(mesh: Mesh, citizen: str, claim_id: str) -> dict[str, Any]:
+    """Submit as the gateway does (contract v2: the claim's id chosen by the caller), straight to svc."""
+    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
+    return ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": citizen, "claimId": claim_id}, 2)  # type: ignore[no-any-return]
+
+
 def details_of(mesh: Mesh, citizen: str | None = None) -> set[str | None]:
     """The claim ids ach holds bank details under: the citizen's, or everyone's (None: details without a claim)."""
     with mesh.stores["ach"].session() as s:
@@ -393,11 +399,10 @@ def test_a_claim_id_is_filed_once(mesh: Mesh) -> None:
     and the first keeps its decision. Catches: the existence check dropped (the insert would fail untidily)."""
     from hms.bus import ReplyError
 
-    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
-    first = ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "claim-1"}, 2)
+    first = submit_v2(mesh, "kai", "claim-1")
     assert (first["id"], first["status"]) == ("claim-1", "approved")
     with pytest.raises(ReplyError) as again:
-        ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "lea", "claimId": "claim-1"}, 2)
+        submit_v2(mesh, "lea", "claim-1")
     e = again.value
     assert (e.status, e.title, e.detail, e.field) == (
         409,
@@ -413,9 +418,8 @@ def test_a_claim_id_longer_than_svc_holds_is_refused_by_name(mesh: Mesh) -> None
     filed on SQLite, or a 500 on PostgreSQL (the database refuses it inside the transaction)."""
     from hms.bus import ReplyError
 
-    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
     with pytest.raises(ReplyError) as refused:
-        ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "x" * 37}, 2)
+        submit_v2(mesh, "kai", "x" * 37)
     e = refused.value
     assert (e.status, e.title, e.detail, e.field) == (
         422,
@@ -424,7 +428,7 @@ def test_a_claim_id_longer_than_svc_holds_is_refused_by_name(mesh: Mesh) -> None
         "claimId",
     )
     assert ask_svc(mesh, "svc.claims.list", {"citizen": "kai", "page": 1, "pageSize": 10})["items"] == []
-    filed = ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "y" * 36}, 2)
+    filed = submit_v2(mesh, "kai", "y" * 36)
     assert (filed["id"], filed["status"]) == ("y" * 36, "approved")
 
 
@@ -436,12 +440,11 @@ def test_a_withdrawn_submission_is_never_filed_and_a_filed_claim_is_not_withdraw
     dropped, a filed claim taken for unfiled."""
     from hms.bus import ReplyError
 
-    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
     withdraw = "svc.claims.withdraw"
     assert ask_gateway(mesh, withdraw, {"citizen": "kai", "claimId": "late-1"}) == {"filed": False}
     assert ask_gateway(mesh, withdraw, {"citizen": "kai", "claimId": "late-1"}) == {"filed": False}
     with pytest.raises(ReplyError) as late:
-        ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "late-1"}, 2)
+        submit_v2(mesh, "kai", "late-1")
     assert (late.value.status, late.value.title, late.value.detail, late.value.field) == (
         409,
         "Submission withdrawn",
@@ -451,7 +454,7 @@ def test_a_withdrawn_submission_is_never_filed_and_a_filed_claim_is_not_withdraw
     with pytest.raises(ReplyError) as missing:
         ask_svc(mesh, "svc.claims.get", {"claimId": "late-1"})
     assert missing.value.status == 404
-    filed = ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "kai", "claimId": "on-time"}, 2)
+    filed = submit_v2(mesh, "kai", "on-time")
     assert ask_gateway(mesh, withdraw, {"citizen": "kai", "claimId": "on-time"}) == {"filed": True}
     assert ask_svc(mesh, "svc.claims.get", {"claimId": "on-time"})["status"] == filed["status"] == "approved"
 
@@ -1097,9 +1100,8 @@ def test_the_sweep_deletes_only_old_details_no_filed_claim_will_use(
 
     paid = client.post("/claims", json=DIEGO, headers=token("kai")).json  # its details are its payment's
     eventually(lambda: payment_for_or_none(mesh, paid["id"]) is not None)
-    body = {k: v for k, v in DIEGO.items() if k != "directDeposit"}
     # filed with no details yet; its id starts with a digit, as a uuid may (it sorts before letters)
-    ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "omar", "claimId": "0-filed"}, 2)
+    submit_v2(mesh, "omar", "0-filed")
     (dead,) = eventually(lambda: ask_gateway(mesh, "ach.deadletters.list", {})["items"])
     register(mesh, "omar", "0-filed")  # given later: its approval, replayed, pays into them
     register(mesh, "lea", "orphan-1")  # the submission never reached svc
@@ -1123,7 +1125,7 @@ def test_the_sweep_deletes_only_old_details_no_filed_claim_will_use(
     assert (swept.deleted, swept.kept, swept.failed) == (["orphan-1"], ["0-filed"], [])
     assert details_of(mesh) == {paid["id"], "0-filed", "young-1", None}
     with pytest.raises(ReplyError) as filed:
-        ask_gateway(mesh, "svc.claims.submit", {**body, "citizen": "lea", "claimId": "orphan-1"}, 2)
+        submit_v2(mesh, "lea", "orphan-1")
     with pytest.raises(ReplyError) as registered:
         register(mesh, "lea", "orphan-1")
     assert (filed.value.status, filed.value.title) == (409, "Submission withdrawn")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.e2e.proc import HmsProcess
-from tests.e2e.test_split import FAST, Load, assert_each_paid_once, start_split_mesh
+from tests.e2e.test_split import FAST, Load, answering, assert_each_paid_once, start_split_mesh
 from tests.natsd import NatsServer
 
 
@@ -27,12 +27,11 @@ def test_a_process_with_another_signing_key_joining_mid_load_loses_and_refuses_n
     load.until(0.15)
     other = hms_process(env, ["worker", "ach"], name="other-mesh", log="other-mesh.log")
     other.start()
-    deadline = time.monotonic() + 30
-    while not any(s["pid"] == other.proc.pid for s in registry()) and time.monotonic() < deadline:  # type: ignore[union-attr]
-        time.sleep(0.2)
+    members = {other.proc.pid, *(w.proc.pid for w in workers)}  # type: ignore[union-attr]
+    answering(registry, members, 30)
     load.release()
     load.until(0.8)
-    shown = {s["pid"]: s["health"].get("unverifiable") for s in registry() if s["name"] == "ach"}
+    shown = {s["pid"]: s["health"].get("unverifiable") for s in answering(registry, members, 30) if s["name"] == "ach"}
     other.stop()
     load.join(180)
     assert load.failures == []  # every claim accepted: no 403 from the other mesh's member, no 5xx

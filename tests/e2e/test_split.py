@@ -55,10 +55,19 @@ def start_split_mesh(
         status, body = web.request("GET", "/mesh/services", headers=admin)
         return body["services"] if status == 200 else []
 
-    deadline = time.monotonic() + 60
-    while sum(s["name"] == "ach" for s in registry()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    answering(registry, {web.proc.pid, *(w.proc.pid for w in workers)}, 60)  # type: ignore[union-attr]
     return web, workers, registry
+
+
+def answering(registry: Callable[[], list[dict[str, Any]]], pids: set[int], timeout: float) -> list[dict[str, Any]]:
+    """The first discovery in which every process of `pids` answers (discovery waits 0.5 s for answers: a busy
+    process may miss one round), or the last one after `timeout`."""
+    deadline = time.monotonic() + timeout
+    services = registry()
+    while not pids <= {s["pid"] for s in services} and time.monotonic() < deadline:
+        time.sleep(0.2)
+        services = registry()
+    return services
 
 
 class Load:
@@ -136,8 +145,8 @@ def run_split_mesh(nats: NatsServer, hms_process: Callable[..., HmsProcess], dat
     web, workers, registry = start_split_mesh(
         hms_process, {**FAST, "HMS_BUS_URL": nats.url, "HMS_DATABASE_URL": database_url}
     )
-    seen = {(s["name"], s["pid"]) for s in registry()}
     pids = {web.proc.pid, *(w.proc.pid for w in workers)}  # type: ignore[union-attr]
+    seen = {(s["name"], s["pid"]) for s in answering(registry, pids, 30)}
     assert {pid for _, pid in seen} == pids, seen
     assert sorted(name for name, _ in seen) == ["ach", "ach", "auth", "metrics", "notifier", "svc"]
 

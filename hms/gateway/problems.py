@@ -106,6 +106,18 @@ def from_http_exception(error: HTTPException) -> Problem:
     return Problem(status, title, error.description or title, headers=headers)
 
 
+def problem_of(error: Problem | ReplyError | NoResponders | BusTimeout) -> Problem:
+    """What the gateway answers for a service's refusal, nothing serving a request, or no answer in time."""
+    if isinstance(error, Problem):
+        return error
+    if isinstance(error, ReplyError):
+        return Problem(error.status, error.title, error.detail, error.field)
+    if isinstance(error, NoResponders):
+        detail = f"nothing serves {error.subject} right now"
+        return Problem(503, "Service unavailable", detail, headers={"Retry-After": "5"})
+    return Problem(504, "Service timeout", str(error))
+
+
 def init_app(app: Flask) -> None:
     """Map every error to problem+json: HTTP errors, bus errors and anything unexpected."""
 
@@ -118,24 +130,14 @@ def init_app(app: Flask) -> None:
         return problem_response(from_http_exception(error))
 
     @app.errorhandler(ReplyError)
-    def _reply(error: ReplyError) -> Response:
-        return problem_response(Problem(error.status, error.title, error.detail, error.field))
+    @app.errorhandler(NoResponders)
+    @app.errorhandler(BusTimeout)
+    def _bus(error: ReplyError | NoResponders | BusTimeout) -> Response:
+        return problem_response(problem_of(error))
 
     @app.errorhandler(ContractError)
     def _contract(error: ContractError) -> Response:
         return problem_response(Problem(422, "Invalid request", str(error), error.field or None))
-
-    @app.errorhandler(NoResponders)
-    def _no_responders(error: NoResponders) -> Response:
-        return problem_response(
-            Problem(
-                503, "Service unavailable", f"nothing serves {error.subject} right now", headers={"Retry-After": "5"}
-            )
-        )
-
-    @app.errorhandler(BusTimeout)
-    def _timeout(error: BusTimeout) -> Response:
-        return problem_response(Problem(504, "Service timeout", str(error)))
 
     @app.errorhandler(RecursionError)
     def _too_deep(error: RecursionError) -> Response:

@@ -9,14 +9,14 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 
-from hms.bus import BusError, ReplyError, bus_of
+from hms.bus import BusError, BusTimeout, NoResponders, ReplyError, bus_of
 from hms.bus.registry import discover
 from hms.contracts.vocabulary import BAD_CHECKSUM, CLAIM_STATUSES
 
 from . import operations
 from .api import CLAIM_IN, DEPOSIT_IN, ask, reissue, submit_claim
 from .charts import histogram_svg, percentiles_svg
-from .problems import Problem, flatten
+from .problems import Problem, flatten, problem_of
 from .security import Identity, caller
 from .signin import HOME, csrf_ok, csrf_token, sign_in_offered
 
@@ -85,8 +85,17 @@ def citizen() -> ResponseReturnValue:
         return page("welcome.html")
     if person.role != "citizen":
         return redirect(url_for(HOME[person.role]))
-    claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
-    return page("citizen.html", person=person, claims=claims, reasons=REASONS, form={}, errors={})
+    return page("citizen.html", person=person, claims=claims_of(person), reasons=REASONS, form={}, errors={})
+
+
+def claims_of(person: Identity) -> list[dict[str, Any]] | None:
+    """The citizen's latest claims for their home page; None when svc cannot answer now (the page says so and still
+    offers the form: filing then says what is wrong)."""
+    try:
+        latest = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})
+    except BusError:
+        return None
+    return list(latest["items"])
 
 
 @bp.post("/claims/new")
@@ -113,11 +122,20 @@ def file_claim() -> ResponseReturnValue:
         checked = CLAIM_IN.load(body)
     except ValidationError as exc:
         errors = form_errors(exc)
-        claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
-        response = page("citizen.html", person=person, claims=claims, reasons=REASONS, form=f, errors=errors)
+        response = page("citizen.html", person=person, claims=claims_of(person), reasons=REASONS, form=f, errors=errors)
         response.status_code = 422
         return response
-    claim = submit_claim(person.sub, checked, f.get("idempotencyKey") or None)
+    try:
+        claim = submit_claim(person.sub, checked, f.get("idempotencyKey") or None)
+    except (Problem, ReplyError, NoResponders, BusTimeout) as exc:
+        # Refused or not answered (the rate limit, a service down or slow): the form again as filled in, with the
+        # reason and its Idempotency-Key, so sending it again files the claim at most once.
+        p = problem_of(exc)
+        claims = claims_of(person)
+        response = page("citizen.html", person=person, claims=claims, reasons=REASONS, form=f, errors={}, notice=p)
+        response.status_code = p.status
+        response.headers.update(p.headers)
+        return response
     return redirect(url_for("web.claim", claim_id=claim["id"]), code=303)
 
 

@@ -193,3 +193,56 @@ def _diego() -> dict[str, Any]:
     from tests.conftest import DIEGO
 
     return DIEGO
+
+
+def test_a_claim_refused_for_now_comes_back_as_the_form_filled_in(
+    browser: Any, server: str, app: Flask, client: Any
+) -> None:
+    """The rate limit refuses the claim (as a service down or slow would): the page is the form again, with the
+    reason, everything typed and the same Idempotency-Key, so that sending it again files the claim once at most."""
+    from tests.conftest import DIEGO
+
+    bearer = {"Authorization": "Bearer " + app.extensions["hms.auth"].issue("diego", "citizen")}
+    for i in range(app.config["HMS_CLAIMS_PER_MINUTE"]):  # the citizen's minute is used up through the API
+        assert client.post("/claims", json=DIEGO, headers={**bearer, "Idempotency-Key": f"api-{i}"}).status_code == 201
+    browser.allowed.append("429")  # the form comes back as 429 Too Many Requests, on purpose
+    page = sign_in(browser, server, "Diego Ramos, citizen")
+    fill_claim(page, Employer="Globex")
+    page.get_by_label("Why did the job end?").select_option("reduced_hours")
+    key = page.locator("input[name=idempotencyKey]").input_value()
+    with page.expect_navigation():
+        page.get_by_role("button", name="File claim").click()
+    summary = page.locator(".error-summary").inner_text()
+    assert "Too many requests: too many claims submitted; try again later." in summary
+    assert page.get_by_label("Employer", exact=True).input_value() == "Globex"
+    assert page.get_by_label("Why did the job end?").input_value() == "reduced_hours"
+    assert page.locator("input[name=idempotencyKey]").input_value() == key
+    assert page.locator("table tbody tr").count() == app.config["HMS_CLAIMS_PER_MINUTE"]  # theirs, still listed
+    total = client.get("/claims?pageSize=1", headers=bearer).json["total"]
+    assert total == app.config["HMS_CLAIMS_PER_MINUTE"]  # the refused one was not filed
+
+
+def test_a_claim_no_service_can_take_comes_back_as_the_form_filled_in(settings: dict[str, Any]) -> None:
+    """A gateway whose services are not running (nothing on the bus serves ach or svc): 503 with the form as typed
+    and a page that says the citizen's claims cannot be shown now, not that they have none."""
+    from hms import create_app
+    from hms.runtime import mesh_of
+    from tests.e2e.test_security import signed_in
+
+    alone = create_app({**settings, "HMS_SERVICES": "gateway,auth"})
+    mesh_of(alone).upgrade()
+    mesh_of(alone).start()
+    try:
+        client = alone.test_client()
+        csrf = signed_in(alone, client)
+        form = {"csrf": csrf, "name": "Diego Ramos", "ssnLast4": "1234", "email": "diego@example.org"}
+        form |= {"employer": "Acme Corp", "separationReason": "laid_off", "weeksWorked": "40", "baseWages": "31200"}
+        form |= {"routingNumber": "011000015", "accountNumber": "000123456789", "accountType": "savings"}
+        answer = client.post("/claims/new", data={**form, "idempotencyKey": "form-1"}, headers={"Accept": "text/html"})
+        html = answer.get_data(as_text=True)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+        assert "Service unavailable: nothing serves ach.accounts.register right now." in html
+        assert "Your claims cannot be shown right now." in html and "You have not filed a claim yet." not in html
+        assert 'value="form-1"' in html and 'value="Diego Ramos"' in html and 'value="savings" selected' in html
+    finally:
+        mesh_of(alone).close()

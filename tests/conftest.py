@@ -88,19 +88,29 @@ def settings(tmp_path: Path, bus_url: str, database_url: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def app(settings: dict[str, Any]) -> Iterator[Flask]:
-    """A migrated, running mesh."""
+@contextlib.contextmanager
+def running(settings: dict[str, Any]) -> Iterator[Flask]:
+    """An app on `settings`, its databases migrated and its mesh running; the mesh closed on the way out."""
     app = create_app(settings)
     mesh = mesh_of(app)
     mesh.upgrade()
     mesh.start()
-    yield app
-    if hasattr(mesh.bus, "js"):  # the next test starts with an empty stream, no consumers and no rate-limit counts
-        mesh.bus._call(mesh.bus.js.delete_stream(settings.get("HMS_NATS_STREAM", "HMS_EVENTS")))
-        with contextlib.suppress(Exception):  # no bucket: nothing was submitted
-            mesh.bus._call(mesh.bus.js.delete_key_value(BUCKET))
-    mesh.close()
+    try:
+        yield app
+    finally:
+        mesh.close()
+
+
+@pytest.fixture
+def app(settings: dict[str, Any]) -> Iterator[Flask]:
+    """A migrated, running mesh."""
+    with running(settings) as app:
+        yield app
+        bus = mesh_of(app).bus
+        if hasattr(bus, "js"):  # the next test starts with an empty stream, no consumers and no rate-limit counts
+            bus._call(bus.js.delete_stream(settings.get("HMS_NATS_STREAM", "HMS_EVENTS")))
+            with contextlib.suppress(Exception):  # no bucket: nothing was submitted
+                bus._call(bus.js.delete_key_value(BUCKET))
 
 
 @pytest.fixture

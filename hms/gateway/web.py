@@ -85,17 +85,34 @@ def citizen() -> ResponseReturnValue:
         return page("welcome.html")
     if person.role != "citizen":
         return redirect(url_for(HOME[person.role]))
-    return page("citizen.html", person=person, claims=claims_of(person), reasons=REASONS, form={}, errors={})
+    return home(person)
 
 
-def claims_of(person: Identity) -> list[dict[str, Any]] | None:
-    """The citizen's latest claims for their home page; None when svc cannot answer now (the page says so and still
-    offers the form: filing then says what is wrong)."""
+def home(
+    person: Identity, form: Any = None, errors: dict[str, str] | None = None, notice: Problem | None = None
+) -> Response:
+    """The citizen's home page: their latest claims (or, when svc cannot answer now, a line saying so: the form is
+    still offered, and filing then says what is wrong) and the claim form as `form` had it — with the fields'
+    `errors` (422), or the `notice` of why it was not filed (its status and headers)."""
     try:
-        latest = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})
+        claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
     except BusError:
-        return None
-    return list(latest["items"])
+        claims = None
+    response = page(
+        "citizen.html",
+        person=person,
+        claims=claims,
+        reasons=REASONS,
+        form=form or {},
+        errors=errors or {},
+        notice=notice,
+    )
+    if errors:
+        response.status_code = 422
+    if notice:
+        response.status_code = notice.status
+        response.headers.update(notice.headers)
+    return response
 
 
 @bp.post("/claims/new")
@@ -121,21 +138,13 @@ def file_claim() -> ResponseReturnValue:
         body["weeksWorked"] = int(weeks) if str(weeks).strip().lstrip("-").isdigit() else weeks
         checked = CLAIM_IN.load(body)
     except ValidationError as exc:
-        errors = form_errors(exc)
-        response = page("citizen.html", person=person, claims=claims_of(person), reasons=REASONS, form=f, errors=errors)
-        response.status_code = 422
-        return response
+        return home(person, f, form_errors(exc))
     try:
         claim = submit_claim(person.sub, checked, f.get("idempotencyKey") or None)
     except (Problem, ReplyError, NoResponders, BusTimeout) as exc:
         # Refused or not answered (the rate limit, a service down or slow): the form again as filled in, with the
         # reason and its Idempotency-Key, so sending it again files the claim at most once.
-        p = problem_of(exc)
-        claims = claims_of(person)
-        response = page("citizen.html", person=person, claims=claims, reasons=REASONS, form=f, errors={}, notice=p)
-        response.status_code = p.status
-        response.headers.update(p.headers)
-        return response
+        return home(person, f, notice=problem_of(exc))
     return redirect(url_for("web.claim", claim_id=claim["id"]), code=303)
 
 

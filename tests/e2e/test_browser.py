@@ -225,14 +225,10 @@ def test_a_claim_refused_for_now_comes_back_as_the_form_filled_in(
 def test_a_claim_no_service_can_take_comes_back_as_the_form_filled_in(settings: dict[str, Any]) -> None:
     """A gateway whose services are not running (nothing on the bus serves ach or svc): 503 with the form as typed
     and a page that says the citizen's claims cannot be shown now, not that they have none."""
-    from hms import create_app
-    from hms.runtime import mesh_of
+    from tests.conftest import running
     from tests.e2e.test_security import signed_in
 
-    alone = create_app({**settings, "HMS_SERVICES": "gateway,auth"})
-    mesh_of(alone).upgrade()
-    mesh_of(alone).start()
-    try:
+    with running({**settings, "HMS_SERVICES": "gateway,auth"}) as alone:
         client = alone.test_client()
         csrf = signed_in(alone, client)
         form = {"csrf": csrf, "name": "Diego Ramos", "ssnLast4": "1234", "email": "diego@example.org"}
@@ -244,5 +240,3 @@ def test_a_claim_no_service_can_take_comes_back_as_the_form_filled_in(settings: 
         assert "Service unavailable: nothing serves ach.accounts.register right now." in html
         assert "Your claims cannot be shown right now." in html and "You have not filed a claim yet." not in html
         assert 'value="form-1"' in html and 'value="Diego Ramos"' in html and 'value="savings" selected' in html
-    finally:
-        mesh_of(alone).close()

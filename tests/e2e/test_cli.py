@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from hms.runtime import Mesh
-from tests.conftest import DIEGO, eventually
+from tests.conftest import DIEGO, eventually, running
 
 
 def test_auth_token_issues_a_token_the_gateway_accepts(app: Flask, client: FlaskClient) -> None:
@@ -82,17 +82,25 @@ def test_db_upgrade_is_repeatable(app: Flask) -> None:
     assert result.exit_code == 0 and "svc, ach, metrics, notifier" in result.output
 
 
-def test_sweep_accounts_deletes_the_details_of_a_submission_never_filed_and_says_so(app: Flask, mesh: Mesh) -> None:
+def orphan(mesh: Mesh) -> None:
+    """Bank details for claim id orphan-1, registered 90 minutes ago, that no svc filed (a gateway stopped between
+    the registration and the submit)."""
     from datetime import timedelta
 
     from hms.ach.models import Account
     from hms.runtime import utcnow
 
-    runner, gateway = app.test_cli_runner(), mesh.credentials("gateway")
     details = {"citizen": "lea", "claimId": "orphan-1", **DIEGO["directDeposit"]}
-    mesh.bus.request("ach.accounts.register", details, 5, headers=gateway, version=2)
+    mesh.bus.request("ach.accounts.register", details, 5, headers=mesh.credentials("gateway"), version=2)
     with mesh.stores["ach"].session() as s:
         s.query(Account).one().registered_at = utcnow() - timedelta(minutes=90)
+
+
+def test_sweep_accounts_deletes_the_details_of_a_submission_never_filed_and_says_so(app: Flask, mesh: Mesh) -> None:
+    from hms.ach.models import Account
+
+    runner = app.test_cli_runner()
+    orphan(mesh)
     kept = runner.invoke(args=["audit", "sweep-accounts", "--older-than-minutes", "120"])
     assert (kept.exit_code, kept.output) == (
         0,
@@ -112,48 +120,28 @@ def test_sweep_accounts_deletes_the_details_of_a_submission_never_filed_and_says
 def test_sweep_accounts_keeps_what_svc_cannot_settle_and_fails(settings: dict[str, Any]) -> None:
     """No svc process: whether a submission was filed cannot be known, so its details stay and the command fails,
     naming the claim."""
-    from datetime import timedelta
-
-    from hms import create_app
     from hms.ach.models import Account
-    from hms.runtime import mesh_of, utcnow
+    from hms.runtime import mesh_of
 
-    app = create_app({**settings, "HMS_SERVICES": ["gateway", "ach", "auth"]})
-    mesh = mesh_of(app)
-    mesh.upgrade()
-    mesh.start()
-    try:
-        details = {"citizen": "lea", "claimId": "orphan-1", **DIEGO["directDeposit"]}
-        mesh.bus.request("ach.accounts.register", details, 5, headers=mesh.credentials("gateway"), version=2)
-        with mesh.stores["ach"].session() as s:
-            s.query(Account).one().registered_at = utcnow() - timedelta(minutes=90)
+    with running({**settings, "HMS_SERVICES": ["gateway", "ach", "auth"]}) as app:
+        mesh = mesh_of(app)
+        orphan(mesh)
         failed = app.test_cli_runner().invoke(args=["audit", "sweep-accounts"])
         assert failed.exit_code == 1
         assert "FAILED orphan-1: no responders for 'svc.claims.withdraw'" in failed.output
         assert "unused bank details: 0 deleted, 0 kept (their claims were filed), 1 failed" in failed.output
         with mesh.stores["ach"].session() as s:
             assert [a.claim_id for a in s.query(Account)] == ["orphan-1"]
-    finally:
-        mesh.close()
 
 
 def test_audit_commands_name_the_service_that_cannot_answer(settings: dict[str, Any]) -> None:
     """No ach process: both audit commands end with one line naming the subject nobody served, exit 1, and no
     traceback."""
-    from hms import create_app
-    from hms.runtime import mesh_of
-
-    app = create_app({**settings, "HMS_SERVICES": ["gateway", "svc", "auth"]})
-    mesh = mesh_of(app)
-    mesh.upgrade()
-    mesh.start()
-    try:
+    with running({**settings, "HMS_SERVICES": ["gateway", "svc", "auth"]}) as app:
         runner = app.test_cli_runner()
         for command, subject in (("sweep-accounts", "ach.accounts.unused"), ("reconcile", "ach.payments.ledger")):
             failed = runner.invoke(args=["audit", command])
             assert (failed.exit_code, failed.output) == (1, f"Error: no responders for '{subject}'\n")
-    finally:
-        mesh.close()
 
 
 def test_reconcile_agrees_after_the_flow_and_finds_planted_gaps(

@@ -37,7 +37,7 @@ def test_a_killed_cluster_node_loses_and_duplicates_nothing(
     cluster.start()
     try:
         env = {**FAST, "HMS_BUS_URL": ",".join(cluster.urls), "HMS_NATS_REPLICAS": "3"}
-        web, _, _ = start_split_mesh(hms_process, env)  # returns once both payment workers answer discovery
+        web, *_ = start_split_mesh(hms_process, env)  # returns once both payment workers answer discovery
         assert stream_replicas(cluster.urls[0]) == 3
 
         load = Load(web, [f"cluster-{i:04d}" for i in range(CLAIMS)])

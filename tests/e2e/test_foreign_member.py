@@ -20,7 +20,7 @@ def test_a_process_with_another_signing_key_joining_mid_load_loses_and_refuses_n
     nats: NatsServer, hms_process: Callable[..., HmsProcess]
 ) -> None:
     env = {**FAST, "HMS_BUS_URL": nats.url}
-    web, workers, registry = start_split_mesh(hms_process, env)
+    web, workers, registry, _ = start_split_mesh(hms_process, env)
     # Half the claims, then the rest once the other process has joined: it joins while the first half are paid,
     # and however long it takes to start, it is a member for the second half.
     load = Load(web, [f"foreign-{i:04d}" for i in range(200)], hold=0.5)

@@ -41,9 +41,9 @@ FAST = {
 
 def start_split_mesh(
     hms_process: Callable[..., HmsProcess], env: dict[str, str]
-) -> tuple[HmsProcess, list[HmsProcess], Callable[[], list[dict[str, Any]]]]:
-    """`hms up` without ach and two `hms worker ach`, started; and a function reading the registry (as admin)
-    once both workers answer in it."""
+) -> tuple[HmsProcess, list[HmsProcess], Callable[[], list[dict[str, Any]]], list[dict[str, Any]]]:
+    """`hms up` without ach and two `hms worker ach`, started; a function reading the registry (as admin); and the
+    first registry in which all three processes answer."""
     web = hms_process({**env, "HMS_SERVICES": "gateway,svc,metrics,notifier,auth"})
     workers = [hms_process(env, ["worker", "ach"], log=f"ach-{i}.log") for i in (1, 2)]
     web.start()
@@ -55,8 +55,8 @@ def start_split_mesh(
         status, body = web.request("GET", "/mesh/services", headers=admin)
         return body["services"] if status == 200 else []
 
-    answering(registry, {web.proc.pid, *(w.proc.pid for w in workers)}, 60)  # type: ignore[union-attr]
-    return web, workers, registry
+    seen = answering(registry, {web.proc.pid, *(w.proc.pid for w in workers)}, 60)  # type: ignore[union-attr]
+    return web, workers, registry, seen
 
 
 def answering(registry: Callable[[], list[dict[str, Any]]], pids: set[int], timeout: float) -> list[dict[str, Any]]:
@@ -142,11 +142,11 @@ def assert_each_paid_once(web: HmsProcess, accepted: dict[str, str], statement: 
 
 
 def run_split_mesh(nats: NatsServer, hms_process: Callable[..., HmsProcess], database_url: str) -> None:
-    web, workers, registry = start_split_mesh(
+    web, workers, _, services = start_split_mesh(
         hms_process, {**FAST, "HMS_BUS_URL": nats.url, "HMS_DATABASE_URL": database_url}
     )
+    seen = {(s["name"], s["pid"]) for s in services}
     pids = {web.proc.pid, *(w.proc.pid for w in workers)}  # type: ignore[union-attr]
-    seen = {(s["name"], s["pid"]) for s in answering(registry, pids, 30)}
     assert {pid for _, pid in seen} == pids, seen
     assert sorted(name for name, _ in seen) == ["ach", "ach", "auth", "metrics", "notifier", "svc"]
 

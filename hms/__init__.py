@@ -18,6 +18,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from hms import ach, auth, cli, gateway, logs, metrics, notifier, svc
     from hms.auth import keys as _  # noqa: F401  (auth.keys, the identity provider)
     from hms.config import load
+    from hms.gateway.reconcile import Sweeper
     from hms.runtime.host import Mesh, install
 
     app = Flask("hms")
@@ -44,6 +45,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             app.extensions[f"hms.{service.name}"] = mesh.host(service)
     if mesh.hosts("gateway"):
         gateway.init_app(app)
+        if settings["HMS_SWEEP_ACCOUNTS_EVERY_S"]:  # what `hms audit sweep-accounts` does, without a cron job
+            sweeper = Sweeper(mesh.client, settings["HMS_SWEEP_ACCOUNTS_EVERY_S"], settings["HMS_REQUEST_TIMEOUT_S"])
+            mesh.on_start(sweeper.start, sweeper.stop)
     cli.init_app(app)
     if settings["HMS_START"]:
         mesh.start()

@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "HMS_ACH_SEND_LEASE_S": 30.0,
     "HMS_ACH_POLL_S": 0.5,
     "HMS_CLAIMS_PER_MINUTE": 10,
+    "HMS_SWEEP_ACCOUNTS_EVERY_S": 3600.0,  # a gateway process sweeps unused bank details this often (0: never)
     "HMS_HTTP_CONNECTION_LIMIT": 1000,  # `hms up`: open connections waitress keeps (idle ones cost no thread)
     "HMS_HTTP_CHANNEL_TIMEOUT_S": 30.0,  # `hms up`: an idle connection is closed after this long
     "HMS_TRUSTED_PROXIES": 0,  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host are believed

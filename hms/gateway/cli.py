@@ -15,7 +15,7 @@ from hms.bus.registry import discover
 
 from . import operations
 from .api import report_csv
-from .reconcile import reconcile, sweep_accounts
+from .reconcile import SWEEP_AGE_S, reconcile, sweep_accounts
 from .signin import public_jwks
 
 
@@ -154,7 +154,7 @@ def reconcile_cmd(strict: bool) -> None:
 @click.option(
     "--older-than-minutes",
     type=click.IntRange(min=1),
-    default=60,
+    default=SWEEP_AGE_S // 60,
     show_default=True,
     help="only bank details registered longer ago (a submission still on its way is younger)",
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,29 @@ def test_sweep_accounts_deletes_the_details_of_a_submission_never_filed_and_says
         assert s.query(Account).count() == 0
     bad = runner.invoke(args=["audit", "sweep-accounts", "--older-than-minutes", "0"])
     assert bad.exit_code == 2 and "--older-than-minutes" in bad.output and "0 is not in the range x>=1" in bad.output
+
+
+def test_a_gateway_sweeps_unused_bank_details_on_its_own(settings: dict[str, Any], caplog: Any) -> None:
+    """HMS_SWEEP_ACCOUNTS_EVERY_S: a gateway process runs the sweep itself, no cron job needed. Details an hour
+    old that svc never filed are deleted (and the deletion logged); a young registration, whose submission may
+    still be on its way, is kept round after round."""
+    from hms.ach.models import Account
+    from hms.runtime import mesh_of
+
+    with running({**settings, "HMS_SWEEP_ACCOUNTS_EVERY_S": 0.2}) as app:
+        mesh = mesh_of(app)
+        orphan(mesh)
+        young = {"citizen": "max", "claimId": "young-1", **DIEGO["directDeposit"]}
+        mesh.bus.request("ach.accounts.register", young, 5, headers=mesh.credentials("gateway"), version=2)
+
+        def accounts() -> list[str]:
+            with mesh.stores["ach"].session() as s:
+                return sorted(a.claim_id for a in s.query(Account))
+
+        eventually(lambda: accounts() == ["young-1"], 10)
+        eventually(lambda: "unused bank details deleted for 1 submissions svc never filed" in caplog.text, 5)
+        time.sleep(1.0)  # five more rounds
+        assert accounts() == ["young-1"]
 
 
 def test_sweep_accounts_keeps_what_svc_cannot_settle_and_fails(settings: dict[str, Any]) -> None:

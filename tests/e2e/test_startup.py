@@ -43,6 +43,7 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *words: str) -> st
     [
         ("HMS_BUS_URL", "bogus://", "expected memory:// or nats://"),
         ("HMS_CLAIMS_PER_MINUTE", "lots", "expected a number"),
+        ("HMS_SWEEP_ACCOUNTS_EVERY_S", "-60", "must not be negative"),
         ("HMS_SYS_AUTH", "maybe", "expected true or false"),
         ("HMS_SERVICES", "gateway,payroll", "unknown service 'payroll'"),
         ("HMS_BUS_BACKOFF_S", "1,soon", "comma-separated seconds"),

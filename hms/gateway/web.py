@@ -177,17 +177,24 @@ def new_direct_deposit(claim_id: str) -> ResponseReturnValue:
     f = request.form
     body = {k: f.get(k, "") for k in ("routingNumber", "accountNumber", "accountType")}
     errors: dict[str, str] = {}
+    notice: Problem | None = None
     try:
         reissue(person.sub, found["id"], DEPOSIT_IN.load(body))
     except ValidationError as exc:
         errors = form_errors(exc)
     except ReplyError as exc:
-        if exc.status not in (404, 409, 422):
-            raise
-        errors["accountNumber"] = exc.detail
-    if errors:
-        response = page("claim.html", person=person, claim=found, reasons=REASONS, errors=errors, form=f, again=False)
-        response.status_code = 422
+        if exc.status in (404, 409, 422):
+            errors["accountNumber"] = exc.detail
+        else:
+            notice = problem_of(exc)
+    except (NoResponders, BusTimeout) as exc:  # ach down or slow: the form again as typed, with the reason
+        notice = problem_of(exc)
+    if errors or notice:
+        response = page(
+            "claim.html", person=person, claim=found, reasons=REASONS, errors=errors, form=f, again=False, notice=notice
+        )
+        response.status_code = notice.status if notice else 422
+        response.headers.update(notice.headers if notice else {})
         return response
     return redirect(url_for("web.claim", claim_id=found["id"]), code=303)
 

@@ -421,9 +421,15 @@ def test_a_file_that_is_not_nacha_is_set_aside_and_read_once(app: Flask) -> None
     assert row.notices == 0 and row.error and "94" in row.error
 
 
-def test_a_citizen_gives_other_bank_details_on_the_claims_page(app: Flask, client: Any, token: Any) -> None:
+def test_a_citizen_gives_other_bank_details_on_the_claims_page(
+    app: Flask, client: Any, token: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wrong details are refused by field; while ach cannot take them (down: 503, slow: 504) the form comes back as
+    typed with the reason; then they are taken once, and the payment goes out again."""
     import re
 
+    import hms.gateway.api as api
+    from hms.bus import BusTimeout, NoResponders
     from tests.nacha_files import bank_file
 
     claim = client.post("/claims", json=DIEGO, headers=token("diego")).json["id"]
@@ -444,6 +450,25 @@ def test_a_citizen_gives_other_bank_details_on_the_claims_page(app: Flask, clien
     form = {"csrf": csrf, "routingNumber": "021000022", "accountNumber": "4444", "accountType": "savings"}
     wrong = web.post(f"/my/claims/{claim}/direct-deposit", data=form)
     assert wrong.status_code == 422 and "check digit is wrong" in wrong.get_data(as_text=True)
+    assert payments(app)[claim].state == PaymentState.RETURNED  # nothing changed
+    real_send = api.send
+    right = {**form, "routingNumber": "021000021"}
+    for failure, status, wait, reason in (
+        (NoResponders("ach.payments.reissue"), 503, "5", "Service unavailable: nothing serves ach.payments.reissue"),
+        (BusTimeout("ach.payments.reissue", 5.0), 504, None, "Service timeout: no reply on &#39;ach.payments.reissue"),
+    ):
+
+        def send(subject: str, data: dict[str, Any], version: int = 1, failure: Exception = failure) -> Any:
+            if subject == "ach.payments.reissue":
+                raise failure  # what the bus raises when no ach process runs, or none answers in time
+            return real_send(subject, data, version)
+
+        monkeypatch.setattr(api, "send", send)
+        away = web.post(f"/my/claims/{claim}/direct-deposit", data=right)
+        text = away.get_data(as_text=True)
+        assert (away.status_code, away.headers.get("Retry-After")) == (status, wait) and reason in text, text
+        assert 'value="021000021"' in text and 'value="4444"' in text and '<option value="savings" selected>' in text
+        monkeypatch.undo()
     assert payments(app)[claim].state == PaymentState.RETURNED  # nothing changed
     done = web.post(f"/my/claims/{claim}/direct-deposit", data={**form, "routingNumber": "021000021"})
     assert done.status_code == 303 and done.headers["Location"].endswith(f"/my/claims/{claim}")

@@ -87,3 +87,26 @@ def test_the_statement_count_sees_each_consumer_record_each_claim_once() -> None
     assert set(transactions) == {"ach", "metrics", "notifier", "svc"}
     # what was recorded runs again on fresh databases, both ways (a statement the databases refuse raises)
     assert replay(recorded, through_sqlalchemy=False) > 0 and replay(recorded, through_sqlalchemy=True) > 0
+
+
+def test_the_post_path_times_every_stage_in_one_process_and_over_nats(tmp_path: Path) -> None:
+    """Every stamp of bench/post_path.py is still where it was put (it wraps private functions of the NATS engine
+    and of nats-py, which change): each stage has figures, the NATS hops only over NATS."""
+    out = tmp_path / "post-path.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.post_path", "--seconds", "1", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in out.read_text().splitlines()[2:]}
+    gateway = [s for s in rows if s.startswith(("gateway:", "responder", "POST"))]
+    hops = [s for s in rows if s.startswith("registration over NATS")]
+    assert len(gateway) == 10 and len(hops) == 9, rows
+    number = re.compile(r"\d+\.\d\d / \d+\.\d\d / \d+\.\d\d")
+    for stage in gateway:
+        assert all(number.fullmatch(c.strip(" |")) for c in rows[stage]), (stage, rows[stage])
+    for stage in hops:
+        assert rows[stage][0] == "—" and number.fullmatch(rows[stage][1].strip(" |")), (stage, rows[stage])

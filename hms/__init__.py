@@ -18,8 +18,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from hms import ach, auth, cli, gateway, logs, metrics, notifier, svc
     from hms.auth import keys as _  # noqa: F401  (auth.keys, the identity provider)
     from hms.config import load
-    from hms.gateway.reconcile import Sweeper
+    from hms.gateway.reconcile import sweep_round
     from hms.runtime.host import Mesh, install
+    from hms.runtime.worker import BackgroundWorker
 
     app = Flask("hms")
     settings = load(config, app.instance_path)
@@ -45,8 +46,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             app.extensions[f"hms.{service.name}"] = mesh.host(service)
     if mesh.hosts("gateway"):
         gateway.init_app(app)
-        if settings["HMS_SWEEP_ACCOUNTS_EVERY_S"]:  # what `hms audit sweep-accounts` does, without a cron job
-            sweeper = Sweeper(mesh.client, settings["HMS_SWEEP_ACCOUNTS_EVERY_S"], settings["HMS_REQUEST_TIMEOUT_S"])
+        every, timeout = settings["HMS_SWEEP_ACCOUNTS_EVERY_S"], settings["HMS_REQUEST_TIMEOUT_S"]
+        if every:  # what `hms audit sweep-accounts` does, without a cron job; the first round a minute after start
+
+            def sweep(_stop: object) -> int:
+                return sweep_round(mesh.client, timeout)
+
+            sweeper = BackgroundWorker("gateway.sweep", sweep, every, delay=min(60.0, every))
             mesh.on_start(sweeper.start, sweeper.stop)
     cli.init_app(app)
     if settings["HMS_START"]:

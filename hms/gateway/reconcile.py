@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,40 +121,18 @@ def sweep_accounts(bus: Bus, older_than_s: int, timeout: float = 30.0, headers: 
     return r
 
 
-class Sweeper:
-    """`sweep_accounts` run by a gateway process on its own: every `every_s` seconds (the first a minute after
-    start, or sooner when `every_s` is shorter), details older than an hour are swept. Several gateway processes
-    sweeping at once do no harm: a withdrawal and a deletion done twice change nothing the second time."""
-
-    def __init__(self, bus: Bus, every_s: float, timeout: float) -> None:
-        self.bus, self.every_s, self.timeout = bus, every_s, timeout
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="hms-gateway-sweep", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout * 3)  # a sweep under way finishes its request (or times out)
-            self._thread = None
-
-    def _run(self) -> None:
-        wait = min(60.0, self.every_s)
-        while not self._stop.wait(wait):
-            wait = self.every_s
-            try:
-                r = sweep_accounts(self.bus, SWEEP_AGE_S, self.timeout)
-            except BusError as exc:  # ach or svc away for now: the next round tries again
-                log.warning("unused bank details not swept this time: %s", exc)
-                continue
-            except Exception:  # a bug must not end the rounds to come
-                log.exception("unused bank details not swept this time")
-                continue
-            for claim_id, problem in r.failed:
-                log.warning("unused bank details of claim %s not swept: %s", claim_id, problem)
-            if r.deleted:
-                log.info("unused bank details deleted for %d submissions svc never filed", len(r.deleted))
+def sweep_round(bus: Bus, timeout: float) -> int:
+    """One round of the sweep a gateway process runs on its own, every HMS_SWEEP_ACCOUNTS_EVERY_S (a background
+    worker's step): `sweep_accounts` of details over `SWEEP_AGE_S` old, what it did logged. Several gateway processes
+    sweeping at once do no harm: a withdrawal and a deletion done twice change nothing the second time. Returns 0:
+    nothing more to do until the next round."""
+    try:
+        r = sweep_accounts(bus, SWEEP_AGE_S, timeout)
+    except BusError as exc:  # ach or svc away for now: the next round tries again
+        log.warning("unused bank details not swept this time: %s", exc)
+        return 0
+    for claim_id, problem in r.failed:
+        log.warning("unused bank details of claim %s not swept: %s", claim_id, problem)
+    if r.deleted:
+        log.info("unused bank details deleted for %d submissions svc never filed", len(r.deleted))
+    return 0

@@ -10,10 +10,11 @@ log = logging.getLogger("hms.runtime")
 
 
 class BackgroundWorker:
-    """Runs `step(stop)` in a thread of its own; a step returns how much it did (0: wait `poll` or a wake)."""
+    """Runs `step(stop)` in a thread of its own; a step returns how much it did (0: wait `poll` or a wake). The first
+    step comes `delay` seconds after start (or at a wake)."""
 
-    def __init__(self, name: str, step: Callable[[threading.Event], int], poll: float) -> None:
-        self.name, self.step, self.poll = name, step, poll
+    def __init__(self, name: str, step: Callable[[threading.Event], int], poll: float, delay: float = 0.0) -> None:
+        self.name, self.step, self.poll, self.delay = name, step, poll, delay
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -38,6 +39,9 @@ class BackgroundWorker:
         self._stop.clear()  # the thread is gone; a step may still be called directly
 
     def _run(self) -> None:
+        if self.delay:
+            self._wake.wait(self.delay)
+            self._wake.clear()
         while not self._stop.is_set():
             try:
                 busy = self.step(self._stop)

@@ -74,6 +74,17 @@ def page(template: str, **context: Any) -> Response:
     return Response(render_template(template, csrf=csrf_token(), **context))
 
 
+def form_again(response: Response, errors: dict[str, str], notice: Problem | None) -> Response:
+    """A form page sent back unfiled: with the `notice`'s status and headers (refused, or not answered), else 422
+    for the fields' `errors`."""
+    if notice:
+        response.status_code = notice.status
+        response.headers.update(notice.headers)
+    elif errors:
+        response.status_code = 422
+    return response
+
+
 @bp.get("/")
 def citizen() -> ResponseReturnValue:
     """The citizen's home: their claims and the form to file one."""
@@ -98,21 +109,11 @@ def home(
         claims = ask("svc.claims.list", {"citizen": person.sub, "page": 1, "pageSize": 50})["items"]
     except BusError:
         claims = None
+    errors = errors or {}
     response = page(
-        "citizen.html",
-        person=person,
-        claims=claims,
-        reasons=REASONS,
-        form=form or {},
-        errors=errors or {},
-        notice=notice,
+        "citizen.html", person=person, claims=claims, reasons=REASONS, form=form or {}, errors=errors, notice=notice
     )
-    if errors:
-        response.status_code = 422
-    if notice:
-        response.status_code = notice.status
-        response.headers.update(notice.headers)
-    return response
+    return form_again(response, errors, notice)
 
 
 @bp.post("/claims/new")
@@ -193,9 +194,7 @@ def new_direct_deposit(claim_id: str) -> ResponseReturnValue:
         response = page(
             "claim.html", person=person, claim=found, reasons=REASONS, errors=errors, form=f, again=False, notice=notice
         )
-        response.status_code = notice.status if notice else 422
-        response.headers.update(notice.headers if notice else {})
-        return response
+        return form_again(response, errors, notice)
     return redirect(url_for("web.claim", claim_id=found["id"]), code=303)
 
 

@@ -27,11 +27,11 @@ def test_a_process_with_another_signing_key_joining_mid_load_loses_and_refuses_n
     load.until(0.15)
     other = hms_process(env, ["worker", "ach"], name="other-mesh", log="other-mesh.log")
     other.start()
-    members = {other.proc.pid, *(w.proc.pid for w in workers)}  # type: ignore[union-attr]
-    answering(registry, members, 30)
+    answering(registry, [other, *workers], 30)
     load.release()
     load.until(0.8)
-    shown = {s["pid"]: s["health"].get("unverifiable") for s in answering(registry, members, 30) if s["name"] == "ach"}
+    ach = [s for s in answering(registry, [other, *workers], 30) if s["name"] == "ach"]
+    shown = {s["pid"]: s["health"].get("unverifiable") for s in ach}
     other.stop()
     load.join(180)
     assert load.failures == []  # every claim accepted: no 403 from the other mesh's member, no 5xx

@@ -55,16 +55,31 @@ def start_split_mesh(
         status, body = web.request("GET", "/mesh/services", headers=admin)
         return body["services"] if status == 200 else []
 
-    seen = answering(registry, {web.proc.pid, *(w.proc.pid for w in workers)}, 60)  # type: ignore[union-attr]
+    seen = answering(registry, [web, *workers], 60)
     return web, workers, registry, seen
 
 
-def answering(registry: Callable[[], list[dict[str, Any]]], pids: set[int], timeout: float) -> list[dict[str, Any]]:
-    """The first discovery in which every process of `pids` answers (discovery waits 0.5 s for answers: a busy
-    process may miss one round), or the last one after `timeout`."""
+def answering(
+    registry: Callable[[], list[dict[str, Any]]], procs: list[HmsProcess], timeout: float
+) -> list[dict[str, Any]]:
+    """The first discovery in which every process of `procs` answers (discovery waits 0.5 s for answers: a busy
+    process may miss a round). One still silent after `timeout` fails the test, with its exit status and the last
+    lines of its log above info."""
+    pids = {p.proc.pid for p in procs}  # type: ignore[union-attr]
     deadline = time.monotonic() + timeout
     services = registry()
-    while not pids <= {s["pid"] for s in services} and time.monotonic() < deadline:
+    while not pids <= {s["pid"] for s in services}:
+        if time.monotonic() > deadline:
+            seen = {s["pid"] for s in services}
+            silent = [p for p in procs if p.proc.pid not in seen]  # type: ignore[union-attr]
+            raise AssertionError(
+                f"not answering discovery after {timeout:.0f}s: "
+                + "; ".join(
+                    f"{' '.join(p.args)} (pid {p.proc.pid}, exit status {p.proc.poll()}): "  # type: ignore[union-attr]
+                    + "\n".join([ln for ln in p.log.read_text().splitlines() if '"level": "info"' not in ln][-20:])
+                    for p in silent
+                )
+            )
         time.sleep(0.2)
         services = registry()
     return services

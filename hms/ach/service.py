@@ -223,7 +223,8 @@ class Ach:
     def unused(self, s: Unit, event: Event) -> dict[str, Any]:
         """A page of the bank details registered for a claim longer than `olderThanSeconds` ago that no payment
         uses, in claim-id order: those of filed claims not yet paid, and those of submissions svc never filed (a
-        gateway stopped between the registration and the submit). `hms audit sweep-accounts` sorts them out."""
+        gateway stopped between the registration and the submit). Every gateway's hourly sweep sorts them out, and
+        `hms audit sweep-accounts` on demand."""
         req = event.data
         before = utcnow() - timedelta(seconds=req["olderThanSeconds"])
         rows = s.execute(UNUSED, {"after": req.get("after") or "", "before": before, "limit": req["limit"]}).all()

@@ -65,13 +65,14 @@ def answering(
     """The first discovery in which every process of `procs` answers (discovery waits 0.5 s for answers: a busy
     process may miss a round). One still silent after `timeout` fails the test, with its exit status and the last
     lines of its log above info."""
-    pids = {p.proc.pid for p in procs}  # type: ignore[union-attr]
     deadline = time.monotonic() + timeout
-    services = registry()
-    while not pids <= {s["pid"] for s in services}:
+    while True:
+        services = registry()
+        answered = {s["pid"] for s in services}
+        silent = [p for p in procs if p.proc.pid not in answered]  # type: ignore[union-attr]
+        if not silent:
+            return services
         if time.monotonic() > deadline:
-            seen = {s["pid"] for s in services}
-            silent = [p for p in procs if p.proc.pid not in seen]  # type: ignore[union-attr]
             raise AssertionError(
                 f"not answering discovery after {timeout:.0f}s: "
                 + "; ".join(
@@ -81,8 +82,6 @@ def answering(
                 )
             )
         time.sleep(0.2)
-        services = registry()
-    return services
 
 
 class Load:

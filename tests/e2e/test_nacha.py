@@ -470,7 +470,7 @@ def test_a_citizen_gives_other_bank_details_on_the_claims_page(
         assert 'value="021000021"' in text and 'value="4444"' in text and '<option value="savings" selected>' in text
         monkeypatch.undo()
     assert payments(app)[claim].state == PaymentState.RETURNED  # nothing changed
-    done = web.post(f"/my/claims/{claim}/direct-deposit", data={**form, "routingNumber": "021000021"})
+    done = web.post(f"/my/claims/{claim}/direct-deposit", data=right)
     assert done.status_code == 303 and done.headers["Location"].endswith(f"/my/claims/{claim}")
     after = web.get(done.headers["Location"]).get_data(as_text=True)
     assert "the next batch of payments" in after and "Where to pay you instead" not in after  # no second form

@@ -1124,6 +1124,12 @@ def test_the_sweep_deletes_only_old_details_no_filed_claim_will_use(
     swept = sweep_accounts(mesh.bus, 3600, headers=mesh.credentials("gateway"))
     assert (swept.deleted, swept.kept, swept.failed) == (["orphan-1"], ["0-filed"], [])
     assert details_of(mesh) == {paid["id"], "0-filed", "young-1", None}
+    # A second gateway sweeping at the same time listed the same two: its requests change nothing the second time.
+    orphan, filed_claim = {"citizen": "lea", "claimId": "orphan-1"}, {"citizen": "omar", "claimId": "0-filed"}
+    assert ask_gateway(mesh, "svc.claims.withdraw", orphan) == {"filed": False}
+    assert ask_gateway(mesh, "svc.claims.withdraw", filed_claim) == {"filed": True}
+    ask_gateway(mesh, "ach.accounts.forget", orphan)
+    assert details_of(mesh) == {paid["id"], "0-filed", "young-1", None}
     with pytest.raises(ReplyError) as filed:
         submit_v2(mesh, "lea", "orphan-1")
     with pytest.raises(ReplyError) as registered:

@@ -587,9 +587,11 @@ def test_a_registration_ach_answers_too_late_decides_nothing_and_leaves_no_detai
 
     ach = importlib.import_module("hms.ach.service")  # the module (the package's `service` is the Service)
 
-    client.application.config["HMS_REQUEST_TIMEOUT_S"] = 0.5
+    # The registration outlasts the gateway's wait by 0.3 s; the forget that waits for it still has 0.7 s to answer
+    # (with 0.5 s and 0.8 s it had 0.2 s, and on a busy CI machine over NATS once took longer).
+    client.application.config["HMS_REQUEST_TIMEOUT_S"] = 1.0
     monkeypatch.setattr(client.application.extensions["hms.ratelimit"], "limit", 1)  # a count kept refuses the retry
-    pause = Pause(0.8)  # the next registration, once armed
+    pause = Pause(1.3)  # the next registration, once armed
     if late == "registering":
         monkeypatch.setattr(ach, "Account", lambda **row: (pause(), Account(**row))[1])
     else:

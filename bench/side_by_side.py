@@ -389,10 +389,16 @@ def main(argv: list[str] | None = None) -> int:
                     f"round {r + 1} {name}: " + ", ".join(f"{k2} {v:.1f}" for k2, v in {**b, **s}.items()), flush=True
                 )
     medians = {n: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for n, rs in results.items()}
-    table = render(medians, args)
+    verdicts = goals(medians)
+    table = (
+        render(medians, args)
+        + "\n\nIssue 15's speed goals in this run:\n\n"
+        + "\n".join(f"- {goal}: {figure} — {'met' if met else 'not met'}" for goal, figure, met in verdicts)
+    )
     print(table)
     if args.out:
-        Path(args.out).write_text(json.dumps({"medians": medians, "runs": results}, indent=2) + "\n")
+        met = [{"goal": g, "figure": f, "met": m} for g, f, m in verdicts]
+        Path(args.out).write_text(json.dumps({"medians": medians, "goals": met, "runs": results}, indent=2) + "\n")
     if args.md:
         when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         Path(args.md).write_text(
@@ -400,6 +406,51 @@ def main(argv: list[str] | None = None) -> int:
             f"`python -m bench.side_by_side` on {when}; the peer is `bench/peers/flask_celery.py`.\n\n{table}\n"
         )
     return 0
+
+
+SPLITS = ("hms over NATS (2 processes)", "hms over NATS (3 processes)")
+
+
+def goals(m: dict[str, dict[str, float]]) -> list[tuple[str, str, bool]]:
+    """Issue 15's speed goals against one run's medians: (the goal, hms's figures, met). Ratios are compared as
+    shown, to two places (1.00× is no worse than the peer)."""
+    peer, one = m["Flask + Celery"], m["hms in-process"]
+
+    def ratio(name: str, key: str) -> float:
+        return round(m[name][key] / peer[key], 2)
+
+    def shown(names: tuple[str, ...], key: str) -> str:
+        return " / ".join(f"{ratio(n, key):.2f}×" for n in names)
+
+    hms = ("hms in-process", *SPLITS)
+    return [
+        (
+            "in one process, at least 2× the peer's claims per second",
+            shown(hms[:1], "rate"),
+            ratio(hms[0], "rate") >= 2,
+        ),
+        ("in one process, at most 4 ms of CPU a claim", f"{one['cpu_ms']:.1f} ms", one["cpu_ms"] <= 4),
+        (
+            "over NATS, at least the peer's claims per second (2 / 3 processes)",
+            shown(SPLITS, "rate"),
+            any(ratio(n, "rate") >= 1 for n in SPLITS),
+        ),
+        (
+            "steady 20/s, payout p99 no worse than the peer's (1 / 2 / 3 processes)",
+            shown(hms, "payout_p99"),
+            all(ratio(n, "payout_p99") <= 1 for n in hms),
+        ),
+        (
+            "steady 20/s, POST p99 no worse than the peer's, in one process",
+            shown(hms[:1], "post_p99"),
+            ratio(hms[0], "post_p99") <= 1,
+        ),
+        (
+            "steady 20/s, POST p99 no worse than the peer's, over NATS (2 / 3 processes)",
+            shown(SPLITS, "post_p99"),
+            all(ratio(n, "post_p99") <= 1 for n in SPLITS),
+        ),
+    ]
 
 
 def render(m: dict[str, dict[str, float]], args: argparse.Namespace) -> str:

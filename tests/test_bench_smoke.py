@@ -73,6 +73,36 @@ def test_side_by_side_runs_hms_and_the_flask_celery_peer_and_checks_their_transf
         assert sorted(figures) == ["cpu_ms", "payout_p50", "payout_p99", "post_p50", "post_p99", "rate"]
         assert all(v > 0 for v in figures.values()), figures
     assert "| claims paid per second |" in result.stdout
+    from bench.side_by_side import goals
+
+    reported = json.loads(out.read_text())["goals"]
+    assert [(g["goal"], g["figure"], g["met"]) for g in reported] == goals(medians)
+    assert "Issue 15's speed goals in this run:" in result.stdout
+
+
+def test_the_side_by_side_judges_each_goal_at_its_boundary() -> None:
+    """The driver's verdicts on issue 15's goals, on made-up medians: each goal met exactly at its limit, and not
+    met one step past it."""
+    from bench.side_by_side import SPLITS, goals
+
+    def run(**hms: float) -> dict[str, dict[str, float]]:
+        peer = {"rate": 100.0, "cpu_ms": 5.0, "payout_p99": 10.0, "post_p99": 10.0}
+        base = {"rate": 200.0, "cpu_ms": 4.0, "payout_p99": 10.0, "post_p99": 10.0}
+        split = {"rate": 100.0, "cpu_ms": 9.0, "payout_p99": 10.0, "post_p99": 10.0}
+        return {"Flask + Celery": peer, "hms in-process": {**base, **hms}, **{n: dict(split) for n in SPLITS}}
+
+    assert [met for _, _, met in goals(run())] == [True] * 6
+    assert [met for _, _, met in goals(run(rate=199.0, post_p99=10.1))] == [False, True, True, True, False, True]
+    assert [met for _, _, met in goals(run(cpu_ms=4.01, payout_p99=10.1))] == [True, False, True, False, True, True]
+    slow = run()
+    slow[SPLITS[0]]["rate"] = 99.0  # one split under the peer's rate is enough if the other reaches it
+    assert goals(slow)[2] == (
+        "over NATS, at least the peer's claims per second (2 / 3 processes)",
+        "0.99× / 1.00×",
+        True,
+    )
+    slow[SPLITS[1]].update(rate=99.4, post_p99=10.1)  # shown as 0.99×: under the peer's
+    assert [met for _, _, met in goals(slow)][2:] == [False, True, True, False]
 
 
 def test_the_statement_count_sees_each_consumer_record_each_claim_once() -> None:

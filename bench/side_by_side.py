@@ -408,13 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SPLITS = ("hms over NATS (2 processes)", "hms over NATS (3 processes)")
+SPLITS = (HmsNats.name, HmsNats3.name)
 
 
 def goals(m: dict[str, dict[str, float]]) -> list[tuple[str, str, bool]]:
     """Issue 15's speed goals against one run's medians: (the goal, hms's figures, met). Ratios are compared as
     shown, to two places (1.00× is no worse than the peer)."""
-    peer, one = m["Flask + Celery"], m["hms in-process"]
+    peer, one = m[Peer.name], m[Hms.name]
 
     def ratio(name: str, key: str) -> float:
         return round(m[name][key] / peer[key], 2)
@@ -422,7 +422,7 @@ def goals(m: dict[str, dict[str, float]]) -> list[tuple[str, str, bool]]:
     def shown(names: tuple[str, ...], key: str) -> str:
         return " / ".join(f"{ratio(n, key):.2f}×" for n in names)
 
-    hms = ("hms in-process", *SPLITS)
+    hms = (Hms.name, *SPLITS)
     return [
         (
             "in one process, at least 2× the peer's claims per second",

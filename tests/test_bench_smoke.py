@@ -83,13 +83,13 @@ def test_side_by_side_runs_hms_and_the_flask_celery_peer_and_checks_their_transf
 def test_the_side_by_side_judges_each_goal_at_its_boundary() -> None:
     """The driver's verdicts on issue 15's goals, on made-up medians: each goal met exactly at its limit, and not
     met one step past it."""
-    from bench.side_by_side import SPLITS, goals
+    from bench.side_by_side import SPLITS, Hms, Peer, goals
 
     def run(**hms: float) -> dict[str, dict[str, float]]:
         peer = {"rate": 100.0, "cpu_ms": 5.0, "payout_p99": 10.0, "post_p99": 10.0}
         base = {"rate": 200.0, "cpu_ms": 4.0, "payout_p99": 10.0, "post_p99": 10.0}
         split = {"rate": 100.0, "cpu_ms": 9.0, "payout_p99": 10.0, "post_p99": 10.0}
-        return {"Flask + Celery": peer, "hms in-process": {**base, **hms}, **{n: dict(split) for n in SPLITS}}
+        return {Peer.name: peer, Hms.name: {**base, **hms}, **{n: dict(split) for n in SPLITS}}
 
     assert [met for _, _, met in goals(run())] == [True] * 6
     assert [met for _, _, met in goals(run(rate=199.0, post_p99=10.1))] == [False, True, True, True, False, True]
